@@ -1,0 +1,1 @@
+"""Backends the router talks to: a vLLM-compatible simulator and real vLLM helpers."""

@@ -1,0 +1,86 @@
+"""``ctxroute sim``: run one simulated vLLM server in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+from backends.simulator.faults import Faults
+from backends.simulator.profiles import PROFILES, parse_overrides, validate
+from backends.simulator.server import SimConfig, Simulator
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="sim-model", help="served model name")
+    parser.add_argument("--profile", default="h100-8b", choices=sorted(PROFILES),
+                        help="latency/memory profile (default: h100-8b)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001, help="0 picks a free port")
+    parser.add_argument("--max-model-len", type=int, help="override the profile's window")
+    parser.add_argument("--num-blocks", type=int, help="override the KV block count")
+    parser.add_argument("--max-num-seqs", type=int)
+    parser.add_argument("--max-num-batched-tokens", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any profile field, e.g. --set step_overhead_ms=3")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="run the modelled clock this many times faster than real time")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", help="tokenizer.json for exact token counts")
+    faults = parser.add_argument_group("faults (also settable with POST /sim/faults)")
+    faults.add_argument("--error-rate", type=float, default=0.0)
+    faults.add_argument("--hang-before-first-token", type=float, default=0.0, metavar="SECONDS")
+    faults.add_argument("--slow-token-ms", type=float, default=0.0)
+    faults.add_argument("--cut-after-tokens", type=int, default=0)
+    faults.add_argument("--refuse-for-s", type=float, default=0.0)
+    faults.add_argument("--engine-dead", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    overrides = parse_overrides(args.set)
+    for name in ("max_model_len", "num_blocks", "max_num_seqs", "max_num_batched_tokens"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    profile = PROFILES[args.profile].replace(**overrides)
+    validate(profile)
+    faults = Faults()
+    faults.update(
+        {
+            "error_rate": args.error_rate,
+            "hang_before_first_token": args.hang_before_first_token,
+            "slow_token_ms": args.slow_token_ms,
+            "cut_after_tokens": args.cut_after_tokens,
+            "refuse_for_s": args.refuse_for_s,
+            "engine_dead": args.engine_dead,
+        }
+    )
+    return SimConfig(model=args.model, profile=profile, host=args.host, port=args.port,
+                     speed=args.speed, seed=args.seed, tokenizer=args.tokenizer, faults=faults)
+
+
+async def serve(config: SimConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with Simulator(config) as sim:
+        sim.core.extra_step_ms = config.faults.slow_token_ms
+        p = sim.profile
+        print(f"simulated vLLM '{config.model}' ({p.name}: max_model_len={p.max_model_len}, "
+              f"{p.num_blocks} blocks x {p.block_size}) on {sim.url}", flush=True)
+        await stop.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"ctxroute sim: {exc}")
+        return 2
+    from router.runtime import run_async
+
+    run_async(serve(config))
+    return 0

