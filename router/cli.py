@@ -15,8 +15,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run simulated vLLM pools on loopback")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--base-port", type=int, default=None,
-                      help="first port of the demo backends (0: free ports)")
+    demo.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        help="first port of the demo backends (0: free ports)",
+    )
 
     sim = sub.add_parser("sim", help="run one simulated vLLM server")
     from backends.simulator.cli import add_arguments

@@ -41,18 +41,23 @@ async def run_demo(host: str = "127.0.0.1", base_port: int | None = None) -> Non
     try:
         for i, backend in enumerate(DEMO_BACKENDS):
             port = backend.port if base_port is None else (base_port + i if base_port else 0)
-            config = SimConfig(model=backend.model, profile=PROFILES[backend.profile],
-                               host=host, port=port, seed=i)
+            config = SimConfig(
+                model=backend.model, profile=PROFILES[backend.profile], host=host, port=port, seed=i
+            )
             sims.append(await Simulator(config).start())
         print("ctxroute demo: simulated vLLM pools are up")
         for backend, sim in zip(DEMO_BACKENDS, sims, strict=True):
-            print(f"  {backend.pool:12s} {backend.profile:8s} {sim.url}  "
-                  f"(max_model_len {sim.profile.max_model_len})")
+            print(
+                f"  {backend.pool:12s} {backend.profile:8s} {sim.url}  "
+                f"(max_model_len {sim.profile.max_model_len})"
+            )
         first = sims[0].url
         print("\ntry:")
-        print(f"  curl -s {first}/v1/chat/completions -H 'content-type: application/json' \\\n"
-              f"    -d '{{\"model\":\"demo-model\",\"messages\":[{{\"role\":\"user\",\"content\":"
-              f"\"hello\"}}],\"max_tokens\":16}}'")
+        print(
+            f"  curl -s {first}/v1/chat/completions -H 'content-type: application/json' \\\n"
+            f'    -d \'{{"model":"demo-model","messages":[{{"role":"user","content":'
+            f'"hello"}}],"max_tokens":16}}\''
+        )
         print(f"  curl -s {first}/metrics | grep '^vllm:'")
         print("\nCtrl-C stops everything.", flush=True)
         await stop.wait()

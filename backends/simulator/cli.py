@@ -14,18 +14,31 @@ from backends.simulator.server import SimConfig, Simulator
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="sim-model", help="served model name")
-    parser.add_argument("--profile", default="h100-8b", choices=sorted(PROFILES),
-                        help="latency/memory profile (default: h100-8b)")
+    parser.add_argument(
+        "--profile",
+        default="h100-8b",
+        choices=sorted(PROFILES),
+        help="latency/memory profile (default: h100-8b)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001, help="0 picks a free port")
     parser.add_argument("--max-model-len", type=int, help="override the profile's window")
     parser.add_argument("--num-blocks", type=int, help="override the KV block count")
     parser.add_argument("--max-num-seqs", type=int)
     parser.add_argument("--max-num-batched-tokens", type=int)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any profile field, e.g. --set step_overhead_ms=3")
-    parser.add_argument("--speed", type=float, default=1.0,
-                        help="run the modelled clock this many times faster than real time")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any profile field, e.g. --set step_overhead_ms=3",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="run the modelled clock this many times faster than real time",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer", help="tokenizer.json for exact token counts")
     faults = parser.add_argument_group("faults (also settable with POST /sim/faults)")
@@ -56,8 +69,16 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
             "engine_dead": args.engine_dead,
         }
     )
-    return SimConfig(model=args.model, profile=profile, host=args.host, port=args.port,
-                     speed=args.speed, seed=args.seed, tokenizer=args.tokenizer, faults=faults)
+    return SimConfig(
+        model=args.model,
+        profile=profile,
+        host=args.host,
+        port=args.port,
+        speed=args.speed,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        faults=faults,
+    )
 
 
 async def serve(config: SimConfig) -> None:
@@ -69,8 +90,11 @@ async def serve(config: SimConfig) -> None:
     async with Simulator(config) as sim:
         sim.core.extra_step_ms = config.faults.slow_token_ms
         p = sim.profile
-        print(f"simulated vLLM '{config.model}' ({p.name}: max_model_len={p.max_model_len}, "
-              f"{p.num_blocks} blocks x {p.block_size}) on {sim.url}", flush=True)
+        print(
+            f"simulated vLLM '{config.model}' ({p.name}: max_model_len={p.max_model_len}, "
+            f"{p.num_blocks} blocks x {p.block_size}) on {sim.url}",
+            flush=True,
+        )
         await stop.wait()
 
 

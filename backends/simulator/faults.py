@@ -41,7 +41,7 @@ class Faults:
         for key, value in changes.items():
             if key not in fields:
                 raise ValueError(f"unknown fault {key!r} (known: {', '.join(sorted(fields))})")
-            current = getattr(self, key)
+            current = fields[key].default  # the declared kind, not the current value
             if isinstance(current, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"fault {key!r} must be true or false")
@@ -50,6 +50,8 @@ class Faults:
                     raise ValueError(f"fault {key!r} must be an integer")
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"fault {key!r} must be a number")
+            else:
+                value = float(value)
             staged[key] = value
         rate = staged.get("error_rate", self.error_rate)
         if not 0.0 <= rate <= 1.0:

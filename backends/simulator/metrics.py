@@ -10,19 +10,81 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from backends.simulator.engine import EngineCore, SimRequest
 from backends.simulator.profiles import Profile
 
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
-               7.5, 10.0, 20.0, 40.0, 80.0)
-LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
-                   60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+ITL_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+LATENCY_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
@@ -49,12 +111,21 @@ class _EngineGauges(Collector):
         values = list(self._labels.values())
         engine = self._engine
         for name, doc, value in (
-            ("vllm:num_requests_running", "Number of requests in model execution batches.",
-             len(engine.running)),
-            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
-             len(engine.waiting)),
-            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
-             engine.kv_usage()),
+            (
+                "vllm:num_requests_running",
+                "Number of requests in model execution batches.",
+                len(engine.running),
+            ),
+            (
+                "vllm:num_requests_waiting",
+                "Number of requests waiting to be processed.",
+                len(engine.waiting),
+            ),
+            (
+                "vllm:kv_cache_usage_perc",
+                "KV-cache usage. 1 means 100 percent usage.",
+                engine.kv_usage(),
+            ),
         ):
             family = GaugeMetricFamily(name, doc, labels=names)
             family.add_metric(values, float(value))
@@ -75,7 +146,9 @@ class VllmMetrics:
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, names, buckets=buckets, registry=reg)
 
-        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.").labels(**labels)
+        self.prompt_tokens = counter(
+            "vllm:prompt_tokens", "Number of prefill tokens processed."
+        ).labels(**labels)
         self.generation_tokens = counter(
             "vllm:generation_tokens", "Number of generation tokens processed."
         ).labels(**labels)
@@ -83,31 +156,38 @@ class VllmMetrics:
             "vllm:num_preemptions", "Cumulative number of preemption from the engine."
         ).labels(**labels)
         self.prefix_queries = counter(
-            "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens."
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
         ).labels(**labels)
         self.prefix_hits = counter(
             "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
         ).labels(**labels)
         success = Counter(
-            "vllm:request_success", "Count of successfully processed requests.",
-            [*names, "finished_reason"], registry=reg,
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            [*names, "finished_reason"],
+            registry=reg,
         )
         self.success = {r: success.labels(**labels, finished_reason=r) for r in FINISHED_REASONS}
         self.ttft = histogram(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
             TTFT_BUCKETS,
         ).labels(**labels)
         self.itl = histogram(
-            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
             ITL_BUCKETS,
         ).labels(**labels)
         self.e2e = histogram(
-            "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
             LATENCY_BUCKETS,
         ).labels(**labels)
         self.queue_time = histogram(
             "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.", LATENCY_BUCKETS,
+            "Histogram of time spent in WAITING phase for request.",
+            LATENCY_BUCKETS,
         ).labels(**labels)
         tokens = token_buckets(profile.max_model_len)
         self.request_prompt_tokens = histogram(
@@ -116,8 +196,9 @@ class VllmMetrics:
         self.request_generation_tokens = histogram(
             "vllm:request_generation_tokens", "Number of generation tokens processed.", tokens
         ).labels(**labels)
-        info = Info("vllm:cache_config", "Information of the LLMEngine CacheConfig", names,
-                    registry=reg)
+        info = Info(
+            "vllm:cache_config", "Information of the LLMEngine CacheConfig", names, registry=reg
+        )
         info.labels(**labels).info(
             {
                 "block_size": str(profile.block_size),
@@ -134,12 +215,25 @@ class VllmMetrics:
     def after_step(self, now: float, progressed: list[SimRequest]) -> None:
         """Counter deltas since the last step, inter-token latency, finished requests."""
         c = self._engine.counters
-        current = (c.prompt_tokens, c.generation_tokens, c.preemptions,
-                   c.prefix_cache_queries, c.prefix_cache_hits)
+        current = (
+            c.prompt_tokens,
+            c.generation_tokens,
+            c.preemptions,
+            c.prefix_cache_queries,
+            c.prefix_cache_hits,
+        )
         seen = self._seen
         for metric, new, old in zip(
-            (self.prompt_tokens, self.generation_tokens, self.preemptions,
-             self.prefix_queries, self.prefix_hits), current, seen, strict=True,
+            (
+                self.prompt_tokens,
+                self.generation_tokens,
+                self.preemptions,
+                self.prefix_queries,
+                self.prefix_hits,
+            ),
+            current,
+            seen,
+            strict=True,
         ):
             if new != old:
                 metric.inc(new - old)

@@ -137,7 +137,10 @@ def validate(profile: Profile) -> None:
             f"({profile.num_blocks} blocks x {profile.block_size} = "
             f"{profile.kv_capacity_tokens} tokens)"
         )
-    if not profile.enable_chunked_prefill and profile.max_num_batched_tokens < profile.max_model_len:
+    if (
+        not profile.enable_chunked_prefill
+        and profile.max_num_batched_tokens < profile.max_model_len
+    ):
         raise ValueError(
             "without chunked prefill, max_num_batched_tokens must be >= max_model_len "
             f"({profile.max_num_batched_tokens} < {profile.max_model_len})"

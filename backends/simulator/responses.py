@@ -19,10 +19,39 @@ SYSTEM_FINGERPRINT = "vllm-0.32.0-simulated"
 DONE = b"data: [DONE]\n\n"
 
 # Words the simulated model "generates": pre-encoded as JSON string literals.
-_WORDS = (
-    " the model is a router of tokens and the cache holds every block it needs for the next"
-    " request while the queue waits behind a long prefill that fills the window"
-).split(" ")[1:]
+_WORDS = [
+    "the",
+    "model",
+    "is",
+    "a",
+    "router",
+    "of",
+    "tokens",
+    "and",
+    "the",
+    "cache",
+    "holds",
+    "every",
+    "block",
+    "it",
+    "needs",
+    "for",
+    "the",
+    "next",
+    "request",
+    "while",
+    "the",
+    "queue",
+    "waits",
+    "behind",
+    "a",
+    "long",
+    "prefill",
+    "that",
+    "fills",
+    "the",
+    "window",
+]
 TOKEN_LITERALS: tuple[bytes, ...] = tuple(orjson.dumps(" " + w) for w in _WORDS)
 
 _ids = itertools.count(1)
@@ -33,7 +62,9 @@ def request_id(prefix: str) -> str:
 
 
 def error_body(message: str, err_type: str, param: str | None, code: int) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": err_type, "param": param, "code": code}})
+    return orjson.dumps(
+        {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+    )
 
 
 def validation_error(kind: str, loc: str, msg: str, input_repr: str) -> bytes:
@@ -193,7 +224,9 @@ class ChunkTemplates:
     include_usage: bool
 
     @classmethod
-    def build(cls, *, chat: bool, rid: str, created: int, model: str, include_usage: bool) -> ChunkTemplates:
+    def build(
+        cls, *, chat: bool, rid: str, created: int, model: str, include_usage: bool
+    ) -> ChunkTemplates:
         model_json = orjson.dumps(model).decode()
         if chat:
             prefix = (

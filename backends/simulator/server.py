@@ -83,8 +83,10 @@ def _int_field(body: dict[str, Any], name: str) -> int | None:
             return int(value.strip())
     raise _BadRequest(
         R.validation_error(
-            "int_parsing", f"body.{name}",
-            "Input should be a valid integer, unable to parse string as an integer", str(value),
+            "int_parsing",
+            f"body.{name}",
+            "Input should be a valid integer, unable to parse string as an integer",
+            str(value),
         )
     )
 
@@ -100,9 +102,16 @@ def _bool_field(body: dict[str, Any], name: str, default: bool = False) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise _BadRequest(
-        R.validation_error("bool_parsing", f"body.{name}", "Input should be a valid boolean",
-                           str(value))
+        R.validation_error(
+            "bool_parsing", f"body.{name}", "Input should be a valid boolean", str(value)
+        )
     )
+
+
+def _describe(value: object) -> str:
+    """pydantic's short description of an input: ``<list of 2 items>``."""
+    size = len(value) if isinstance(value, list | dict | str) else 1
+    return f"<{type(value).__name__} of {size} items>"
 
 
 class Simulator:
@@ -289,8 +298,9 @@ class Simulator:
             if not isinstance(changes, dict):
                 raise ValueError("expected a JSON object of fault fields")
             refuse = changes.pop("refuse_for_s", None)
-            if refuse is not None and (isinstance(refuse, bool) or not isinstance(refuse, int | float)
-                                       or refuse < 0):
+            if refuse is not None and (
+                isinstance(refuse, bool) or not isinstance(refuse, int | float) or refuse < 0
+            ):
                 raise ValueError("fault 'refuse_for_s' must be a positive number of seconds")
             await self.set_faults(**changes)
         except (ValueError, orjson.JSONDecodeError) as exc:
@@ -328,39 +338,47 @@ class Simulator:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise _BadRequest(
-                R.validation_error("json_invalid", f"body.{exc.pos}", "JSON decode error",
-                                   "<dict of 0 items>")
+                R.validation_error(
+                    "json_invalid", f"body.{exc.pos}", "JSON decode error", "<dict of 0 items>"
+                )
             ) from None
         if not isinstance(body, dict):
             raise _BadRequest(
                 R.validation_error(
-                    "model_attributes_type", "body",
+                    "model_attributes_type",
+                    "body",
                     "Input should be a valid dictionary or object to extract fields from",
-                    f"<{type(body).__name__} of {len(body) if hasattr(body, '__len__') else 1} items>",
+                    _describe(body),
                 )
             )
         model = body.get("model")
         if model is not None and model != self.config.model:
             if not isinstance(model, str):
                 raise _BadRequest(
-                    R.validation_error("string_type", "body.model", "Input should be a valid string",
-                                       str(model))
+                    R.validation_error(
+                        "string_type", "body.model", "Input should be a valid string", str(model)
+                    )
                 )
             raise _BadRequest(R.model_not_found(model, self.config.model), 404)
         key = "messages" if chat else "prompt"
         if key not in body:
             raise _BadRequest(
-                R.validation_error("missing", f"body.{key}", "Field required",
-                                   f"<dict of {len(body)} items>")
+                R.validation_error(
+                    "missing", f"body.{key}", "Field required", f"<dict of {len(body)} items>"
+                )
             )
         try:
             text = render_chat(body[key]) if chat else completion_text(body[key])
         except PromptError as exc:
             kind = "list_type" if chat and not isinstance(body[key], list) else "value_error"
-            raise _BadRequest(R.validation_error(kind, f"body.{key}", str(exc), str(body[key])[:40])) from None
+            raise _BadRequest(
+                R.validation_error(kind, f"body.{key}", str(exc), str(body[key])[:40])
+            ) from None
         return body, text
 
-    def _admit(self, body: dict[str, Any], text: str, chat: bool, now: float) -> tuple[SimRequest, bool, bool]:
+    def _admit(
+        self, body: dict[str, Any], text: str, chat: bool, now: float
+    ) -> tuple[SimRequest, bool, bool]:
         profile = self.profile
         max_tokens = _int_field(body, "max_completion_tokens") if chat else None
         if max_tokens is None:
@@ -371,8 +389,11 @@ class Simulator:
         ignore_eos = _bool_field(body, "ignore_eos")
         n = _int_field(body, "n")
         if n is not None and n != 1:
-            raise _BadRequest(R.error_body("the simulator generates one choice (n=1) only",
-                                           "BadRequestError", "n", 400))
+            raise _BadRequest(
+                R.error_body(
+                    "the simulator generates one choice (n=1) only", "BadRequestError", "n", 400
+                )
+            )
         if max_tokens is not None and max_tokens > profile.max_model_len:
             raise _BadRequest(R.max_tokens_over_window(max_tokens, profile.max_model_len))
         if max_tokens is not None and max_tokens < 1:
@@ -387,7 +408,9 @@ class Simulator:
         max_tokens = room if max_tokens is None else min(max_tokens, room)
         seed = _int_field(body, "seed")
         rng = random.Random(seed) if seed is not None else self._rng
-        stop_after = max_tokens if ignore_eos else 1 + int(rng.expovariate(1.0 / profile.mean_output_tokens))
+        stop_after = (
+            max_tokens if ignore_eos else 1 + int(rng.expovariate(1.0 / profile.mean_output_tokens))
+        )
         req = SimRequest(
             request_id=R.request_id("chatcmpl" if chat else "cmpl"),
             prompt_tokens=prompt_tokens,
@@ -407,7 +430,12 @@ class Simulator:
             return _json(exc.body, exc.status)
         faults = self.faults
         if faults.engine_dead:
-            return _json(R.internal_error("EngineCore encountered an issue. See stack trace for the root cause."), 500)
+            return _json(
+                R.internal_error(
+                    "EngineCore encountered an issue. See stack trace for the root cause."
+                ),
+                500,
+            )
         if faults.burst_5xx > 0:
             faults.burst_5xx -= 1
             return _json(R.internal_error("simulated 5xx burst"), faults.burst_status)
@@ -434,37 +462,55 @@ class Simulator:
                 done.set_result(None)
 
         req.on_progress = on_progress
+        submitted = False
         try:
             await self._hang()
             engine.submit(req)
+            submitted = True
             await done
         finally:
-            if req.status is not Status.FINISHED:
+            if submitted and req.status is not Status.FINISHED:
                 engine.abort(req)
         build = R.chat_completion if chat else R.text_completion
         text = R.output_text(0, req.output_tokens)
         return _json(
-            build(req.request_id, self._created, self.config.model, text,
-                  req.finish_reason or "stop", req.prompt_tokens, req.output_tokens)
+            build(
+                req.request_id,
+                self._created,
+                self.config.model,
+                text,
+                req.finish_reason or "stop",
+                req.prompt_tokens,
+                req.output_tokens,
+            )
         )
 
     async def _stream(
-        self, request: web.Request, req: SimRequest, engine: EngineRunner, chat: bool,
+        self,
+        request: web.Request,
+        req: SimRequest,
+        engine: EngineRunner,
+        chat: bool,
         include_usage: bool,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         resp.enable_chunked_encoding()
         tpl = R.ChunkTemplates.build(
-            chat=chat, rid=req.request_id, created=self._created, model=self.config.model,
+            chat=chat,
+            rid=req.request_id,
+            created=self._created,
+            model=self.config.model,
             include_usage=include_usage,
         )
         event = asyncio.Event()
         req.on_progress = event.set
         sent = 0
+        submitted = False
         try:
             await resp.prepare(request)
             await self._hang()
             engine.submit(req)
+            submitted = True
             while True:
                 await event.wait()
                 event.clear()
@@ -480,8 +526,11 @@ class Simulator:
                 last_plain = produced - 1 if finished else produced
                 parts.extend(tpl.token(i) for i in range(sent, last_plain))
                 if finished:
-                    parts.append(tpl.final(produced - 1, req.finish_reason or "stop",
-                                           req.prompt_tokens, produced))
+                    parts.append(
+                        tpl.final(
+                            produced - 1, req.finish_reason or "stop", req.prompt_tokens, produced
+                        )
+                    )
                 sent = produced
                 if parts:
                     await resp.write(b"".join(parts))
@@ -490,11 +539,17 @@ class Simulator:
             await resp.write_eof()
             return resp
         finally:
-            if req.status is not Status.FINISHED:
+            if submitted and req.status is not Status.FINISHED:
                 engine.abort(req)
 
-    async def _cut(self, request: web.Request, resp: web.StreamResponse, tpl: R.ChunkTemplates,
-                   sent: int, cut: int) -> None:
+    async def _cut(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        tpl: R.ChunkTemplates,
+        sent: int,
+        cut: int,
+    ) -> None:
         """Write up to ``cut`` tokens, then drop the connection: no final chunk, no [DONE]."""
         parts = [tpl.first] if sent == 0 and tpl.first else []
         parts.extend(tpl.token(i) for i in range(sent, cut))

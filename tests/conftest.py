@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from backends.simulator import PROFILES, SimConfig, Simulator
+from tests.fixtures.servers import RedisServer, run_redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, for the whole session."""
+    with run_redis_server() as server:
+        yield server
+
+
+SimFactory = Callable[..., Awaitable[Simulator]]
+
+
+@pytest.fixture
+async def make_sim() -> AsyncIterator[SimFactory]:
+    """Start in-process simulators bound to free ports; all are stopped after the test.
+
+    ``await make_sim(profile="tiny", num_blocks=64, model="m", speed=1.0, ...)``: keyword
+    arguments that name Profile fields override the profile, the rest go to SimConfig.
+    """
+    started: list[Simulator] = []
+
+    async def factory(profile: str = "tiny", **kwargs: Any) -> Simulator:
+        base = PROFILES[profile]
+        fields = set(base.__dataclass_fields__)
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in fields}
+        sim = Simulator(SimConfig(profile=base.replace(**overrides), **kwargs))
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    yield factory
+    for sim in started:
+        await sim.stop()
+
+
+@pytest.fixture
+async def sim(make_sim: SimFactory) -> Simulator:
+    return await make_sim(model="sim-model")
