@@ -101,6 +101,48 @@ def token_buckets(max_model_len: int) -> tuple[float, ...]:
         exponent += 1
 
 
+def cache_config_labels(profile: Profile) -> dict[str, str]:
+    """The labels of ``vllm:cache_config_info``: all of vLLM 0.32's keys, simulated values."""
+    return {
+        "_block_size_resolved": "True",
+        "block_size": str(profile.block_size),
+        "cache_dtype": "auto",
+        "cache_hit_alignment_tokens": "None",
+        "effective_attention_block_size": str(profile.block_size),
+        "enable_mamba_shared_prefix_checkpoint": "False",
+        "enable_prefix_caching": str(profile.enable_prefix_caching),
+        "gpu_memory_utilization": "0.9",
+        "hash_block_size": "None",
+        "is_attention_free": "False",
+        "kv_cache_dtype_skip_layers": "[]",
+        "kv_cache_layout": "None",
+        "kv_cache_max_concurrency": f"{profile.kv_capacity_tokens / profile.max_model_len:.1f}",
+        "kv_cache_memory_bytes": str(profile.kv_capacity_tokens * profile.kv_bytes_per_token),
+        "kv_cache_size_tokens": str(profile.kv_capacity_tokens),
+        "kv_offloading_backend": "native",
+        "kv_offloading_size": "None",
+        "kv_sharing_fast_prefill": "False",
+        "mamba_block_size": "None",
+        "mamba_cache_dtype": "auto",
+        "mamba_cache_mode": "none",
+        "mamba_page_size_padded": "None",
+        "mamba_ssm_cache_dtype": "float32",
+        "num_cpu_blocks": "None",
+        "num_gpu_blocks": str(profile.num_blocks),
+        "num_gpu_blocks_override": "None",
+        "prefix_cache_retention_interval": "0",
+        "prefix_caching_hash_algo": "sha256",
+        "prefix_match_unit": "None",
+        "replayssm_buffer_len": "16",
+        "skip_page_size_padded": "None",
+        "sliding_window": "None",
+        "swa_bounded_replay": "True",
+        "use_kda_recoverssm": "False",
+        "use_replayssm": "False",
+        "user_specified_block_size": "False",
+    }
+
+
 class _EngineGauges(Collector):
     def __init__(self, engine: EngineCore, labels: dict[str, str]) -> None:
         self._engine = engine
@@ -196,19 +238,14 @@ class VllmMetrics:
         self.request_generation_tokens = histogram(
             "vllm:request_generation_tokens", "Number of generation tokens processed.", tokens
         ).labels(**labels)
+        # vLLM labels this one by engine only (no model_name)
         info = Info(
-            "vllm:cache_config", "Information of the LLMEngine CacheConfig", names, registry=reg
+            "vllm:cache_config",
+            "Information of the LLMEngine CacheConfig",
+            ["engine"],
+            registry=reg,
         )
-        info.labels(**labels).info(
-            {
-                "block_size": str(profile.block_size),
-                "num_gpu_blocks": str(profile.num_blocks),
-                "enable_prefix_caching": str(profile.enable_prefix_caching),
-                "cache_dtype": "auto",
-                "gpu_memory_utilization": "0.9",
-                "kv_cache_size_tokens": str(profile.kv_capacity_tokens),
-            }
-        )
+        info.labels(engine="0").info(cache_config_labels(profile))
         self._engine = engine
         self._seen = (0, 0, 0, 0, 0)
 

@@ -107,6 +107,15 @@ def max_tokens_too_small(max_tokens: int) -> bytes:
     )
 
 
+def missing_prompt() -> bytes:
+    return error_body(
+        "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+        "BadRequestError",
+        "prompt",
+        400,
+    )
+
+
 def model_not_found(model: str, served: str) -> bytes:
     return error_body(
         f"The model `{model}` does not exist. Valid aliases: {served}.",

@@ -361,6 +361,8 @@ class Simulator:
                 )
             raise _BadRequest(R.model_not_found(model, self.config.model), 404)
         key = "messages" if chat else "prompt"
+        if not chat and body.get("prompt") in (None, "", []):
+            raise _BadRequest(R.missing_prompt())
         if key not in body:
             raise _BadRequest(
                 R.validation_error(
