@@ -57,8 +57,9 @@ TOKEN_LITERALS: tuple[bytes, ...] = tuple(orjson.dumps(" " + w) for w in _WORDS)
 _ids = itertools.count(1)
 
 
-def request_id(prefix: str) -> str:
-    return f"{prefix}-{next(_ids):016x}"
+def request_id(prefix: str, client_id: str | None = None) -> str:
+    """vLLM names a request after the client's X-Request-Id header when there is one."""
+    return f"{prefix}-{client_id or format(next(_ids), '016x')}"
 
 
 def error_body(message: str, err_type: str, param: str | None, code: int) -> bytes:

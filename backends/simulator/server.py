@@ -379,7 +379,7 @@ class Simulator:
         return body, text
 
     def _admit(
-        self, body: dict[str, Any], text: str, chat: bool, now: float
+        self, body: dict[str, Any], text: str, chat: bool, now: float, client_id: str | None
     ) -> tuple[SimRequest, bool, bool]:
         profile = self.profile
         max_tokens = _int_field(body, "max_completion_tokens") if chat else None
@@ -414,7 +414,7 @@ class Simulator:
             max_tokens if ignore_eos else 1 + int(rng.expovariate(1.0 / profile.mean_output_tokens))
         )
         req = SimRequest(
-            request_id=R.request_id("chatcmpl" if chat else "cmpl"),
+            request_id=R.request_id("chatcmpl" if chat else "cmpl", client_id),
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             stop_after=stop_after,
@@ -427,7 +427,8 @@ class Simulator:
         loop = asyncio.get_running_loop()
         try:
             body, text = self._parse(await request.read(), chat)
-            req, stream, include_usage = self._admit(body, text, chat, loop.time())
+            client_id = request.headers.get("X-Request-Id")
+            req, stream, include_usage = self._admit(body, text, chat, loop.time(), client_id)
         except _BadRequest as exc:
             return _json(exc.body, exc.status)
         faults = self.faults

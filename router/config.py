@@ -1,0 +1,195 @@
+"""Router configuration: YAML file + environment -> frozen, validated ``RouterConfig``.
+
+This module is the only reader of files and environment variables. A bad file gives one
+clear message naming the key and the problem (``ConfigError``); the CLI exits with 2.
+
+Environment overrides: ``CTXROUTE__<KEY>__<SUBKEY>=value`` sets a nested key, with list
+indices as numbers and values parsed as YAML scalars, e.g.::
+
+    CTXROUTE__LISTEN__PORT=9000
+    CTXROUTE__TIMEOUTS__TTFB_S=5
+    CTXROUTE__POOLS__0__BACKENDS__1__URL=http://10.0.0.7:8000
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "CTXROUTE__"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackendConfig(_Frozen):
+    url: str
+    model: str | None = Field(default=None, description="served model name; default: the pool's")
+    max_in_flight: int = Field(default=64, ge=1)
+    weight: int = Field(default=1, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class PoolConfig(_Frozen):
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1, description="model name clients ask for")
+    max_context_tokens: int = Field(ge=16, description="the backends' max_model_len")
+    default_max_tokens: int = Field(default=512, ge=1)
+    backends: tuple[BackendConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> PoolConfig:
+        if self.default_max_tokens >= self.max_context_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be smaller than "
+                f"max_context_tokens ({self.max_context_tokens})"
+            )
+        return self
+
+
+class TokenizerConfig(_Frozen):
+    """An exact token counter for a model: a ``tokenizer.json`` or a tiktoken encoding."""
+
+    path: str | None = None
+    tiktoken: str | None = None
+    # chat template overhead, in tokens: per message and for the assistant turn opened at
+    # the end (Llama 3: 5 and 3; measure yours against usage.prompt_tokens)
+    tokens_per_message: int = Field(default=5, ge=0)
+    tokens_per_reply: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TokenizerConfig:
+        if (self.path is None) == (self.tiktoken is None):
+            raise ValueError("set exactly one of 'path' (tokenizer.json) or 'tiktoken'")
+        return self
+
+
+class ListenConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class TimeoutsConfig(_Frozen):
+    connect_s: float = Field(default=2.0, gt=0)
+    ttfb_s: float = Field(default=30.0, gt=0, description="until the first body byte")
+    idle_read_s: float = Field(default=60.0, gt=0, description="between two body reads")
+
+
+class RoutingConfig(_Frozen):
+    session_header: str = "X-Session-ID"
+    # the leading part of the prompt that forms the hash key when there is no session/user:
+    # long enough to cover a system prompt, short enough to hash quickly
+    prefix_chars: int = Field(default=2048, ge=16)
+    load_factor: float = Field(default=1.25, ge=1.0, description="bounded-load c")
+    long_prefill_tokens: int = Field(
+        default=4096, ge=1, description="a pending prefill this long makes a backend slow to start"
+    )
+    max_attempts: int = Field(default=3, ge=1)
+    vnodes: int = Field(default=160, ge=1, description="virtual nodes per backend weight")
+
+
+class ProbeConfig(_Frozen):
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+
+
+class RouterConfig(_Frozen):
+    listen: ListenConfig = ListenConfig()
+    pools: tuple[PoolConfig, ...] = Field(min_length=1)
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    routing: RoutingConfig = RoutingConfig()
+    probe: ProbeConfig = ProbeConfig()
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    tokenizers: dict[str, TokenizerConfig] = Field(default_factory=dict)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RouterConfig:
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        urls = [b.url for p in self.pools for b in p.backends]
+        duplicates = sorted({u for u in urls if urls.count(u) > 1})
+        if duplicates:
+            raise ValueError(f"a backend may belong to one pool only: {', '.join(duplicates)}")
+        return self
+
+    def pools_by_window(self) -> tuple[PoolConfig, ...]:
+        return tuple(sorted(self.pools, key=lambda p: p.max_context_tokens))
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        value = yaml.safe_load(raw) if raw else raw
+        node: Any = data
+        for i, key in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(f"{name}: {key!r} is not an index of that list")
+                if last:
+                    node[int(key)] = value
+                else:
+                    node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = value
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise ConfigError(f"{name}: cannot set {key!r} inside a scalar")
+    return data
+
+
+def _describe(error: Any) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location}: {message}"
+
+
+def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> RouterConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping at the top level")
+    data = _env_overrides(data, os.environ if environ is None else environ)
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        raise ConfigError("; ".join(problems)) from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> RouterConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML") from None
+    try:
+        return parse_config(data if data is not None else {}, environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

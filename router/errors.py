@@ -1,0 +1,87 @@
+"""Errors the router answers with, as OpenAI-style bodies.
+
+::
+
+    RouterError                      status, OpenAI type, param
+    +-- BadRequest                   400  invalid JSON, wrong types, missing fields
+    |   +-- ContextTooLong           400  over every pool's window (vLLM's wording)
+    +-- PayloadTooLarge              413  body over max_body_bytes
+    +-- ModelNotFound                404  no pool serves that model (vLLM's wording)
+    +-- NoBackend                    503  every candidate failed or none is usable
+    +-- UpstreamFailed               502  the backend broke after the answer began
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class RouterError(Exception):
+    status = 500
+    error_type = "InternalServerError"
+
+    def __init__(self, message: str, param: str | None = None,
+                 retry_after: float | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.error_type, self.param, self.status)
+
+
+class BadRequest(RouterError):
+    status = 400
+    error_type = "BadRequestError"
+
+
+class ContextTooLong(BadRequest):
+    pass
+
+
+class PayloadTooLarge(RouterError):
+    status = 413
+    error_type = "BadRequestError"
+
+
+class ModelNotFound(RouterError):
+    status = 404
+    error_type = "NotFoundError"
+
+
+class NoBackend(RouterError):
+    status = 503
+    error_type = "ServiceUnavailableError"
+
+
+class UpstreamFailed(RouterError):
+    status = 502
+    error_type = "BadGatewayError"
+
+
+def error_body(message: str, error_type: str, param: str | None, code: int) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    )
+
+
+def context_too_long(window: int, prompt_tokens: int, max_tokens: int | None) -> ContextTooLong:
+    """vLLM's over-context 400, worded as vLLM words it (match on "maximum context length")."""
+    if max_tokens is None or prompt_tokens > window:
+        message = (
+            f"This model's maximum context length is {window} tokens. However, your prompt "
+            f"contains at least {prompt_tokens} input tokens, which exceeds this limit even "
+            f"without any output tokens. Please reduce the length of the input prompt. "
+            f"(parameter=input_tokens, value={prompt_tokens})"
+        )
+    else:
+        total = prompt_tokens + max_tokens
+        message = (
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{max_tokens} output tokens and your prompt contains at least {prompt_tokens} "
+            f"input tokens, for a total of at least {total} tokens. Please reduce the length "
+            f"of the input prompt or the number of requested output tokens. "
+            f"(parameter=input_tokens, value={prompt_tokens})"
+        )
+    return ContextTooLong(message, "input_tokens")
