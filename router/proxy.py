@@ -68,7 +68,7 @@ def _response_headers(upstream: Mapping[str, str], plan: RoutePlan, backend: Bac
 class _Attempt:
     """Accounting of one try on one backend; ``close()`` runs exactly once, in finally."""
 
-    __slots__ = ("backend", "prefill", "work", "prefill_pending")
+    __slots__ = ("backend", "prefill", "prefill_pending", "work")
 
     def __init__(self, backend: BackendState, prefill: int, work: int) -> None:
         self.backend = backend

@@ -23,12 +23,12 @@ DONE = b"data: [DONE]\n\n"
 
 class StreamScanner:
     __slots__ = (
+        "_tail",
         "bytes_seen",
         "completion_tokens",
         "done",
         "finish_reason",
         "prompt_tokens",
-        "_tail",
     )
 
     def __init__(self) -> None:
