@@ -57,16 +57,27 @@ def _hash_key(request: web.Request, body: dict[str, Any], model: str, text: str,
 
 
 def _leading_text(body: dict[str, Any], chat: bool) -> str:
-    """The start of the prompt, for the prefix hash: a shared system prompt shares it."""
+    """The part of the prompt that requests share, for the prefix hash.
+
+    Chat: the leading system/developer messages (an application's shared system prompt),
+    or the first message when there is none (a conversation keeps its first turn as it
+    grows). Completions: the start of the prompt. Either way, requests that share it share
+    vLLM's prefix cache on the backend it hashes to.
+    """
     if not chat:
         prompt = body.get("prompt")
         return prompt if isinstance(prompt, str) else repr(prompt)[:4096]
+    messages = body.get("messages") or ()
     parts = []
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        parts.append(content if isinstance(content, str) else repr(content))
-        if sum(len(p) for p in parts) > 4096:
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "developer"):
             break
+        content = message.get("content")
+        parts.append(content if isinstance(content, str) else repr(content))
+    if not parts and messages:
+        first = messages[0]
+        content = first.get("content") if isinstance(first, dict) else first
+        parts.append(content if isinstance(content, str) else repr(content))
     return "\x00".join(parts)
 
 

@@ -6,6 +6,8 @@ from typing import Any
 import pytest
 
 from backends.simulator import PROFILES, SimConfig, Simulator
+from router.config import RouterConfig
+from tests.fixtures.router import RunningRouter, start_router
 from tests.fixtures.servers import RedisServer, run_redis_server
 
 
@@ -45,3 +47,18 @@ async def make_sim() -> AsyncIterator[SimFactory]:
 @pytest.fixture
 async def sim(make_sim: SimFactory) -> Simulator:
     return await make_sim(model="sim-model")
+
+
+@pytest.fixture
+async def make_router() -> AsyncIterator[Callable[..., Awaitable[RunningRouter]]]:
+    """Start routers in-process on free ports; all are stopped after the test."""
+    started: list[RunningRouter] = []
+
+    async def factory(config: RouterConfig, *, probes: bool = False) -> RunningRouter:
+        router = await start_router(config, probes=probes)
+        started.append(router)
+        return router
+
+    yield factory
+    for router in started:
+        await router.stop()

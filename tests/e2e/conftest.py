@@ -40,9 +40,13 @@ def vllm_server(
             pytrace=False,
         )
     server = VllmServer(
-        tiny_model_dir, free_port(), MODEL, MAX_MODEL_LEN, extra_args=VLLM_ARGS,
+        tiny_model_dir,
+        free_port(),
+        MODEL,
+        MAX_MODEL_LEN,
+        extra_args=VLLM_ARGS,
         log_path=tmp_path_factory.mktemp("vllm-log") / "vllm.log",
-    )  # fmt: skip
+    )
     server.start(python)
     try:
         server.wait_ready()
@@ -54,10 +58,12 @@ def vllm_server(
 @pytest.fixture
 async def twin_sim(tiny_model_dir: Path) -> AsyncIterator[Simulator]:
     """A simulator configured like the vLLM server: same name, window, tokenizer."""
-    profile = PROFILES["tiny"].replace(max_model_len=MAX_MODEL_LEN, block_size=128, num_blocks=48,
-                                       max_num_seqs=32)  # fmt: skip
-    sim = Simulator(SimConfig(model=MODEL, profile=profile,
-                              tokenizer=str(tiny_model_dir / "tokenizer.json")))  # fmt: skip
+    profile = PROFILES["tiny"].replace(
+        max_model_len=MAX_MODEL_LEN, block_size=128, num_blocks=48, max_num_seqs=32
+    )
+    sim = Simulator(
+        SimConfig(model=MODEL, profile=profile, tokenizer=str(tiny_model_dir / "tokenizer.json"))
+    )
     await sim.start()
     yield sim
     await sim.stop()

@@ -61,8 +61,9 @@ async def both(
     data = raw if raw is not None else orjson.dumps(body)
     async with aiohttp.ClientSession() as s:
         for base in (vllm.url, sim.url):
-            async with s.post(base + path, data=data,
-                              headers={"content-type": "application/json"}) as r:  # fmt: skip
+            async with s.post(
+                base + path, data=data, headers={"content-type": "application/json"}
+            ) as r:
                 out.append((r.status, await r.read(), r.headers.get("Content-Type", "")))
     return out[0], out[1]
 
@@ -259,11 +260,17 @@ def metric_families(text: str) -> dict[str, tuple[str, frozenset[str]]]:
 
 
 ROUTER_READS = {
-    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-    "vllm:num_preemptions_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
-    "vllm:request_success_total", "vllm:time_to_first_token_seconds",
-    "vllm:e2e_request_latency_seconds", "vllm:cache_config_info",
-}  # fmt: skip
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:num_preemptions_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+    "vllm:time_to_first_token_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:cache_config_info",
+}
 
 
 async def test_metric_names_types_and_labels_match(
