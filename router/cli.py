@@ -1,10 +1,12 @@
-"""The ``ctxroute`` command line: ``demo``, ``sim``."""
+"""The ``ctxroute`` command line: serve, demo, check-config, sim."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+
+from router.config import ConfigError, RouterConfig, load_config
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -13,14 +15,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run simulated vLLM pools on loopback")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument(
-        "--base-port",
-        type=int,
-        default=None,
-        help="first port of the demo backends (0: free ports)",
-    )
+    serve = sub.add_parser("serve", help="run the router")
+    serve.add_argument("--config", required=True, help="router YAML file")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="processes sharing the port (reuse_port); default 1")  # fmt: skip
+
+    demo = sub.add_parser("demo", help="simulated vLLM pools + the router, on loopback")
+    demo.add_argument("--free-ports", action="store_true",
+                      help="bind the router and simulators to free ports")  # fmt: skip
+
+    check = sub.add_parser("check-config", help="validate a router YAML file and exit")
+    check.add_argument("config", help="router YAML file")
 
     sim = sub.add_parser("sim", help="run one simulated vLLM server")
     from backends.simulator.cli import add_arguments
@@ -29,17 +34,50 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load(path: str) -> RouterConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"ctxroute: invalid configuration: {exc}", file=sys.stderr)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "sim":
         from backends.simulator.cli import run
 
         return run(args)
+    if args.command == "check-config":
+        config = _load(args.config)
+        if config is None:
+            return 2
+        backends = sum(len(p.backends) for p in config.pools)
+        print(f"{args.config}: ok ({len(config.pools)} pools, {backends} backends)")
+        return 0
+    if args.command == "serve":
+        config = _load(args.config)
+        if config is None:
+            return 2
+        if args.workers < 1:
+            print("ctxroute serve: --workers must be at least 1", file=sys.stderr)
+            return 2
+        from router.server import serve
+
+        return serve(config, args.workers)
     if args.command == "demo":
         from router.demo import run_demo
         from router.runtime import run_async
 
-        run_async(run_demo(args.host, args.base_port))
+        try:
+            run_async(run_demo(free_ports=args.free_ports))
+        except ConfigError as exc:
+            print(f"ctxroute demo: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"ctxroute demo: {exc} (is another demo running? try --free-ports)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
 

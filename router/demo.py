@@ -1,8 +1,8 @@
-"""``ctxroute demo``: simulated vLLM pools on loopback, ready to be curled.
+"""``ctxroute demo``: simulated vLLM pools on loopback and the router in front of them.
 
-Two pools, as a real fleet would have them: a low-latency pool (small fast GPUs, short
-window) and a high-memory pool (H100s, long window). The router joins them in front once
-it exists (issue 3); until then the demo serves the pools directly and says so.
+Reads ``config/demo.yaml`` (the embedded default: in-process state, no Redis), starts a
+simulator for every backend it lists (profile by pool: ``DEMO_PROFILES``), then the router.
+``--free-ports`` binds everything to free ports instead (tests, busy machines).
 """
 
 from __future__ import annotations
@@ -10,58 +10,79 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from aiohttp import web
 
 from backends.simulator import PROFILES, SimConfig, Simulator
+from router.app import create_app, make_runner
+from router.config import ConfigError, parse_config
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+DEMO_PROFILES = {"low-latency": "l4-1b", "high-memory": "h100-8b"}
 
 
-@dataclass(frozen=True, slots=True)
-class DemoBackend:
-    pool: str
-    model: str
-    profile: str
-    port: int
+def load_demo_data(path: Path = DEMO_CONFIG) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the demo configuration ({exc.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a mapping")
+    return data
 
 
-DEMO_BACKENDS = (
-    DemoBackend("low-latency", "demo-model", "l4-1b", 8101),
-    DemoBackend("low-latency", "demo-model", "l4-1b", 8102),
-    DemoBackend("high-memory", "demo-model", "h100-8b", 8201),
-    DemoBackend("high-memory", "demo-model", "h100-8b", 8202),
-)
-
-
-async def run_demo(host: str = "127.0.0.1", base_port: int | None = None) -> None:
+async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG) -> None:
+    data = load_demo_data(config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     sims: list[Simulator] = []
+    runner: web.AppRunner | None = None
     try:
-        for i, backend in enumerate(DEMO_BACKENDS):
-            port = backend.port if base_port is None else (base_port + i if base_port else 0)
-            config = SimConfig(
-                model=backend.model, profile=PROFILES[backend.profile], host=host, port=port, seed=i
-            )
-            sims.append(await Simulator(config).start())
-        print("ctxroute demo: simulated vLLM pools are up")
-        for backend, sim in zip(DEMO_BACKENDS, sims, strict=True):
-            print(
-                f"  {backend.pool:12s} {backend.profile:8s} {sim.url}  "
-                f"(max_model_len {sim.profile.max_model_len})"
-            )
-        first = sims[0].url
+        for seed, (pool, backend) in enumerate(
+            (pool, backend) for pool in data["pools"] for backend in pool["backends"]
+        ):
+            url = urlsplit(backend["url"])
+            profile = PROFILES[DEMO_PROFILES.get(pool["name"], "tiny")]
+            profile = profile.replace(max_model_len=pool["max_context_tokens"])
+            sim = Simulator(SimConfig(model=pool["model"], profile=profile,
+                                      host=url.hostname or "127.0.0.1",
+                                      port=0 if free_ports else (url.port or 80), seed=seed))  # fmt: skip
+            await sim.start()
+            sims.append(sim)
+            backend["url"] = sim.url
+        if free_ports:
+            data.setdefault("listen", {})["port"] = 0
+        config = parse_config(data)
+        runner = make_runner(create_app(config))
+        await runner.setup()
+        await web.TCPSite(runner, config.listen.host, config.listen.port).start()
+        host, port = runner.addresses[0][:2]
+        router_url = f"http://{host}:{port}"
+        print(f"ctxroute demo: router on {router_url}")
+        for pool in config.pools_by_window():
+            profile_name = DEMO_PROFILES.get(pool.name, "tiny")
+            print(f"  pool {pool.name:12s} window {pool.max_context_tokens:>6} tokens, "
+                  f"{len(pool.backends)} simulated backends ({profile_name}): "
+                  + " ".join(b.url for b in pool.backends))  # fmt: skip
+        model = config.pools[0].model
         print("\ntry:")
-        print(
-            f"  curl -s {first}/v1/chat/completions -H 'content-type: application/json' \\\n"
-            f'    -d \'{{"model":"demo-model","messages":[{{"role":"user","content":'
-            f'"hello"}}],"max_tokens":16}}\''
-        )
-        print(f"  curl -s {first}/metrics | grep '^vllm:'")
+        print(f"  curl -s {router_url}/v1/chat/completions -H 'content-type: application/json' "
+              f"-d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":"
+              f"\"hello\"}}],\"max_tokens\":16}}' -i")  # fmt: skip
+        print(f"  curl -s {router_url}/status")
+        print("  (the x-ctxroute-pool and x-ctxroute-backend headers say where a request went)")
         print("\nCtrl-C stops everything.", flush=True)
         await stop.wait()
     finally:
+        if runner is not None:
+            await runner.cleanup()
         for sim in sims:
             await sim.stop()
         print("ctxroute demo: stopped", flush=True)
