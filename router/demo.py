@@ -45,15 +45,19 @@ async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG)
     sims: list[Simulator] = []
     runner: web.AppRunner | None = None
     try:
-        for seed, (pool, backend) in enumerate(
-            (pool, backend) for pool in data["pools"] for backend in pool["backends"]
-        ):
+        entries = [(pool, backend) for pool in data["pools"] for backend in pool["backends"]]
+        for seed, (pool, backend) in enumerate(entries):
             url = urlsplit(backend["url"])
             profile = PROFILES[DEMO_PROFILES.get(pool["name"], "tiny")]
-            profile = profile.replace(max_model_len=pool["max_context_tokens"])
-            sim = Simulator(SimConfig(model=pool["model"], profile=profile,
-                                      host=url.hostname or "127.0.0.1",
-                                      port=0 if free_ports else (url.port or 80), seed=seed))  # fmt: skip
+            sim = Simulator(
+                SimConfig(
+                    model=pool["model"],
+                    profile=profile.replace(max_model_len=pool["max_context_tokens"]),
+                    host=url.hostname or "127.0.0.1",
+                    port=0 if free_ports else (url.port or 80),
+                    seed=seed,
+                )
+            )
             await sim.start()
             sims.append(sim)
             backend["url"] = sim.url
