@@ -17,8 +17,15 @@ Heuristic mode (no tokenizer configured for the model), on the UTF-8 byte count 
 Exact mode (a ``tokenizer.json`` or tiktoken encoding for the model): completions are
 counted exactly; chat prompts are counted per message (content + role) plus the template's
 overhead per message and per reply, which is exact up to a merge at each message boundary:
-the bounds are the count +- 1 per message. Measured against real vLLM's
-``usage.prompt_tokens`` in tests/e2e/test_token_bounds.py.
+the bounds are the count +- 1 per message.
+
+Measured against real vLLM 0.32's ``usage.prompt_tokens`` (tests/e2e/test_router_vllm.py,
+the e2e tier's tiny model): exact mode matched every completion exactly and every chat
+within its +-1 per message. The heuristic lower bound held on all of them. The heuristic
+upper bound did NOT hold there (1.0-1.9 bytes per token): that tokenizer has a 2k-entry
+vocabulary, far below the 32k-200k of served models. A fleet that serves a small or
+unusual vocabulary must configure its tokenizer, or routing may pick a window that is too
+small (the backend's own 400 then tells the client; nothing is truncated).
 """
 
 from __future__ import annotations

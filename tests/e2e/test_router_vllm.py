@@ -1,0 +1,176 @@
+"""The router in front of real vLLM: token bounds against usage.prompt_tokens, and the
+proxy path (routing, 400 before the backend, streaming relay) on the real engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from backends.vllm.launch import VllmServer
+from router.config import TokenizerConfig, parse_config
+from router.tokenizers import load_counter
+from router.tokens import chat_bounds, completion_bounds
+from tests.fixtures.router import RunningRouter, start_router
+from tests.fixtures.sse import parse_stream
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+# The tiny model's chat template: <|start|>{role}\n{content}<|end|>\n per message, and
+# <|start|>assistant\n to open the reply (8 tokens with this tokenizer).
+TINY_TEMPLATE = {"tokens_per_message": 4, "tokens_per_reply": 8}
+
+PROSE = (
+    "The router estimates every request's context budget before it picks a pool. Long "
+    "documents go to the high-memory engines, short chats to the low-latency ones, and "
+    "nothing is ever truncated on the way. "
+)
+CODE = "def route(request):\n    budget = request.prompt_tokens + request.max_tokens\n    return pool_for(budget)\n"
+NUMBERS = " ".join(str(i * 7919 % 100003) for i in range(120))
+UNICODE = "Größe des Kontextfensters: 文脈の長さ — naïve café, ½ × π ≈ 1.57. " * 4
+
+PROMPTS = {"prose": PROSE * 3, "code": CODE * 4, "numbers": NUMBERS, "unicode": UNICODE}
+CONVERSATIONS = {
+    "one turn": [{"role": "user", "content": PROSE}],
+    "system + user": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": CODE},
+    ],
+    "three turns": [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": PROSE},
+        {"role": "user", "content": NUMBERS},
+    ],
+}
+
+
+async def usage_of(url: str, path: str, body: dict[str, Any]) -> int:
+    async with aiohttp.ClientSession() as s, s.post(url + path, json=body) as r:
+        assert r.status == 200, await r.text()
+        return int((await r.json())["usage"]["prompt_tokens"])
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+async def test_completion_bounds_hold_against_vllm(
+    vllm_server: VllmServer, tiny_model_dir: Path, name: str
+) -> None:
+    prompt = PROMPTS[name]
+    real = await usage_of(
+        vllm_server.url, "/v1/completions", {"model": "tiny", "prompt": prompt, "max_tokens": 1}
+    )
+    counter = load_counter(
+        "tiny", TokenizerConfig(path=str(tiny_model_dir / "tokenizer.json"), **TINY_TEMPLATE)
+    )
+    exact = completion_bounds(prompt, counter)
+    heuristic = completion_bounds(prompt, None)
+    print(
+        f"\n{name}: vLLM {real} tokens, {len(prompt.encode())} bytes; exact {exact}; "
+        f"heuristic {heuristic} (estimate {len(prompt.encode()) / 4:.0f})"
+    )
+    assert exact.lower == exact.upper == real
+    # the heuristic lower bound never rejects what fits, even on this small vocabulary
+    assert heuristic.lower <= real
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+async def test_chat_bounds_hold_against_vllm(
+    vllm_server: VllmServer, tiny_model_dir: Path, name: str
+) -> None:
+    messages = CONVERSATIONS[name]
+    real = await usage_of(
+        vllm_server.url,
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": messages, "max_tokens": 1},
+    )
+    counter = load_counter(
+        "tiny", TokenizerConfig(path=str(tiny_model_dir / "tokenizer.json"), **TINY_TEMPLATE)
+    )
+    exact = chat_bounds(messages, counter)
+    heuristic = chat_bounds(messages, None)
+    print(f"\n{name}: vLLM {real} tokens; exact-mode bounds {exact}; heuristic {heuristic}")
+    assert exact.lower <= real <= exact.upper
+    assert heuristic.lower <= real
+
+
+@pytest.fixture
+async def router_on_vllm(
+    vllm_server: VllmServer, tiny_model_dir: Path
+) -> AsyncIterator[RunningRouter]:
+    config = parse_config(
+        {
+            "pools": [
+                {
+                    "name": "only",
+                    "model": "tiny",
+                    "max_context_tokens": 2048,
+                    "default_max_tokens": 64,
+                    "backends": [{"url": vllm_server.url, "max_in_flight": 32}],
+                }
+            ],
+            "tokenizers": {
+                "tiny": {"path": str(tiny_model_dir / "tokenizer.json"), **TINY_TEMPLATE}
+            },
+            "timeouts": {"ttfb_s": 60},
+        },
+        environ={},
+    )
+    router = await start_router(config)
+    yield router
+    await router.stop()
+
+
+async def test_router_relays_real_vllm_streams_and_answers(router_on_vllm: RunningRouter) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 5,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with aiohttp.ClientSession() as s:
+        async with s.post(router_on_vllm.url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+            assert r.headers["x-ctxroute-pool"] == "only"
+            chunks = parse_stream(await r.read())
+        async with s.post(
+            router_on_vllm.url + "/v1/completions",
+            json={"model": "tiny", "prompt": "hi", "max_tokens": 3},
+        ) as r:
+            assert r.status == 200
+            unary = await r.json()
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+    assert unary["usage"]["completion_tokens"] <= 3
+
+
+async def test_over_the_window_the_router_answers_before_vllm_with_the_same_wording(
+    router_on_vllm: RunningRouter, vllm_server: VllmServer
+) -> None:
+    prompt = " the" * 2100  # exactly 2,100 tokens with the tiny tokenizer
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 1}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(router_on_vllm.url + "/v1/completions", json=body) as r:
+            assert r.status == 400
+            assert "x-ctxroute-backend" not in r.headers
+            ours = orjson.loads(await r.read())["error"]
+        async with s.post(vllm_server.url + "/v1/completions", json=body) as r:
+            theirs = orjson.loads(await r.read())["error"]
+    assert (ours["type"], ours["param"], ours["code"]) == (
+        theirs["type"],
+        theirs["param"],
+        theirs["code"],
+    )
+    assert "maximum context length is 2048 tokens" in ours["message"]
+    assert "maximum context length is 2048 tokens" in theirs["message"]
+    # prompt + max_tokens over the window: vLLM would clamp silently; the router refuses
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            router_on_vllm.url + "/v1/completions",
+            json={"model": "tiny", "prompt": " the" * 1000, "max_tokens": 1500},
+        ) as r:
+            assert r.status == 400
+            assert "you requested 1500 output tokens" in (await r.json())["error"]["message"]
