@@ -71,8 +71,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def drive(url: str, *, stream: bool, requests: int, concurrency: int, tokens: int) -> Result:
-    body = {"prompt": "abcd" * 64, "max_tokens": tokens if stream else 1, "ignore_eos": True,
-            "stream": stream}  # fmt: skip
+    body = {
+        "prompt": "abcd" * 64,
+        "max_tokens": tokens if stream else 1,
+        "ignore_eos": True,
+        "stream": stream,
+    }
     latencies: list[float] = []
     ttfb: list[float] = []
     queue = iter(range(requests))
@@ -155,21 +159,42 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ctxroute-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     backend = free_port()
-    sim = subprocess.Popen([*pin_load, PY, "-m", "router", "sim", "--profile", "tiny",
-                            "--port", str(backend), "--max-model-len", "8192",
-                            "--num-blocks", "65536", "--max-num-seqs", "1024",
-                            "--max-num-batched-tokens", "65536",
-                            "--set", f"weights_floor_ms={args.token_ms - 0.5}",
-                            "--set", "step_overhead_ms=0.5"],
-                           stdout=subprocess.DEVNULL)  # fmt: skip
+    sim = subprocess.Popen(
+        [
+            *pin_load,
+            PY,
+            "-m",
+            "router",
+            "sim",
+            "--profile",
+            "tiny",
+            "--port",
+            str(backend),
+            "--max-model-len",
+            "8192",
+            "--num-blocks",
+            "65536",
+            "--max-num-seqs",
+            "1024",
+            "--max-num-batched-tokens",
+            "65536",
+            "--set",
+            f"weights_floor_ms={args.token_ms - 0.5}",
+            "--set",
+            "step_overhead_ms=0.5",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     procs.append(sim)
     targets: dict[str, tuple[str, list[int]]] = {"direct": (f"http://127.0.0.1:{backend}", [])}
     try:
         wait_for_port("127.0.0.1", backend, 20, sim)
         router_port = free_port()
         (tmp / "router.yaml").write_text(ROUTER_CONF.format(port=router_port, backend=backend))
-        router = subprocess.Popen([*pin_proxy, PY, "-m", "router", "serve", "--config",
-                                   str(tmp / "router.yaml")], stdout=subprocess.DEVNULL)  # fmt: skip
+        router = subprocess.Popen(
+            [*pin_proxy, PY, "-m", "router", "serve", "--config", str(tmp / "router.yaml")],
+            stdout=subprocess.DEVNULL,
+        )
         procs.append(router)
         wait_for_port("127.0.0.1", router_port, 20, router)
         targets["ctxroute"] = (f"http://127.0.0.1:{router_port}", [router.pid])
@@ -179,9 +204,20 @@ def main() -> None:
             (tmp / "nginx.conf").write_text(
                 NGINX_CONF.format(prefix=tmp, port=nginx_port, backend=backend)
             )
-            nginx = subprocess.Popen([*pin_proxy, nginx_bin, "-p", str(tmp), "-c",
-                                      str(tmp / "nginx.conf"), "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            nginx = subprocess.Popen(
+                [
+                    *pin_proxy,
+                    nginx_bin,
+                    "-p",
+                    str(tmp),
+                    "-c",
+                    str(tmp / "nginx.conf"),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             procs.append(nginx)
             wait_for_port("127.0.0.1", nginx_port, 20, nginx)
             targets["nginx"] = (f"http://127.0.0.1:{nginx_port}", [nginx.pid])
@@ -203,17 +239,22 @@ def main() -> None:
                     for name, (url, pids) in targets.items():
                         pid_list = [p for pid in pids for p in children(pid)]
                         before = cpu_seconds(pid_list)
-                        res = await drive(url, stream=stream, requests=n, concurrency=conc,
-                                          tokens=args.tokens)  # fmt: skip
+                        res = await drive(
+                            url, stream=stream, requests=n, concurrency=conc, tokens=args.tokens
+                        )
                         res.cpu = cpu_seconds(pid_list) - before if pids else None
                         results[name] = res
                     rows.extend(report(results, stream, conc, n, args.tokens))
 
         run_async(run_all())
-        print(f"proxy on core {args.proxy_core}; simulator and load on core {args.load_core}; "
-              f"streams: {args.tokens} tokens, {args.token_ms:g} ms apart")  # fmt: skip
-        print(f"{'kind':>9} {'conc':>4} {'target':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'+p50 ms':>8} {'+p99 ms':>8} {'ttfb p99':>8} {'+ttfb99':>8} {'cpu us/req':>10}")
+        print(
+            f"proxy on core {args.proxy_core}; simulator and load on core {args.load_core}; "
+            f"streams: {args.tokens} tokens, {args.token_ms:g} ms apart"
+        )
+        print(
+            f"{'kind':>9} {'conc':>4} {'target':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'+p50 ms':>8} {'+p99 ms':>8} {'ttfb p99':>8} {'+ttfb99':>8} {'cpu us/req':>10}"
+        )
         for row in rows:
             print(row)
     finally:
@@ -239,7 +280,11 @@ def report(results: dict[str, Result], stream: bool, conc: int, n: int, tokens: 
         added = name != "direct"
         rows.append(
             f"{kind:>9} {conc:>4} {name:>9} {1e3 * p50:8.2f} {1e3 * p99:8.2f} "
-            + (f"{1e3 * (p50 - d50):8.2f} {1e3 * (p99 - d99):8.2f} " if added else f"{'':8} {'':8} ")
+            + (
+                f"{1e3 * (p50 - d50):8.2f} {1e3 * (p99 - d99):8.2f} "
+                if added
+                else f"{'':8} {'':8} "
+            )
             + (f"{1e3 * t99:8.2f} " if stream else f"{'':8} ")
             + (f"{1e3 * (t99 - dt99):8.2f} " if stream and added else f"{'':8} ")
             + cpu

@@ -29,9 +29,13 @@ PROSE = (
     "documents go to the high-memory engines, short chats to the low-latency ones, and "
     "nothing is ever truncated on the way. "
 )
-CODE = "def route(request):\n    budget = request.prompt_tokens + request.max_tokens\n    return pool_for(budget)\n"
+CODE = (
+    "def route(request):\n"
+    "    budget = request.prompt_tokens + request.max_tokens\n"
+    "    return pool_for(budget)\n"
+)
 NUMBERS = " ".join(str(i * 7919 % 100003) for i in range(120))
-UNICODE = "Größe des Kontextfensters: 文脈の長さ — naïve café, ½ × π ≈ 1.57. " * 4
+UNICODE = "Größe des Kontextfensters: 文脈の長さ — naïve café, ½ × π ≈ 1.57. " * 4  # noqa: RUF001
 
 PROMPTS = {"prose": PROSE * 3, "code": CODE * 4, "numbers": NUMBERS, "unicode": UNICODE}
 CONVERSATIONS = {
