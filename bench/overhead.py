@@ -5,7 +5,8 @@ the proxy under test (ctxroute, then nginx as a plain reverse proxy) alone on co
 For non-streaming requests and for 64-token streams, at each concurrency, it prints the
 latency p50/p99 (and time to first byte for streams), what the proxy adds over direct, and
 the proxy's own CPU time per request read from /proc around the run: the figure that
-holds on a noisy machine.
+holds on a noisy machine. ``bare`` is a minimal aiohttp proxy (bench/bare_proxy.py): the
+floor that shows what ctxroute's routing adds on top of moving bytes.
 
     python -m bench.overhead                      # full table (about 2 minutes)
     python -m bench.overhead --requests 400 --concurrency 32
@@ -198,6 +199,14 @@ def main() -> None:
         procs.append(router)
         wait_for_port("127.0.0.1", router_port, 20, router)
         targets["ctxroute"] = (f"http://127.0.0.1:{router_port}", [router.pid])
+        bare_port = free_port()
+        bare = subprocess.Popen(
+            [*pin_proxy, PY, "-m", "bench.bare_proxy", "--port", str(bare_port), "--upstream",
+             f"http://127.0.0.1:{backend}"],
+        )  # fmt: skip
+        procs.append(bare)
+        wait_for_port("127.0.0.1", bare_port, 20, bare)
+        targets["bare"] = (f"http://127.0.0.1:{bare_port}", [bare.pid])
         nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
         if not args.no_nginx and Path(nginx_bin).exists():
             nginx_port = free_port()
