@@ -12,6 +12,7 @@ from aiohttp import web
 
 from router.config import RouterConfig
 from router.fleet import Fleet
+from router.h1 import H1Pool
 from router.handlers import add_routes
 from router.probe import probe_forever
 from router.proxy import ForwardSettings
@@ -36,9 +37,11 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         own_session = session is None
         client = session or make_session(config)
+        upstream = H1Pool(config.timeouts.connect_s)
         app[AppState.KEY] = AppState(
             fleet=the_fleet,
             session=client,
+            upstream=upstream,
             counters=counters,
             routing=config.routing,
             forward=ForwardSettings(config.routing.max_attempts, config.timeouts),
@@ -55,6 +58,7 @@ def create_app(
             probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe_task
+        await upstream.close()
         if own_session:
             await client.close()
 

@@ -41,8 +41,11 @@ class BackendConfig(_Frozen):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        # plain HTTP: vLLM backends sit on a private network next to the router
+        if not value.startswith("http://"):
+            raise ValueError("must start with http:// (backends are reached over plain HTTP)")
+        if "/" in value[len("http://") :].rstrip("/"):
+            raise ValueError("must be an origin (http://host:port), without a path")
         return value.rstrip("/")
 
 
@@ -89,6 +92,9 @@ class TimeoutsConfig(_Frozen):
     connect_s: float = Field(default=2.0, gt=0)
     ttfb_s: float = Field(default=30.0, gt=0, description="until the first body byte")
     idle_read_s: float = Field(default=60.0, gt=0, description="between two body reads")
+    unary_s: float = Field(
+        default=600.0, gt=0, description="a non-streaming answer, which arrives whole at the end"
+    )
 
 
 class RoutingConfig(_Frozen):

@@ -7,6 +7,7 @@ Built once from the configuration. ``BackendState`` objects are mutated by the p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from router.config import RouterConfig
 from router.hashring import PoolRing
@@ -28,8 +29,16 @@ class Fleet:
         for pool in config.pools_by_window():
             backends = {}
             for b in pool.backends:
-                state = BackendState(url=b.url, pool=pool.name, model=b.model or pool.model,
-                                     max_in_flight=b.max_in_flight, weight=b.weight)  # fmt: skip
+                parts = urlsplit(b.url)
+                state = BackendState(
+                    url=b.url,
+                    pool=pool.name,
+                    model=b.model or pool.model,
+                    max_in_flight=b.max_in_flight,
+                    weight=b.weight,
+                    host=parts.hostname or "127.0.0.1",
+                    port=parts.port or 80,
+                )
                 backends[b.url] = state
                 states.append(state)
             ring = PoolRing(((b.url, b.weight) for b in pool.backends), config.routing.vnodes)

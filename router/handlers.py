@@ -144,7 +144,7 @@ async def _complete(request: web.Request, *, chat: bool, path: str) -> web.Strea
         pools = state.fleet.by_model[facts.model]
         choice = choose_pool(facts.prompt, facts.max_tokens, pools)
         plan = plan_route(facts, choice, pools, state.fleet.settings)
-        return await forward(request, state.session, path, raw, facts, plan, request_id,
+        return await forward(request, state.upstream, path, raw, facts, plan, request_id,
                              state.forward)  # fmt: skip
     except RouterError as exc:
         return error_response(exc, request_id)

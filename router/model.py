@@ -42,6 +42,8 @@ class BackendState:
     pending_prefill: int = 0
     budget_in_flight: int = 0
     up: bool = True  # last probe / passive check
+    host: str = ""
+    port: int = 0
 
     @property
     def load(self) -> int:

@@ -1,41 +1,43 @@
 """forward(): try the plan's candidates, retry only before the first byte, relay the answer.
 
-Before the first byte reaches the client, a connect error, a 5xx or a time-to-first-byte
-timeout moves on to the next candidate (at most ``max_attempts`` tries). After it, never:
-a stream gets an SSE error event and ``data: [DONE]``; a non-streaming answer cannot
-break after its first byte because it is read whole before it is sent.
+Before the first byte reaches the client, a connect error, a 5xx or a timeout (first body
+byte of a stream within ``ttfb_s``, a whole non-streaming answer within ``unary_s``) moves
+on to the next candidate, at most ``max_attempts`` tries. After it, never: a stream gets an
+SSE error event and ``data: [DONE]``.
 
-Streamed chunks are written as received: no parsing, no re-serialisation; a byte scanner
-notes finish_reason and usage on the way. If the client leaves, aiohttp cancels the
-handler (``handler_cancellation=True``) and the upstream response is closed at once, so
-vLLM aborts the request and frees its KV cache.
+Streams are spliced: the upstream connection's bytes, chunked framing included, are written
+to the client's transport as they arrive (router/h1.py), with no parse, no copy and no
+re-serialisation; a byte scanner notes finish_reason and usage on the way. If the client
+leaves, aiohttp cancels the handler (``handler_cancellation=True``) and the upstream
+connection is aborted at once, so vLLM aborts the request and frees its KV cache.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.config import TimeoutsConfig
-from router.errors import NoBackend, UpstreamFailed
+from router.errors import NoBackend
+from router.h1 import H1ConnectError, H1Error, H1Pool, Response
 from router.model import BackendState, RequestFacts, RoutePlan
 from router.sse import StreamScanner, error_event
-from router.upstream import UpstreamError
 
 # RFC 9110 hop-by-hop headers, plus the ones the relay recomputes
 _HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
-        "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+        "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "X-Request-ID",
     )
 )  # fmt: skip
 _RESPONSE_DROP = _HOP_BY_HOP | {"date", "server"}
+# past this much unsent data to a slow client, stop reading from the backend
+_HIGH_WATER = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +46,20 @@ class ForwardSettings:
     timeouts: TimeoutsConfig
 
 
-def upstream_headers(incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
+def request_head_tail(incoming: CIMultiDictProxy[str], request_id: str, body_length: int) -> bytes:
+    """The end-to-end headers sent upstream (the backend-specific lines are added per try)."""
+    lines = [f"Content-Length: {body_length}\r\nX-Request-ID: {request_id}\r\n"]
     for name, value in incoming.items():
         if name.lower() not in _HOP_BY_HOP:
-            out.add(name, value)
-    out["X-Request-ID"] = request_id
-    return out
+            lines.append(f"{name}: {value}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1", "replace")
 
 
-def _response_headers(upstream: Mapping[str, str], plan: RoutePlan, backend: BackendState,
+def _response_headers(upstream: list[tuple[str, str]], backend: BackendState,
                       request_id: str) -> CIMultiDict[str]:  # fmt: skip
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
+    for name, value in upstream:
         if name.lower() not in _RESPONSE_DROP:
             out.add(name, value)
     out["x-ctxroute-pool"] = backend.pool
@@ -90,9 +93,22 @@ class _Attempt:
         self.backend.budget_in_flight -= self.work
 
 
+def dechunk(body: bytes) -> bytes:
+    """Decode a complete chunked body (the rare non-streaming answer sent chunked)."""
+    out: list[bytes] = []
+    pos = 0
+    while True:
+        nl = body.index(b"\n", pos)
+        size = int(body[pos:nl].split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[nl + 1 : nl + 1 + size])
+        pos = nl + 1 + size + 2
+
+
 async def forward(
     request: web.Request,
-    session: aiohttp.ClientSession,
+    pool: H1Pool,
     path: str,
     raw_body: bytes,
     facts: RequestFacts,
@@ -100,110 +116,130 @@ async def forward(
     request_id: str,
     settings: ForwardSettings,
 ) -> web.StreamResponse:
-    headers = upstream_headers(request.headers, request_id)
+    tail = request_head_tail(request.headers, request_id, len(raw_body))
     timeouts = settings.timeouts
-    unary_timeout = aiohttp.ClientTimeout(
-        total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s,
-        sock_read=timeouts.ttfb_s,
-    )  # fmt: skip
+    wait_s = timeouts.ttfb_s if facts.stream else timeouts.unary_s
     failures: list[str] = []
     for backend in plan.candidates[: settings.max_attempts]:
+        head = f"POST {path} HTTP/1.1\r\nHost: {backend.host}:{backend.port}\r\n".encode() + tail
         attempt = _Attempt(backend, facts.prompt.upper, plan.budget)
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         try:
             try:
-                resp = await _open(session, backend.url + path, raw_body, headers, facts.stream,
-                                   timeouts, unary_timeout)  # fmt: skip
-                if resp.status >= 500:
-                    detail = (await resp.content.read(512)).decode(errors="replace")
-                    raise UpstreamError("status", f"{resp.status} {detail[:200]}")
-                if facts.stream and resp.status == 200:
-                    first = await _first_chunk(resp, timeouts.ttfb_s)
-                else:
-                    first = await resp.read()
-            except UpstreamError as exc:
+                async with asyncio.timeout(wait_s):
+                    resp = await pool.request((backend.host, backend.port), head, raw_body)
+                    if resp.status >= 500:
+                        detail = (await resp.read())[:200].decode(errors="replace")
+                        failures.append(f"{backend.url}: status {resp.status} {detail}")
+                        continue
+                    spliced = facts.stream and resp.status == 200
+                    first = await (resp.first_data() if spliced else resp.read())
+                    if spliced and not first and resp.complete:
+                        failures.append(f"{backend.url}: stream ended before its first byte")
+                        continue
+            except H1ConnectError as exc:
                 failures.append(f"{backend.url}: {exc}")
-                if exc.kind == "connect":
-                    backend.up = False
+                backend.up = False
+                continue
+            except H1Error as exc:
+                failures.append(f"{backend.url}: {exc}")
+                continue
+            except TimeoutError:
+                failures.append(f"{backend.url}: no {'first byte' if facts.stream else 'answer'} "
+                                f"within {wait_s:g}s")  # fmt: skip
                 continue
             backend.up = True
             attempt.first_byte()
-            out_headers = _response_headers(resp.headers, plan, backend, request_id)
-            if not (facts.stream and resp.status == 200):
-                return web.Response(status=resp.status, body=first, headers=out_headers)
-            return await _relay_stream(request, resp, first, out_headers)
+            headers = _response_headers(resp.headers, backend, request_id)
+            if not spliced:
+                body = dechunk(first) if resp.chunked else first
+                return web.Response(status=resp.status, body=body, headers=headers)
+            return await _splice(request, resp, first, headers, timeouts.idle_read_s)
         finally:
             if resp is not None:
                 resp.close()
             attempt.close()
-    if failures:
-        raise NoBackend(
-            f"no backend of pool '{plan.pool}' answered ({len(failures)} tried): "
-            + "; ".join(failures),
-            retry_after=1.0,
-        )
-    raise NoBackend(f"pool '{plan.pool}' has no backend to try", retry_after=1.0)
+    raise NoBackend(
+        f"no backend of pool '{plan.pool}' answered ({len(failures)} tried): " + "; ".join(failures)
+        if failures
+        else f"pool '{plan.pool}' has no backend to try",
+        retry_after=1.0,
+    )
 
 
-async def _open(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: CIMultiDict[str],
-    stream: bool, timeouts: TimeoutsConfig, unary_timeout: aiohttp.ClientTimeout,
-) -> aiohttp.ClientResponse:  # fmt: skip
-    try:
-        if stream:
-            async with asyncio.timeout(timeouts.ttfb_s):
-                return await session.post(url, data=body, headers=headers)
-        # a non-streaming answer arrives whole when generation ends: no first-byte clock
-        return await session.post(url, data=body, headers=headers, timeout=unary_timeout)
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError("connect", str(exc.os_error or exc)) from None
-    except TimeoutError:
-        raise UpstreamError("timeout", "no response headers in time") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError("broken", repr(exc)) from None
-
-
-async def _first_chunk(resp: aiohttp.ClientResponse, ttfb_s: float) -> bytes:
-    try:
-        async with asyncio.timeout(ttfb_s):
-            first = await resp.content.readany()
-    except TimeoutError:
-        raise UpstreamError("timeout", f"no first byte within {ttfb_s}s") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError("broken", repr(exc)) from None
-    if not first:
-        raise UpstreamError("broken", "stream ended before its first byte")
-    return first
-
-
-async def _relay_stream(
-    request: web.Request, resp: aiohttp.ClientResponse, first: bytes,
-    headers: CIMultiDict[str],
-) -> web.StreamResponse:  # fmt: skip
+async def _splice(
+    request: web.Request, resp: Response, first: bytes, headers: CIMultiDict[str], idle_s: float
+) -> web.StreamResponse:
     out = web.StreamResponse(status=200, headers=headers)
+    raw = resp.chunked and request.version == HttpVersion11
+    if not raw:
+        headers.pop("Transfer-Encoding", None)
     await out.prepare(request)
+    transport = request.transport
+    if transport is None:
+        return out  # the client is gone already
     scanner = StreamScanner()
-    scanner.feed(first)
-    await out.write(first)
-    read = resp.content.readany
-    write = out.write
-    try:
-        while True:
-            chunk = await read()
-            if not chunk:
-                break
-            scanner.feed(chunk)
-            await write(chunk)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        # the backend broke after the first byte: never retry, tell the client in-stream
-        await write(error_event(f"upstream stream broken: {exc!r}"))
-        await out.write_eof()
+    loop = asyncio.get_running_loop()
+    last_data = [loop.time()]
+    done: asyncio.Future[H1Error | None] = loop.create_future()
+
+    if raw:
+        # headers are on the wire (StreamResponse sends them in prepare): the upstream's
+        # chunked framing goes to the client as is; aiohttp writes the terminator at the end
+        def sink(data: bytes) -> None:
+            scanner.feed(data)
+            last_data[0] = loop.time()
+            if transport.is_closing():
+                return
+            transport.write(data)
+            if transport.get_write_buffer_size() > _HIGH_WATER:
+                resp.pause()
+                loop.call_later(0.01, _resume_when_drained, transport, resp, loop)
+    else:
+
+        def sink(data: bytes) -> None:
+            scanner.feed(data)
+            last_data[0] = loop.time()
+            _ = asyncio.ensure_future(out.write(data))
+
+    def on_end(error: H1Error | None) -> None:
+        if not done.done():
+            done.set_result(error)
+
+    sink(first)
+    resp.relay(sink, on_end)
+    error = await _wait_idle(done, last_data, idle_s, loop)
+    if error is not None and raw and resp.mid_chunk:
+        # cut inside a chunk: the client's framing cannot be continued, so cut it too
+        transport.abort()
         return out
-    if not scanner.done:
-        # the backend closed cleanly but without finishing the answer (no [DONE])
-        await write(error_event("upstream closed the stream before the answer finished"))
+    if error is not None:
+        await out.write(error_event(f"upstream stream broken: {error}"))
+    elif not scanner.done:
+        await out.write(error_event("upstream ended the stream before the answer finished"))
     await out.write_eof()
     return out
 
 
-__all__ = ["ForwardSettings", "UpstreamFailed", "forward", "upstream_headers"]
+def _resume_when_drained(transport: asyncio.Transport, resp: Response,
+                         loop: asyncio.AbstractEventLoop) -> None:  # fmt: skip
+    if transport.is_closing() or transport.get_write_buffer_size() <= _HIGH_WATER // 2:
+        resp.resume()
+    else:
+        loop.call_later(0.01, _resume_when_drained, transport, resp, loop)
+
+
+async def _wait_idle(done: asyncio.Future[H1Error | None], last_data: list[float], idle_s: float,
+                     loop: asyncio.AbstractEventLoop) -> H1Error | None:  # fmt: skip
+    """Wait for the end of the body; an error if no byte came for ``idle_s``."""
+    while True:
+        remaining = last_data[0] + idle_s - loop.time()
+        if remaining <= 0:
+            return H1Error(f"no data for {idle_s:g}s", before_response=False)
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), remaining)
+        except TimeoutError:
+            continue
+
+
+__all__ = ["ForwardSettings", "dechunk", "forward", "request_head_tail"]

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from router.config import RoutingConfig
 from router.fleet import Fleet
+from router.h1 import H1Pool
 from router.proxy import ForwardSettings
 from router.tokens import TokenCounter
 
@@ -19,7 +20,8 @@ class AppState:
     KEY: ClassVar[web.AppKey[AppState]]
 
     fleet: Fleet
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession  # probes
+    upstream: H1Pool  # the request path
     counters: dict[str, TokenCounter]
     routing: RoutingConfig
     forward: ForwardSettings

@@ -1,14 +1,23 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+import uvloop
 
 from backends.simulator import PROFILES, SimConfig, Simulator
 from router.config import RouterConfig
 from tests.fixtures.router import RunningRouter, start_router
 from tests.fixtures.servers import RedisServer, run_redis_server
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests run on uvloop, as `ctxroute serve` does (its transports differ from asyncio's)."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")
