@@ -17,6 +17,7 @@ of the response is replaced by a fresh one once (the server closed it while idle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -81,10 +82,8 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # not a TCP socket
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # pragma: no cover - not a TCP socket
-                pass
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
@@ -289,8 +288,9 @@ class Response:
     def mid_chunk(self) -> bool:
         return self._conn.mid_chunk
 
-    async def first_data(self) -> bytes:
-        """The first body bytes (b"" if the body is empty). Raises H1Error."""
+    async def next_data(self) -> bytes:
+        """The body bytes that arrived since the last call, waiting for some; b"" at the
+        end of the body. Raises H1Error."""
         conn = self._conn
         while not conn._pending and not conn._done:
             conn._data_waiter = asyncio.get_running_loop().create_future()

@@ -133,7 +133,7 @@ async def forward(
                         failures.append(f"{backend.url}: status {resp.status} {detail}")
                         continue
                     spliced = facts.stream and resp.status == 200
-                    first = await (resp.first_data() if spliced else resp.read())
+                    first = await (resp.next_data() if spliced else resp.read())
                     if spliced and not first and resp.complete:
                         failures.append(f"{backend.url}: stream ended before its first byte")
                         continue
@@ -171,9 +171,8 @@ async def _splice(
     request: web.Request, resp: Response, first: bytes, headers: CIMultiDict[str], idle_s: float
 ) -> web.StreamResponse:
     out = web.StreamResponse(status=200, headers=headers)
-    raw = resp.chunked and request.version == HttpVersion11
-    if not raw:
-        headers.pop("Transfer-Encoding", None)
+    if not (resp.chunked and request.version == HttpVersion11):
+        return await _relay_reframed(request, out, resp, first, idle_s)
     await out.prepare(request)
     transport = request.transport
     if transport is None:
@@ -183,24 +182,17 @@ async def _splice(
     last_data = [loop.time()]
     done: asyncio.Future[H1Error | None] = loop.create_future()
 
-    if raw:
-        # headers are on the wire (StreamResponse sends them in prepare): the upstream's
-        # chunked framing goes to the client as is; aiohttp writes the terminator at the end
-        def sink(data: bytes) -> None:
-            scanner.feed(data)
-            last_data[0] = loop.time()
-            if transport.is_closing():
-                return
-            transport.write(data)
-            if transport.get_write_buffer_size() > _HIGH_WATER:
-                resp.pause()
-                loop.call_later(0.01, _resume_when_drained, transport, resp, loop)
-    else:
-
-        def sink(data: bytes) -> None:
-            scanner.feed(data)
-            last_data[0] = loop.time()
-            _ = asyncio.ensure_future(out.write(data))
+    # StreamResponse has sent its headers in prepare(): the upstream's chunked framing goes
+    # to the client as is, and aiohttp writes the terminator in write_eof()
+    def sink(data: bytes) -> None:
+        scanner.feed(data)
+        last_data[0] = loop.time()
+        if transport.is_closing():
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > _HIGH_WATER:
+            resp.pause()
+            loop.call_later(0.01, _resume_when_drained, transport, resp, loop)
 
     def on_end(error: H1Error | None) -> None:
         if not done.done():
@@ -209,16 +201,51 @@ async def _splice(
     sink(first)
     resp.relay(sink, on_end)
     error = await _wait_idle(done, last_data, idle_s, loop)
-    if error is not None and raw and resp.mid_chunk:
+    if error is not None and resp.mid_chunk:
         # cut inside a chunk: the client's framing cannot be continued, so cut it too
         transport.abort()
         return out
+    await _finish_stream(out, scanner, error)
+    return out
+
+
+async def _relay_reframed(request: web.Request, out: web.StreamResponse, resp: Response,
+                          first: bytes, idle_s: float) -> web.StreamResponse:  # fmt: skip
+    """The uncommon path: an HTTP/1.0 client or an upstream body that is not chunked.
+    aiohttp frames what is written; a chunked upstream body is decoded whole first."""
+    scanner = StreamScanner()
+    error: H1Error | None = None
+    if resp.chunked:  # an HTTP/1.0 client: no chunked framing on its side
+        try:
+            async with asyncio.timeout(idle_s):
+                rest = await resp.read()
+            first = dechunk(first + rest + b"0\r\n\r\n")
+        except (H1Error, TimeoutError) as exc:
+            error = exc if isinstance(exc, H1Error) else H1Error("idle", before_response=False)
+            first = b""
+    await out.prepare(request)
+    data = first
+    while data and error is None:
+        scanner.feed(data)
+        await out.write(data)
+        try:
+            async with asyncio.timeout(idle_s):
+                data = await resp.next_data()
+        except H1Error as exc:
+            error = exc
+        except TimeoutError:
+            error = H1Error(f"no data for {idle_s:g}s", before_response=False)
+    await _finish_stream(out, scanner, error)
+    return out
+
+
+async def _finish_stream(out: web.StreamResponse, scanner: StreamScanner,
+                         error: H1Error | None) -> None:  # fmt: skip
     if error is not None:
         await out.write(error_event(f"upstream stream broken: {error}"))
     elif not scanner.done:
         await out.write(error_event("upstream ended the stream before the answer finished"))
     await out.write_eof()
-    return out
 
 
 def _resume_when_drained(transport: asyncio.Transport, resp: Response,

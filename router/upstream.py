@@ -15,5 +15,5 @@ def make_session(config: RouterConfig) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
         timeout=aiohttp.ClientTimeout(
             total=config.probe.timeout_s, connect=config.timeouts.connect_s
-        ),  # fmt: skip
+        ),
     )
