@@ -306,21 +306,10 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body, as sent (chunked framing included when chunked)."""
-        conn = self._conn
         parts: list[bytes] = []
-        while True:
-            while not conn._pending and not conn._done:
-                conn._data_waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await conn._data_waiter
-                finally:
-                    conn._data_waiter = None
-            parts.extend(conn._pending)
-            conn._pending.clear()
-            if conn._error is not None:
-                raise conn._error
-            if conn._done:
-                return b"".join(parts)
+        while data := await self.next_data():
+            parts.append(data)
+        return b"".join(parts)
 
     def relay(self, sink: Sink, on_end: Callable[[H1Error | None], None]) -> None:
         """Send every further body byte to ``sink`` as it arrives; ``on_end`` when done."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -12,6 +11,7 @@ import pytest
 
 from backends.simulator import Simulator
 from tests.conftest import SimFactory
+from tests.fixtures.metrics import metric
 from tests.fixtures.router import RunningRouter, two_pool_config
 from tests.fixtures.sse import parse_stream
 
@@ -22,10 +22,8 @@ COMPLETIONS = "/v1/completions"
 
 async def requests_seen(sim: Simulator) -> int:
     """Requests that reached the engine (any outcome), from the simulator's own metrics."""
-    async with aiohttp.ClientSession() as s, s.get(sim.url + "/metrics") as r:
-        text = await r.text()
-    values = re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.M)
-    return int(sum(float(v) for v in values))
+    async with aiohttp.ClientSession() as s:
+        return int(await metric(s, sim.url, "vllm:request_success_total"))
 
 
 @pytest.fixture

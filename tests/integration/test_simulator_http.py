@@ -10,27 +10,21 @@ import pytest
 
 from backends.simulator import Simulator
 from tests.conftest import SimFactory
+from tests.fixtures.metrics import metric as metric_at
 from tests.fixtures.sse import parse_stream
 
 CHAT = "/v1/chat/completions"
+
+
+async def metric(s: aiohttp.ClientSession, sim: Simulator, name: str, labels: str = "") -> float:
+    return await metric_at(s, sim.url, name, labels)
+
+
 COMPLETIONS = "/v1/completions"
 
 
 def chat_body(content: str = "hello there", **extra: object) -> dict[str, object]:
     return {"model": "sim-model", "messages": [{"role": "user", "content": content}], **extra}
-
-
-async def metric(
-    session: aiohttp.ClientSession, sim: Simulator, name: str, labels: str = ""
-) -> float:
-    async with session.get(sim.url + "/metrics") as resp:
-        text = await resp.text()
-    pattern = re.compile(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", re.M)
-    total = 0.0
-    for label_text, value in pattern.findall(text):
-        if labels in label_text:
-            total += float(value)
-    return total
 
 
 async def test_chat_completion_has_vllm_shape_and_usage(sim: Simulator) -> None:
