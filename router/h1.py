@@ -164,6 +164,18 @@ class _Connection(asyncio.Protocol):
 
     def _body(self, data: bytes) -> None:
         if self.chunked:
+            if self._chunk_left == 0 and not self._held:
+                # the common case on the token path: exactly one whole chunk (vLLM writes
+                # one SSE event per chunk)
+                nl = data.find(b"\n")
+                if nl > 0:
+                    try:
+                        size = int(data[:nl], 16)
+                    except ValueError:
+                        size = -1  # extensions or garbage: the general path decides
+                    if size > 0 and nl + size + 3 == len(data):
+                        self._deliver(data)
+                        return
             if self._held:
                 data = self._held + data
                 self._held = b""

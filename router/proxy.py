@@ -179,14 +179,12 @@ async def _splice(
         return out  # the client is gone already
     scanner = StreamScanner()
     loop = asyncio.get_running_loop()
-    last_data = [loop.time()]
     done: asyncio.Future[H1Error | None] = loop.create_future()
 
     # StreamResponse has sent its headers in prepare(): the upstream's chunked framing goes
     # to the client as is, and aiohttp writes the terminator in write_eof()
     def sink(data: bytes) -> None:
         scanner.feed(data)
-        last_data[0] = loop.time()
         if transport.is_closing():
             return
         transport.write(data)
@@ -200,7 +198,7 @@ async def _splice(
 
     sink(first)
     resp.relay(sink, on_end)
-    error = await _wait_idle(done, last_data, idle_s, loop)
+    error = await _wait_idle(done, scanner, idle_s)
     if error is not None and resp.mid_chunk:
         # cut inside a chunk: the client's framing cannot be continued, so cut it too
         transport.abort()
@@ -256,17 +254,20 @@ def _resume_when_drained(transport: asyncio.Transport, resp: Response,
         loop.call_later(0.01, _resume_when_drained, transport, resp, loop)
 
 
-async def _wait_idle(done: asyncio.Future[H1Error | None], last_data: list[float], idle_s: float,
-                     loop: asyncio.AbstractEventLoop) -> H1Error | None:  # fmt: skip
-    """Wait for the end of the body; an error if no byte came for ``idle_s``."""
-    while True:
-        remaining = last_data[0] + idle_s - loop.time()
-        if remaining <= 0:
-            return H1Error(f"no data for {idle_s:g}s", before_response=False)
+async def _wait_idle(
+    done: asyncio.Future[H1Error | None], scanner: StreamScanner, idle_s: float
+) -> H1Error | None:
+    """Wait for the end of the body; an error once a whole ``idle_s`` window passed with no
+    byte (so a gap is caught between ``idle_s`` and twice that). Progress is read from the
+    scanner's byte count, so the per-chunk path reads no clock."""
+    seen = -1
+    while scanner.bytes_seen != seen:
+        seen = scanner.bytes_seen
         try:
-            return await asyncio.wait_for(asyncio.shield(done), remaining)
+            return await asyncio.wait_for(asyncio.shield(done), idle_s)
         except TimeoutError:
             continue
+    return H1Error(f"no data for {idle_s:g}s", before_response=False)
 
 
 __all__ = ["ForwardSettings", "dechunk", "forward", "request_head_tail"]

@@ -308,6 +308,22 @@ async def test_a_backend_that_hangs_before_the_first_byte_is_skipped_after_ttfb(
             assert parse_stream(await r.read())
 
 
+async def test_a_stream_that_goes_quiet_past_the_idle_timeout_ends_with_an_error_event(
+    pools: tuple[list[Simulator], list[Simulator]], make_router: RouterFactory
+) -> None:
+    router = await make_router(two_pool_config(*pools, timeouts={"idle_read_s": 0.2}))
+    for sim in pools[0]:
+        await sim.set_faults(slow_token_ms=1000)  # a token a second
+    body = {"prompt": "x", "max_tokens": 50, "ignore_eos": True, "stream": True}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(router.url + COMPLETIONS, json=body) as r:
+            chunks = parse_stream(await r.read())
+    assert "no data for 0.2s" in chunks[-1]["error"]["message"]
+    assert router.state.fleet.in_flight() == 0
+    await asyncio.sleep(0.05)
+    assert all(sim.core.kv_usage() == 0.0 for sim in pools[0])  # the backend aborted it
+
+
 async def test_every_backend_failing_gives_503_with_retry_after(
     router: RunningRouter, pools: tuple[list[Simulator], list[Simulator]]
 ) -> None:
