@@ -1,9 +1,9 @@
 """forward(): try the plan's candidates, retry only before the first byte, relay the answer.
 
-Before the first byte reaches the client, a connect error, a 5xx or a timeout (first body
-byte of a stream within ``ttfb_s``, a whole non-streaming answer within ``unary_s``) moves
-on to the next candidate, at most ``max_attempts`` tries. After it, never: a stream gets an
-SSE error event and ``data: [DONE]``.
+Before the first byte, a connect error, a 5xx or a timeout (first body byte of a stream
+within ``ttfb_s``, a whole non-streaming answer within ``unary_s``) moves on to the next
+candidate, at most ``max_attempts`` tries. After it, never: a stream gets an SSE error event
+and ``data: [DONE]``; a non-streaming answer that breaks after its first byte is a 502.
 
 Streams are spliced: the upstream connection's bytes, chunked framing included, are written
 to the client's transport as they arrive (router/h1.py), with no parse, no copy and no
@@ -22,7 +22,7 @@ from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.config import TimeoutsConfig
-from router.errors import NoBackend
+from router.errors import NoBackend, UpstreamFailed
 from router.h1 import H1ConnectError, H1Error, H1Pool, Response
 from router.model import BackendState, RequestFacts, RoutePlan
 from router.sse import StreamScanner, error_event
@@ -142,6 +142,12 @@ async def forward(
                 backend.up = False
                 continue
             except H1Error as exc:
+                if not facts.stream and not exc.before_response:
+                    # the answer had begun (a non-streaming answer is sent when it is
+                    # complete): retrying would generate it again, so it is lost, not retried
+                    raise UpstreamFailed(
+                        f"backend {backend.url} broke while sending the answer: {exc}"
+                    ) from None
                 failures.append(f"{backend.url}: {exc}")
                 continue
             except TimeoutError:

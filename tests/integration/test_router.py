@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from backends.simulator import Simulator
+from router.config import parse_config
 from tests.conftest import SimFactory
 from tests.fixtures.metrics import metric
 from tests.fixtures.router import RunningRouter, two_pool_config
@@ -322,6 +323,44 @@ async def test_a_stream_that_goes_quiet_past_the_idle_timeout_ends_with_an_error
     assert router.state.fleet.in_flight() == 0
     await asyncio.sleep(0.05)
     assert all(sim.core.kv_usage() == 0.0 for sim in pools[0])  # the backend aborted it
+
+
+async def test_a_non_streaming_answer_cut_after_its_first_byte_is_a_502_not_a_retry(
+    pools: tuple[list[Simulator], list[Simulator]], make_router: RouterFactory
+) -> None:
+    served = 0
+
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await reader.readuntil(b"\r\n\r\n")
+        served += 1
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"id":')
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(broken, "127.0.0.1", 0)
+    url = "http://127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    config = two_pool_config(*pools)
+    data = config.model_dump()
+    data["pools"][0]["backends"] = [{"url": url}, *data["pools"][0]["backends"][1:]]
+    router = await make_router(parse_config(data, environ={}))
+    ring = router.state.fleet.pools[0].ring
+    key = next(f"k{i}" for i in range(1000) if ring.owner(f"s:k{i}") == url)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                router.url + COMPLETIONS,
+                headers={"X-Session-ID": key},
+                json={"prompt": "x", "max_tokens": 2},
+            ) as r:
+                status, err = r.status, await r.json()
+    finally:
+        server.close()
+    assert status == 502
+    assert (
+        err["error"]["code"] == 502 and "broke while sending the answer" in err["error"]["message"]
+    )
+    assert served == 1  # not retried on the healthy backend
 
 
 async def test_every_backend_failing_gives_503_with_retry_after(
