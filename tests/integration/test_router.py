@@ -339,7 +339,7 @@ async def test_a_non_streaming_answer_cut_after_its_first_byte_is_a_502_not_a_re
         writer.close()
 
     server = await asyncio.start_server(broken, "127.0.0.1", 0)
-    url = "http://127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     config = two_pool_config(*pools)
     data = config.model_dump()
     data["pools"][0]["backends"] = [{"url": url}, *data["pools"][0]["backends"][1:]]
