@@ -13,7 +13,7 @@ import pytest
 
 from backends.vllm.launch import VllmServer
 from router.config import TokenizerConfig, parse_config
-from router.tokenizers import load_counter
+from router.tokenizers import LoadedCounter, load_counter
 from router.tokens import chat_bounds, completion_bounds
 from tests.fixtures.router import RunningRouter, start_router
 from tests.fixtures.sse import parse_stream
@@ -52,6 +52,13 @@ CONVERSATIONS = {
 }
 
 
+@pytest.fixture(scope="module")
+def tiny_counter(tiny_model_dir: Path) -> LoadedCounter:
+    """The exact counter the router loads from the tiny model's tokenizer.json."""
+    cfg = TokenizerConfig(path=str(tiny_model_dir / "tokenizer.json"), **TINY_TEMPLATE)
+    return load_counter("tiny", cfg)
+
+
 async def usage_of(url: str, path: str, body: dict[str, Any]) -> int:
     async with aiohttp.ClientSession() as s, s.post(url + path, json=body) as r:
         assert r.status == 200, await r.text()
@@ -60,16 +67,13 @@ async def usage_of(url: str, path: str, body: dict[str, Any]) -> int:
 
 @pytest.mark.parametrize("name", list(PROMPTS))
 async def test_completion_bounds_hold_against_vllm(
-    vllm_server: VllmServer, tiny_model_dir: Path, name: str
+    vllm_server: VllmServer, tiny_counter: LoadedCounter, name: str
 ) -> None:
     prompt = PROMPTS[name]
     real = await usage_of(
         vllm_server.url, "/v1/completions", {"model": "tiny", "prompt": prompt, "max_tokens": 1}
     )
-    counter = load_counter(
-        "tiny", TokenizerConfig(path=str(tiny_model_dir / "tokenizer.json"), **TINY_TEMPLATE)
-    )
-    exact = completion_bounds(prompt, counter)
+    exact = completion_bounds(prompt, tiny_counter)
     heuristic = completion_bounds(prompt, None)
     print(
         f"\n{name}: vLLM {real} tokens, {len(prompt.encode())} bytes; exact {exact}; "
@@ -82,7 +86,7 @@ async def test_completion_bounds_hold_against_vllm(
 
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
 async def test_chat_bounds_hold_against_vllm(
-    vllm_server: VllmServer, tiny_model_dir: Path, name: str
+    vllm_server: VllmServer, tiny_counter: LoadedCounter, name: str
 ) -> None:
     messages = CONVERSATIONS[name]
     real = await usage_of(
@@ -90,10 +94,7 @@ async def test_chat_bounds_hold_against_vllm(
         "/v1/chat/completions",
         {"model": "tiny", "messages": messages, "max_tokens": 1},
     )
-    counter = load_counter(
-        "tiny", TokenizerConfig(path=str(tiny_model_dir / "tokenizer.json"), **TINY_TEMPLATE)
-    )
-    exact = chat_bounds(messages, counter)
+    exact = chat_bounds(messages, tiny_counter)
     heuristic = chat_bounds(messages, None)
     print(f"\n{name}: vLLM {real} tokens; exact-mode bounds {exact}; heuristic {heuristic}")
     assert exact.lower <= real <= exact.upper

@@ -10,6 +10,7 @@ import pytest
 
 from backends.simulator import Simulator
 from tests.conftest import SimFactory
+from tests.fixtures.metrics import HISTOGRAMS, ROUTER_READS
 from tests.fixtures.metrics import metric as metric_at
 from tests.fixtures.sse import parse_stream
 
@@ -247,18 +248,8 @@ async def test_metric_names_cover_what_the_router_reads(sim: Simulator) -> None:
             assert r.status == 200
         async with s.get(sim.url + "/metrics") as r:
             text = await r.text()
-    for name in (
-        "vllm:num_requests_running",
-        "vllm:num_requests_waiting",
-        "vllm:kv_cache_usage_perc",
-        "vllm:num_preemptions_total",
-        "vllm:prompt_tokens_total",
-        "vllm:generation_tokens_total",
-        "vllm:request_success_total",
-        "vllm:time_to_first_token_seconds_bucket",
-        "vllm:e2e_request_latency_seconds_bucket",
-        "vllm:cache_config_info",
-    ):
+    for family in ROUTER_READS:
+        name = family + "_bucket" if family in HISTOGRAMS else family
         assert re.search(rf"^{re.escape(name)}\{{", text, re.M), name
     assert 'block_size="16"' in text and 'num_gpu_blocks="256"' in text
     assert 'model_name="sim-model"' in text and 'engine="0"' in text
