@@ -96,6 +96,13 @@ class _Connection(asyncio.Protocol):
                 else:
                     self._head = head
                 return
+            if head.startswith(b"HTTP/1.1 1") and not head.startswith(b"HTTP/1.1 101"):
+                # an interim 1xx response (100 Continue): skip it, the real head follows
+                self._head = b""
+                rest = head[end + 4 :]
+                if rest:
+                    self.data_received(rest)
+                return
             try:
                 self._parse_head(head[:end])
             except ValueError as exc:

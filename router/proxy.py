@@ -33,6 +33,7 @@ _HOP_BY_HOP = frozenset(
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
         "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "X-Request-ID",
+        "Expect",  # the router has the whole body already: no 100-continue upstream
     )
 )  # fmt: skip
 _RESPONSE_DROP = _HOP_BY_HOP | {"date", "server"}

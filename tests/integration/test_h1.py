@@ -151,3 +151,15 @@ async def test_nothing_listening_is_a_connect_error() -> None:
     with pytest.raises(H1ConnectError):
         await pool.request(("127.0.0.1", free_port()), HEAD, b"{}")
     await pool.close()
+
+
+async def test_an_interim_100_continue_is_skipped(server) -> None:  # type: ignore[no-untyped-def]
+    origin = await server(
+        b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    pool = H1Pool(1.0)
+    resp = await pool.request(origin, HEAD, b"{}")
+    assert resp.status == 200
+    assert await resp.read() == b"ok"
+    resp.close()
+    await pool.close()

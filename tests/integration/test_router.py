@@ -86,6 +86,15 @@ async def test_a_request_over_every_window_gets_vllms_400_and_no_backend_sees_it
     assert sum(after) - sum(before) == 1  # only the last, valid request
 
 
+async def test_a_client_that_expects_100_continue_is_served(router: RunningRouter) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            router.url + COMPLETIONS, json={"prompt": "x" * 2000, "max_tokens": 2}, expect100=True
+        ) as r:
+            assert r.status == 200
+            assert (await r.json())["usage"]["completion_tokens"] <= 2
+
+
 async def test_the_same_session_lands_on_the_same_backend(router: RunningRouter) -> None:
     async with aiohttp.ClientSession() as s:
         for session in ("alice", "bob", "carol"):
