@@ -121,7 +121,15 @@ async def forward(
     timeouts = settings.timeouts
     wait_s = timeouts.ttfb_s if facts.stream else timeouts.unary_s
     failures: list[str] = []
-    for backend in plan.candidates[: settings.max_attempts]:
+    tried = 0
+    for backend in plan.candidates:
+        if tried >= settings.max_attempts:
+            break
+        if backend.in_flight >= backend.max_in_flight:
+            # a hard cap per backend (its connection budget): skip, never queue behind it
+            failures.append(f"{backend.url}: at max_in_flight ({backend.max_in_flight})")
+            continue
+        tried += 1
         head = f"POST {path} HTTP/1.1\r\nHost: {backend.host}:{backend.port}\r\n".encode() + tail
         attempt = _Attempt(backend, facts.prompt.upper, plan.budget)
         resp: Response | None = None

@@ -372,6 +372,37 @@ async def test_a_non_streaming_answer_cut_after_its_first_byte_is_a_502_not_a_re
     assert served == 1  # not retried on the healthy backend
 
 
+async def test_backends_at_max_in_flight_are_never_exceeded_and_the_excess_gets_503(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    short = await make_sim(model="sim-model", max_model_len=1024)
+    long = await make_sim(model="sim-model", max_model_len=8192, num_blocks=2048)
+    config = two_pool_config([short], [long]).model_dump()
+    for pool in config["pools"]:
+        pool["backends"][0]["max_in_flight"] = 1
+    router = await make_router(parse_config(config, environ={}))
+    await short.set_faults(hang_before_first_token=-1)
+    await long.set_faults(hang_before_first_token=-1)
+    body = {"prompt": "x", "max_tokens": 2, "stream": True}
+    async with aiohttp.ClientSession() as s:
+        held = [asyncio.create_task(s.post(router.url + COMPLETIONS, json=body)) for _ in range(2)]
+        for _ in range(200):
+            if router.state.fleet.in_flight() == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert router.state.fleet.in_flight() == 2  # one on each backend (spill)
+        async with s.post(router.url + COMPLETIONS, json=body) as r:
+            assert r.status == 503
+            assert r.headers["Retry-After"] == "1"
+            assert "at max_in_flight (1)" in (await r.json())["error"]["message"]
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    assert router.state.fleet.in_flight() == 0
+    assert len(short.core.running) + len(short.core.waiting) == 0
+
+
 async def test_every_backend_failing_gives_503_with_retry_after(
     router: RunningRouter, pools: tuple[list[Simulator], list[Simulator]]
 ) -> None:
