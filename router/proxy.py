@@ -7,9 +7,10 @@ and ``data: [DONE]``; a non-streaming answer that breaks after its first byte is
 
 Streams are spliced: the upstream connection's bytes, chunked framing included, are written
 to the client's transport as they arrive (router/h1.py), with no parse, no copy and no
-re-serialisation; a byte scanner notes finish_reason and usage on the way. If the client
-leaves, aiohttp cancels the handler (``handler_cancellation=True``) and the upstream
-connection is aborted at once, so vLLM aborts the request and frees its KV cache.
+re-serialisation; a scanner keeps the last chunks, to read finish_reason and usage from at
+the end. If the client leaves, aiohttp cancels the handler (``handler_cancellation=True``)
+and the upstream connection is aborted at once, so vLLM aborts the request and frees its
+KV cache.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ async def _finish_stream(out: web.StreamResponse, scanner: StreamScanner,
                          error: H1Error | None) -> None:  # fmt: skip
     if error is not None:
         await out.write(error_event(f"upstream stream broken: {error}"))
-    elif not scanner.done:
+    elif not scanner.summary().done:
         await out.write(error_event("upstream ended the stream before the answer finished"))
     await out.write_eof()
 

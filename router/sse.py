@@ -1,69 +1,70 @@
-"""Incremental scan of a relayed response for what metrics need. Pure, bytes only.
+"""What a relayed response says about itself, read from its raw bytes. Pure.
 
-The relay never parses or re-serialises a chunk: the scanner looks at the raw bytes for
-``"finish_reason":"`` and ``"usage":{`` (rare: the last chunks only) and reads the values
-next to them. A short tail of the previous read is kept so a marker split across two
-reads is still found.
+The relay never parses or re-serialises a chunk. Per chunk, the scanner only counts bytes
+and keeps a reference to the chunk in a short ring; everything it reports (finish_reason,
+usage, whether ``data: [DONE]`` came) is in the last few events of an answer, so it is
+read once, from the ring, when the answer ends (``summary()``). Chunks may carry any
+framing (chunked transfer coding included): only byte markers are searched.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
+from dataclasses import dataclass
 
 import orjson
 
-_FINISH = b'"finish_reason":"'
-_USAGE = b'"usage":{'
+_FINISH = re.compile(rb'"finish_reason":"([^"]*)"')
+_USAGE = re.compile(rb'"usage":\{[^}]*\}')
 _PROMPT = re.compile(rb'"prompt_tokens":(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens":(\d+)')
-_TAIL = 128
+# the final token chunk, the usage chunk and [DONE] are the last events of an answer: the
+# scanner keeps at least this many of the last bytes (references to the chunks, no copy)
+_KEEP_BYTES = 16 * 1024
 
 DONE = b"data: [DONE]\n\n"
 
 
+@dataclass(frozen=True, slots=True)
+class StreamSummary:
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    done: bool  # saw data: [DONE]
+
+
 class StreamScanner:
-    __slots__ = (
-        "_tail",
-        "bytes_seen",
-        "completion_tokens",
-        "done",
-        "finish_reason",
-        "prompt_tokens",
-    )
+    __slots__ = ("_kept", "_recent", "bytes_seen")
 
     def __init__(self) -> None:
         self.bytes_seen = 0
-        self.finish_reason: str | None = None
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
-        self.done = False  # saw data: [DONE]
-        self._tail = b""
+        self._recent: deque[bytes] = deque()
+        self._kept = 0
 
     def feed(self, data: bytes) -> None:
-        self.bytes_seen += len(data)
-        buf = self._tail + data if self._tail else data
-        if _FINISH in buf:
-            self._read_finish(buf)
-        if _USAGE in buf:
-            self._read_usage(buf)
-        if b"[DONE]" in buf:
-            self.done = True
-        self._tail = buf[-_TAIL:]
+        size = len(data)
+        self.bytes_seen += size
+        recent = self._recent
+        recent.append(data)
+        self._kept += size
+        if self._kept - len(recent[0]) >= _KEEP_BYTES:
+            self._kept -= len(recent.popleft())
 
-    def _read_finish(self, buf: bytes) -> None:
-        start = buf.rfind(_FINISH) + len(_FINISH)
-        end = buf.find(b'"', start)
-        if end != -1:
-            self.finish_reason = buf[start:end].decode(errors="replace")
-
-    def _read_usage(self, buf: bytes) -> None:
-        at = buf.rfind(_USAGE)
-        prompt = _PROMPT.search(buf, at)
-        completion = _COMPLETION.search(buf, at)
-        if prompt is not None:
-            self.prompt_tokens = int(prompt.group(1))
-        if completion is not None:
-            self.completion_tokens = int(completion.group(1))
+    def summary(self) -> StreamSummary:
+        tail = b"".join(self._recent)
+        finish = None
+        for match in _FINISH.finditer(tail):
+            finish = match.group(1).decode(errors="replace")
+        prompt = completion = None
+        usages = _USAGE.findall(tail)
+        if usages:
+            text = usages[-1]
+            p = _PROMPT.search(text)
+            c = _COMPLETION.search(text)
+            prompt = int(p.group(1)) if p else None
+            completion = int(c.group(1)) if c else None
+        return StreamSummary(finish, prompt, completion, b"data: [DONE]" in tail)
 
 
 def error_event(message: str, error_type: str = "BadGatewayError", code: int = 502) -> bytes:
