@@ -43,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer.json for exact token counts")
     faults = parser.add_argument_group("faults (also settable with POST /sim/faults)")
     faults.add_argument("--error-rate", type=float, default=0.0)
+    faults.add_argument(
+        "--burst-5xx",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the first N requests answer --burst-status",
+    )
+    faults.add_argument("--burst-status", type=int, default=500)
     faults.add_argument("--hang-before-first-token", type=float, default=0.0, metavar="SECONDS")
     faults.add_argument("--slow-token-ms", type=float, default=0.0)
     faults.add_argument("--cut-after-tokens", type=int, default=0)
@@ -62,6 +70,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     faults.update(
         {
             "error_rate": args.error_rate,
+            "burst_5xx": args.burst_5xx,
+            "burst_status": args.burst_status,
             "hang_before_first_token": args.hang_before_first_token,
             "slow_token_ms": args.slow_token_ms,
             "cut_after_tokens": args.cut_after_tokens,
