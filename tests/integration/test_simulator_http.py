@@ -256,25 +256,38 @@ async def test_metric_names_cover_what_the_router_reads(sim: Simulator) -> None:
 
 
 async def test_step_lag_stays_small_under_load(make_sim: SimFactory) -> None:
-    # 200 concurrent streams on 5 ms steps: the engine loop must keep real time
+    # 200 concurrent streams on 20 ms steps (10,000 token events a second), with the client
+    # in the same process: the engine loop must keep real time, since benchmarks rely on
+    # modelled time being real time
     sim = await make_sim(
         model="sim-model",
         max_num_seqs=256,
         num_blocks=4096,
-        weights_floor_ms=4.5,
+        max_num_batched_tokens=8192,
+        weights_floor_ms=19.5,
         step_overhead_ms=0.5,
     )
-    body = {"prompt": "abcd" * 20, "max_tokens": 100, "ignore_eos": True, "stream": True}
+    body = {"prompt": "abcd" * 20, "max_tokens": 50, "ignore_eos": True, "stream": True}
+    loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
 
         async def one() -> int:
             async with s.post(sim.url + COMPLETIONS, json=body) as r:
                 return len(parse_stream(await r.read()))
 
+        start = loop.time()
         counts = await asyncio.gather(*(one() for _ in range(200)))
-    assert counts == [100] * 200
+        elapsed = loop.time() - start
+    assert counts == [50] * 200
     stats = sim.stats()
-    assert stats["steps"] >= 100
-    # wide margins: steps are 5 ms long; a stalled loop shows lags of tens of ms
-    assert stats["step_lag_p50_ms"] < 2.5
-    assert stats["step_lag_p99_ms"] < 25.0
+    modelled = stats["steps"] * 0.020  # every step here is a 20 ms step
+    print(
+        f"\nsteps {stats['steps']}, wall {elapsed:.3f}s for {modelled:.3f}s modelled; lag "
+        f"p50 {stats['step_lag_p50_ms']:.1f} p99 {stats['step_lag_p99_ms']:.1f} ms"
+    )
+    # wide margins, so that a loaded CI machine passes and a stalled loop does not: steps
+    # are laid on an absolute timeline, so lag must not accumulate (wall ~ modelled), and a
+    # step is typically late by less than half a step (the handlers of the previous step
+    # share the loop; uvloop's clock has 1 ms resolution)
+    assert stats["step_lag_p50_ms"] < 10.0
+    assert elapsed < 1.5 * modelled + 0.5
