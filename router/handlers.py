@@ -18,7 +18,7 @@ from router.proxy import forward
 from router.state import AppState
 from router.tokens import PromptShapeError, chat_bounds, completion_bounds
 
-log = logging.getLogger("ctxroute.access")
+log = logging.getLogger("ctxroute.handlers")
 
 _JSON = "application/json"
 
@@ -140,10 +140,17 @@ async def _complete(request: web.Request, *, chat: bool, path: str) -> web.Strea
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-        facts = read_facts(request, body, chat, state)
-        pools = state.fleet.by_model[facts.model]
-        choice = choose_pool(facts.prompt, facts.max_tokens, pools)
-        plan = plan_route(facts, choice, pools, state.fleet.settings)
+        try:
+            facts = read_facts(request, body, chat, state)
+            pools = state.fleet.by_model[facts.model]
+            choice = choose_pool(facts.prompt, facts.max_tokens, pools)
+            plan = plan_route(facts, choice, pools, state.fleet.settings)
+        except RouterError:
+            raise
+        except Exception:
+            # a bug on some input: answer in OpenAI's shape, keep serving, keep the trace
+            log.exception("request %s: routing failed", request_id)
+            raise RouterError(f"internal error while routing request {request_id}") from None
         return await forward(request, state.upstream, path, raw, facts, plan, request_id,
                              state.forward)  # fmt: skip
     except RouterError as exc:
