@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
+from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.config import TimeoutsConfig
@@ -68,6 +69,12 @@ def _response_headers(upstream: list[tuple[str, str]], backend: BackendState,
     out["x-ctxroute-backend"] = backend.url
     out["X-Request-ID"] = request_id
     return out
+
+
+class _HeldHeadersResponse(web.StreamResponse):
+    """A stream response whose head waits for the first body write (one syscall, not two)."""
+
+    _send_headers_immediately = False
 
 
 class _Attempt:
@@ -186,19 +193,30 @@ async def forward(
 async def _splice(
     request: web.Request, resp: Response, first: bytes, headers: CIMultiDict[str], idle_s: float
 ) -> web.StreamResponse:
-    out = web.StreamResponse(status=200, headers=headers)
     if not (resp.chunked and request.version == HttpVersion11):
+        out = web.StreamResponse(status=200, headers=headers)
         return await _relay_reframed(request, out, resp, first, idle_s)
+    out = _HeldHeadersResponse(status=200, headers=headers)
     await out.prepare(request)
     transport = request.transport
     if transport is None:
         return out  # the client is gone already
+    # one write for the response head and the first chunk (already framed by the backend):
+    # the writer frames nothing while it sends them, then frames the terminator at the end
+    writer = request.writer
+    if isinstance(writer, StreamWriter) and writer.chunked:
+        writer.chunked = False
+        await out.write(first)
+        writer.chunked = True
+    else:  # pragma: no cover - aiohttp's own writer is always a chunked StreamWriter here
+        writer.send_headers()
+        transport.write(first)
     scanner = StreamScanner()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[H1Error | None] = loop.create_future()
 
-    # StreamResponse has sent its headers in prepare(): the upstream's chunked framing goes
-    # to the client as is, and aiohttp writes the terminator in write_eof()
+    # the upstream's chunked framing goes to the client as is; aiohttp writes the
+    # terminator in write_eof()
     def sink(data: bytes) -> None:
         scanner.feed(data)
         if transport.is_closing():
@@ -212,7 +230,7 @@ async def _splice(
         if not done.done():
             done.set_result(error)
 
-    sink(first)
+    scanner.feed(first)
     resp.relay(sink, on_end)
     error = await _wait_idle(done, scanner, idle_s)
     if error is not None and resp.mid_chunk:
