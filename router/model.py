@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class TokenBounds:
-    """A prompt's token count: ``lower <= true count <= upper`` (equal when exact)."""
+    """A prompt's token count: ``lower <= true count <= upper`` (equal when exact), and the
+    most likely count (``estimate``), used where an error costs balance, not correctness."""
 
     lower: int
     upper: int
     exact: bool
+    estimate: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +31,8 @@ class RequestFacts:
 class BackendState:
     """Live accounting of one backend, kept by the proxy, read by the planner.
 
-    ``pending_prefill``: prompt tokens sent that have not produced a first byte back yet.
+    ``pending_prefill``: prompt tokens (estimated) sent that have not produced a first byte
+    back yet.
     ``budget_in_flight``: prompt + max_tokens of every request in flight.
     """
 

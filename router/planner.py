@@ -86,7 +86,7 @@ def plan_route(
     work = choice.budget
     good, heavy, down = _split(primary, facts.hash_key, work, settings)
 
-    if facts.prompt.upper < settings.long_prefill_tokens and len(good) > 1:
+    if facts.prompt.estimate < settings.long_prefill_tokens and len(good) > 1:
         long = settings.long_prefill_tokens
         clear = [b for b in good if b.pending_prefill < long]
         if clear and len(clear) < len(good):

@@ -139,7 +139,7 @@ async def forward(
             continue
         tried += 1
         head = f"POST {path} HTTP/1.1\r\nHost: {backend.host}:{backend.port}\r\n".encode() + tail
-        attempt = _Attempt(backend, facts.prompt.upper, plan.budget)
+        attempt = _Attempt(backend, facts.prompt.estimate, plan.budget)
         resp: Response | None = None
         try:
             try:

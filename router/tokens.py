@@ -6,7 +6,7 @@ files or clocks.
 Heuristic mode (no tokenizer configured for the model), on the UTF-8 byte count ``B``:
 
 * estimate ``B / 4``: BPE vocabularies of 32k-200k entries average about 4 bytes per token
-  on English prose, 3 on code;
+  on English prose, 3 on code (used for load accounting: pending prefill, "is it short");
 * upper bound ``B / 2`` (used for routing: never send a request to a window it may
   exceed): holds unless text averages under 2 bytes per token, which only byte soup does
   (random binary as text, long runs of rare symbols);
@@ -75,11 +75,12 @@ def _heuristic(nbytes: int, overhead: int) -> TokenBounds:
         lower=-(-nbytes // LOWER_BYTES_PER_TOKEN),
         upper=-(-nbytes // UPPER_BYTES_PER_TOKEN) + overhead,
         exact=False,
+        estimate=-(-nbytes // ESTIMATE_BYTES_PER_TOKEN) + overhead,
     )
 
 
-def estimate(nbytes: int) -> int:
-    return -(-nbytes // ESTIMATE_BYTES_PER_TOKEN)
+def _exact(n: int) -> TokenBounds:
+    return TokenBounds(n, n, True, n)
 
 
 def completion_bounds(prompt: Any, counter: TokenCounter | None) -> TokenBounds:
@@ -88,12 +89,12 @@ def completion_bounds(prompt: Any, counter: TokenCounter | None) -> TokenBounds:
         return max((completion_bounds(p, counter) for p in prompt), key=lambda b: b.upper)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
         n = len(prompt)  # token ids: the count is exact
-        return TokenBounds(n, n, True)
+        return _exact(n)
     if not isinstance(prompt, str):
         raise PromptShapeError("'prompt' must be a string, a list of strings or token ids")
     if counter is not None:
         n = counter.count(prompt)
-        return TokenBounds(n, n, True)
+        return _exact(n)
     return _heuristic(len(prompt.encode()), 0)
 
 
@@ -115,6 +116,6 @@ def chat_bounds(messages: Any, counter: TokenCounter | None, tools: Any = None) 
     if counter is not None:
         count = sum(counter.count(t) for t in texts if t)
         count += n * counter.tokens_per_message + counter.tokens_per_reply
-        return TokenBounds(max(0, count - n), count + n, False)
+        return TokenBounds(max(0, count - n), count + n, False, count)
     nbytes = sum(len(t.encode()) for t in texts)
     return _heuristic(nbytes, n * HEURISTIC_TOKENS_PER_MESSAGE + HEURISTIC_TOKENS_PER_REPLY)

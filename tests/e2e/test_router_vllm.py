@@ -77,7 +77,7 @@ async def test_completion_bounds_hold_against_vllm(
     heuristic = completion_bounds(prompt, None)
     print(
         f"\n{name}: vLLM {real} tokens, {len(prompt.encode())} bytes; exact {exact}; "
-        f"heuristic {heuristic} (estimate {len(prompt.encode()) / 4:.0f})"
+        f"heuristic {heuristic}"
     )
     assert exact.lower == exact.upper == real
     # the heuristic lower bound never rejects what fits, even on this small vocabulary

@@ -25,7 +25,7 @@ POOLS = (Window("short", 8192), Window("long", 65536))
 
 
 def bounds(n: int) -> TokenBounds:
-    return TokenBounds(n, n, True)
+    return TokenBounds(n, n, True, n)
 
 
 @pytest.mark.parametrize(
@@ -40,17 +40,17 @@ def test_the_smallest_window_that_holds_the_budget_wins(
 
 def test_routing_uses_the_upper_bound() -> None:
     # may be 9,000 tokens: must not go to the 8k window even if it is probably 3,000
-    choice = choose_pool(TokenBounds(1000, 9000, False), 10, POOLS)
+    choice = choose_pool(TokenBounds(1000, 9000, False, 2500), 10, POOLS)
     assert choice.pool == "long"
     assert choice.budget == 9010
 
 
 def test_rejection_uses_the_lower_bound() -> None:
     # the lower bound fits the largest window: not rejected, the backend decides
-    choice = choose_pool(TokenBounds(60000, 200000, False), 100, POOLS)
+    choice = choose_pool(TokenBounds(60000, 200000, False, 100000), 100, POOLS)
     assert choice.pool == "long"
     with pytest.raises(ContextTooLong) as info:
-        choose_pool(TokenBounds(70000, 200000, False), 100, POOLS)
+        choose_pool(TokenBounds(70000, 200000, False, 100000), 100, POOLS)
     assert "maximum context length is 65536 tokens" in info.value.message
     assert info.value.param == "input_tokens"
 
@@ -69,7 +69,7 @@ def test_an_absent_max_tokens_is_a_hint_not_a_demand() -> None:
 
 def test_heuristic_bounds_bracket_four_bytes_per_token() -> None:
     b = completion_bounds("abcd" * 1000, None)  # 4,000 bytes
-    assert (b.lower, b.upper, b.exact) == (400, 2000, False)
+    assert (b.lower, b.estimate, b.upper, b.exact) == (400, 1000, 2000, False)
     assert b.lower <= 1000 <= b.upper
 
 
@@ -90,7 +90,7 @@ class FakeCounter:
 
 
 def test_exact_counter_counts_completions_exactly_and_chat_within_one_per_message() -> None:
-    assert completion_bounds("a b c d", FakeCounter()) == TokenBounds(4, 4, True)
+    assert completion_bounds("a b c d", FakeCounter()) == TokenBounds(4, 4, True, 4)
     b = chat_bounds([{"role": "user", "content": "a b c"}], FakeCounter())
     # role 1 + content 3 + 4 per message + 2 per reply = 10, +-1 for the one message
     assert (b.lower, b.upper) == (9, 11)
