@@ -43,7 +43,7 @@ def _optional_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def _hash_key(request: web.Request, body: dict[str, Any], model: str, text: str,
+def _hash_key(request: web.Request, body: dict[str, Any], model: str, chat: bool,
               state: AppState) -> str:  # fmt: skip
     session = request.headers.get(state.routing.session_header)
     if session:
@@ -51,7 +51,7 @@ def _hash_key(request: web.Request, body: dict[str, Any], model: str, text: str,
     user = body.get("user")
     if isinstance(user, str) and user:
         return "u:" + user
-    prefix = text[: state.routing.prefix_chars]
+    prefix = _leading_text(body, chat)[: state.routing.prefix_chars]
     digest = hashlib.blake2b((model + "\x00" + prefix).encode(), digest_size=8).hexdigest()
     return "p:" + digest
 
@@ -66,7 +66,10 @@ def _leading_text(body: dict[str, Any], chat: bool) -> str:
     """
     if not chat:
         prompt = body.get("prompt")
-        return prompt if isinstance(prompt, str) else repr(prompt)[:4096]
+        if isinstance(prompt, str):
+            return prompt
+        # token ids or a batch: the head of the list is the shared part (no repr of all of it)
+        return repr(prompt[:512]) if isinstance(prompt, list) else repr(prompt)[:4096]
     messages = body.get("messages") or ()
     parts = []
     for message in messages:
@@ -117,7 +120,7 @@ def read_facts(request: web.Request, body: Any, chat: bool, state: AppState) -> 
         stream = False
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", "stream")
-    key = _hash_key(request, body, model, _leading_text(body, chat), state)
+    key = _hash_key(request, body, model, chat, state)
     return RequestFacts(model, prompt, max_tokens, stream, key)
 
 
