@@ -368,6 +368,19 @@ class Response:
             conn.pool._forget(conn)
 
 
+def dechunk(body: bytes) -> bytes:
+    """Decode a complete chunked body (the rare non-streaming answer sent chunked)."""
+    out: list[bytes] = []
+    pos = 0
+    while True:
+        nl = body.index(b"\n", pos)
+        size = int(body[pos:nl].split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[nl + 1 : nl + 1 + size])
+        pos = nl + 1 + size + 2
+
+
 class H1Pool:
     """Keep-alive connections per origin, and the request call."""
 

@@ -25,7 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.config import TimeoutsConfig
 from router.errors import NoBackend, UpstreamFailed
-from router.h1 import H1ConnectError, H1Error, H1Pool, Response
+from router.h1 import H1ConnectError, H1Error, H1Pool, Response, dechunk
 from router.model import BackendState, RequestFacts, RoutePlan
 from router.sse import StreamScanner, error_event
 
@@ -102,19 +102,6 @@ class _Attempt:
         self.backend.budget_in_flight -= self.work
 
 
-def dechunk(body: bytes) -> bytes:
-    """Decode a complete chunked body (the rare non-streaming answer sent chunked)."""
-    out: list[bytes] = []
-    pos = 0
-    while True:
-        nl = body.index(b"\n", pos)
-        size = int(body[pos:nl].split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            return b"".join(out)
-        out.append(body[nl + 1 : nl + 1 + size])
-        pos = nl + 1 + size + 2
-
-
 async def forward(
     request: web.Request,
     pool: H1Pool,
@@ -183,7 +170,7 @@ async def forward(
                 resp.close()
             attempt.close()
     raise NoBackend(
-        f"no backend of pool '{plan.pool}' answered ({len(failures)} tried): " + "; ".join(failures)
+        f"no backend of pool '{plan.pool}' answered ({tried} tried): " + "; ".join(failures)
         if failures
         else f"pool '{plan.pool}' has no backend to try",
         retry_after=1.0,
@@ -253,7 +240,8 @@ async def _relay_reframed(request: web.Request, out: web.StreamResponse, resp: R
                 rest = await resp.read()
             first = dechunk(first + rest + b"0\r\n\r\n")
         except (H1Error, TimeoutError) as exc:
-            error = exc if isinstance(exc, H1Error) else H1Error("idle", before_response=False)
+            error = (exc if isinstance(exc, H1Error)
+                     else H1Error(f"no data for {idle_s:g}s", before_response=False))  # fmt: skip
             first = b""
     await out.prepare(request)
     data = first
@@ -304,4 +292,4 @@ async def _wait_idle(
     return H1Error(f"no data for {idle_s:g}s", before_response=False)
 
 
-__all__ = ["ForwardSettings", "dechunk", "forward", "request_head_tail"]
+__all__ = ["ForwardSettings", "forward", "request_head_tail"]

@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from router.h1 import H1ConnectError, H1Error, H1Pool
-from router.proxy import dechunk
+from router.h1 import H1ConnectError, H1Error, H1Pool, dechunk
 from tests.fixtures.servers import free_port
 
 HEAD = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n"
