@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ctxroute sim: {exc}")
         return 2
-    from router.runtime import run_async
+    import uvloop  # the simulator imports nothing from router/: it stands alone, like vLLM
 
-    run_async(serve(config))
+    uvloop.run(serve(config))
     return 0
