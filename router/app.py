@@ -1,4 +1,4 @@
-"""create_app(config): the aiohttp application, its client session and probe task."""
+"""create_app(config): the aiohttp application, its upstream pool, ledger and probes."""
 
 from __future__ import annotations
 
@@ -7,51 +7,45 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from router.config import RouterConfig
+from router.context import RouterContext
+from router.core.tokens import TokenCounter
 from router.fleet import Fleet
-from router.h1 import H1Pool
 from router.handlers import add_routes
-from router.probe import probe_forever
-from router.proxy import ForwardSettings
-from router.state import AppState
+from router.ledger import Ledger
+from router.loadboard import LoadBoard, LoadView
+from router.probe import make_probe_session, probe_forever
 from router.tokenizers import load_counters
-from router.tokens import TokenCounter
-from router.upstream import make_session
+from router.upstream.pool import UpstreamPool
 
 
-def create_app(
-    config: RouterConfig,
-    *,
-    fleet: Fleet | None = None,
-    session: aiohttp.ClientSession | None = None,
-    probes: bool = True,
-) -> web.Application:
-    """The router app. ``fleet``/``session`` may be given by tests or embedding code."""
+def create_app(config: RouterConfig, *, board: LoadView | None = None,
+               probes: bool = True) -> web.Application:  # fmt: skip
+    """The router app. ``board``: the load view shared with other processes (``serve
+    --workers``); by default this process's own."""
     app = web.Application(client_max_size=config.max_body_bytes)
     counters: dict[str, TokenCounter] = dict(load_counters(config.tokenizers))
-    the_fleet = fleet or Fleet.from_config(config)
+    fleet = Fleet.from_config(config)
+    ledger = Ledger(
+        fleet.backends,
+        board if board is not None else LoadBoard(len(fleet.backends)),
+        long_prefill_tokens=config.routing.long_prefill_tokens,
+        default_prefill_rate=config.routing.default_prefill_tokens_per_s,
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        own_session = session is None
-        client = session or make_session(config)
-        upstream = H1Pool(config.timeouts.connect_s)
-        app[AppState.KEY] = AppState(
-            fleet=the_fleet,
-            session=client,
-            upstream=upstream,
-            counters=counters,
-            routing=config.routing,
-            forward=ForwardSettings(config.routing.max_attempts, config.timeouts),
-            max_body_bytes=config.max_body_bytes,
-            started=int(time.time()),
-        )
+        session = make_probe_session(config)
+        upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
+        ctx = RouterContext(config, fleet, ledger, upstream, session, counters, int(time.time()))
+        app[RouterContext.KEY] = ctx
         probe_task = None
         if probes:
             probe_task = asyncio.get_running_loop().create_task(
-                probe_forever(client, the_fleet, config.probe.interval_s, config.probe.timeout_s)
+                probe_forever(
+                    session, fleet, ledger, config.probe.interval_s, config.probe.timeout_s
+                )
             )
         yield
         if probe_task is not None:
@@ -59,8 +53,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await probe_task
         await upstream.close()
-        if own_session:
-            await client.close()
+        await session.close()
 
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)

@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,6 +38,7 @@ class BackendConfig(_Frozen):
     model: str | None = Field(default=None, description="served model name; default: the pool's")
     max_in_flight: int = Field(default=64, ge=1)
     weight: int = Field(default=1, ge=1)
+    kv_tokens: int | None = Field(default=None, ge=1, description="default: the pool's")
 
     @field_validator("url")
     @classmethod
@@ -44,9 +46,23 @@ class BackendConfig(_Frozen):
         # plain HTTP: vLLM backends sit on a private network next to the router
         if not value.startswith("http://"):
             raise ValueError("must start with http:// (backends are reached over plain HTTP)")
-        if "/" in value[len("http://") :].rstrip("/"):
+        parts = urlsplit(value.rstrip("/"))
+        if parts.path or parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("must be an origin (http://host:port), without a path")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{value!r} has no valid port (a number from 1 to 65535)") from None
+        if not parts.hostname:
+            raise ValueError(f"{value!r} has no host")
+        if port == 0:
+            raise ValueError(f"{value!r}: port 0 cannot be connected to")
         return value.rstrip("/")
+
+    @property
+    def origin(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        return parts.hostname or "127.0.0.1", parts.port or 80
 
 
 class PoolConfig(_Frozen):
@@ -54,6 +70,12 @@ class PoolConfig(_Frozen):
     model: str = Field(min_length=1, description="model name clients ask for")
     max_context_tokens: int = Field(ge=16, description="the backends' max_model_len")
     default_max_tokens: int = Field(default=512, ge=1)
+    kv_tokens: int | None = Field(
+        default=None, ge=1, description="each backend's KV cache in tokens (blocks x block size)"
+    )
+    prefill_tokens_per_s: float | None = Field(
+        default=None, gt=0, description="the backends' prefill rate; default: learned online"
+    )
     backends: tuple[BackendConfig, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -95,6 +117,12 @@ class TimeoutsConfig(_Frozen):
     unary_s: float = Field(
         default=600.0, gt=0, description="a non-streaming answer, which arrives whole at the end"
     )
+    keepalive_s: float = Field(
+        default=4.0,
+        gt=0,
+        description="reuse an idle upstream connection only this long (below the backend's "
+        "own keep-alive: uvicorn, which vLLM runs on, closes after 5 s)",
+    )
 
 
 class RoutingConfig(_Frozen):
@@ -102,9 +130,26 @@ class RoutingConfig(_Frozen):
     # the leading part of the prompt that forms the hash key when there is no session/user:
     # long enough to cover a system prompt, short enough to hash quickly
     prefix_chars: int = Field(default=2048, ge=16)
-    load_factor: float = Field(default=1.25, ge=1.0, description="bounded-load c")
     long_prefill_tokens: int = Field(
         default=4096, ge=1, description="a pending prefill this long makes a backend slow to start"
+    )
+    pool_tolerance_ms: float = Field(
+        default=50.0, ge=0, description="estimated wait a request accepts to stay in its pool"
+    )
+    affinity_tolerance_ms: float = Field(
+        default=20.0, ge=0, description="estimated wait a request accepts to stay on its owner"
+    )
+    load_factor: float = Field(
+        default=1.25, ge=1.0, description="the owner keeps affinity under c x its pool's mean"
+    )
+    keep_clean: int = Field(
+        default=1, ge=0, description="backends long requests leave free of long prefill"
+    )
+    long_wait_limit_ms: float = Field(
+        default=10_000.0, gt=0, description="how long a long request may queue to keep them so"
+    )
+    default_prefill_tokens_per_s: float = Field(
+        default=20_000.0, gt=0, description="starting point of the learned prefill rate"
     )
     max_attempts: int = Field(default=3, ge=1)
     vnodes: int = Field(default=160, ge=1, description="virtual nodes per backend weight")

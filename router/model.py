@@ -1,14 +1,17 @@
-"""Value types shared by the pure core and the edges."""
+"""Value types shared by the pure core and the edges. Frozen: decisions are values."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
 class TokenBounds:
     """A prompt's token count: ``lower <= true count <= upper`` (equal when exact), and the
-    most likely count (``estimate``), used where an error costs balance, not correctness."""
+    most likely count (``estimate``): what routing and load accounting use. The bounds
+    decide only what is certain: a rejection (lower) and a window that surely holds the
+    request (upper)."""
 
     lower: int
     upper: int
@@ -27,45 +30,96 @@ class RequestFacts:
     hash_key: str
 
 
-@dataclass(slots=True)
-class BackendState:
-    """Live accounting of one backend, kept by the proxy, read by the planner.
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One vLLM server, as configured. ``index`` is its slot in load accounting."""
 
-    ``pending_prefill``: prompt tokens (estimated) sent that have not produced a first byte
-    back yet.
-    ``budget_in_flight``: prompt + max_tokens of every request in flight.
-    """
-
+    index: int
     url: str
     pool: str
     model: str
+    host: str
+    port: int
     max_in_flight: int
     weight: int = 1
-    in_flight: int = 0
-    pending_prefill: int = 0
-    budget_in_flight: int = 0
-    up: bool = True  # last probe / passive check
-    host: str = ""
-    port: int = 0
-
-    @property
-    def load(self) -> int:
-        """Token work in flight: what bounded-load hashing balances."""
-        return self.pending_prefill + self.budget_in_flight
+    kv_tokens: int | None = None  # KV cache capacity in tokens, when known
+    prefill_tokens_per_s: float | None = None  # configured; else learned online
 
 
 @dataclass(frozen=True, slots=True)
-class PoolChoice:
-    """Which pool a request goes to, and the budget that decided it."""
+class Load:
+    """Token work on a backend, as this process sees it (its own plus, where shared, the
+    other processes'): requests in flight, prompt tokens sent that have not produced a
+    first byte yet, how many of those prompts are long, and prompt + max_tokens of every
+    request in flight."""
 
-    pool: str
-    budget: int
-    reason: str
+    in_flight: int = 0
+    pending_prefill: int = 0
+    long_pending: int = 0
+    budget_in_flight: int = 0
+
+
+IDLE = Load()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendView:
+    """What the planner knows of a backend at the moment of a decision."""
+
+    backend: Backend
+    load: Load
+    up: bool
+    prefill_tokens_per_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
-    pool: str
-    candidates: tuple[BackendState, ...]  # in the order they are tried
+    """Where to try a request, best first, and why.
+
+    ``preferred``: the smallest pool whose window holds the request's likely budget.
+    ``candidates``: usable backends by score, then the ones known down (a last resort
+    for retries). ``waits_ms``: each candidate's estimated wait for its first token.
+    ``reason``: why the first candidate was chosen, in a few words.
+    """
+
+    preferred: str
+    candidates: tuple[Backend, ...]
+    waits_ms: tuple[float, ...]
     budget: int
     reason: str
+
+
+class OutcomeKind(enum.Enum):
+    SUCCESS = "success"
+    CONNECT_ERROR = "connect_error"  # the request never reached the backend
+    UPSTREAM_5XX = "upstream_5xx"
+    BACKPRESSURE = "backpressure"  # upstream 429 or 503: busy, not broken
+    TIMEOUT = "timeout"  # no first byte (stream) or no answer (unary) in time
+    BROKEN = "broken"  # the connection or stream failed after it was sent
+    CONTEXT_REJECTED = "context_rejected"  # vLLM's 400 "maximum context length"
+    CLIENT_ERROR = "client_error"  # any other 4xx: the request's fault
+    CLIENT_GONE = "client_gone"  # the client left before the end
+
+
+# the three kinds of signal (ARCHITECTURE: "Breakers"), never mixed
+FAILURES = frozenset(
+    {OutcomeKind.CONNECT_ERROR, OutcomeKind.UPSTREAM_5XX, OutcomeKind.TIMEOUT, OutcomeKind.BROKEN}
+)
+BACKPRESSURE = frozenset({OutcomeKind.BACKPRESSURE})
+NEUTRAL = frozenset(
+    {OutcomeKind.CONTEXT_REJECTED, OutcomeKind.CLIENT_ERROR, OutcomeKind.CLIENT_GONE}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt on one backend ended; recorded once, by the ledger."""
+
+    kind: OutcomeKind
+    status: int | None = None  # the backend's HTTP status, when one came
+    ttft_s: float | None = None  # dispatch to first body byte
+    detail: str = ""
+
+    @property
+    def is_failure(self) -> bool:
+        return self.kind in FAILURES

@@ -1,28 +1,38 @@
-"""Route planning: which backends to try, in which order. Pure.
+"""Route planning over the fleet: which backends to try, in which order, and why. Pure.
 
-Inside the chosen pool, the ring walk from the request's hash key gives the preference
-order (the key's owner first: prefix-cache hits). Then, weighing token work rather than
-request counts (../shared/ARCHITECTURE.md, "Pools are preferences, not walls"):
+Every backend of every pool whose window holds the request is a candidate (pools are
+preferences, not walls). Filters come first: a backend known down goes to the end of the
+list (a last resort for retries), one at ``max_in_flight`` is left out, one whose KV cache
+(when its size is known) cannot hold the request's budget next to what is in flight on it
+comes after the rest. The others are ordered by an explicit score, in milliseconds:
 
-1. bounded loads: a backend whose load (pending prefill + token budgets in flight) would
-   exceed ``c x`` the pool's mean load with this request added is passed over; an idle
-   backend always qualifies;
-2. a short request avoids a backend with a long prefill pending when another qualifying
-   backend has none (it would wait behind the whole prefill for its first token);
-3. spill: qualifying backends of other pools whose window holds the request come next, in
-   their own ring order (a pool with headroom takes work from a busy one);
-4. then the passed-over backends (still in ring order), and last the ones known down or
-   full, so that retries before the first byte always have somewhere to go.
+    estimated wait for the first token   (pending prefill ahead of it + its own prompt,
+                                          at the backend's prefill rate)
+  + pool_tolerance_ms                    if the backend is outside the preferred pool
+  + affinity_tolerance_ms                if it is not the request's hash owner in its pool
+                                          (or the owner carries more than load_factor x
+                                          its pool's mean budget in flight)
+
+so a request stays in its pool and on its prefix-cache owner unless that costs more than
+the tolerance. Two rules about long prefills come before the score, because a short
+request behind a long prefill waits for all of it (a 60k-token prefill holds an H100 for
+3.5 s):
+
+* a short request never lands behind a long pending prefill when some candidate has
+  none;
+* a long request leaves ``keep_clean`` backends of the fleet free of long prefill for the
+  short ones while a backend that already has long work can start it within
+  ``long_wait_limit_ms``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from router.classify import budget as budget_for
-from router.hashring import PoolRing
-from router.model import BackendState, PoolChoice, RequestFacts, RoutePlan
+from router.core.classify import Eligibility
+from router.core.hashring import PoolRing
+from router.model import Backend, BackendView, RequestFacts, RoutePlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,83 +42,122 @@ class PoolView:
     max_context_tokens: int
     default_max_tokens: int
     ring: PoolRing
-    backends: Mapping[str, BackendState]
+    backends: tuple[Backend, ...]
+    by_url: dict[str, Backend]
 
 
 @dataclass(frozen=True, slots=True)
 class PlannerSettings:
-    load_factor: float = 1.25
     long_prefill_tokens: int = 4096
+    pool_tolerance_ms: float = 50.0
+    affinity_tolerance_ms: float = 20.0
+    load_factor: float = 1.25
+    keep_clean: int = 1
+    long_wait_limit_ms: float = 10_000.0
 
 
-def _usable(b: BackendState) -> bool:
-    return b.up and b.in_flight < b.max_in_flight
+@dataclass(slots=True)
+class _Scored:
+    cost: float
+    wait_ms: float
+    clean: bool
+    backend: Backend
+    why: str
 
 
-def bounded_load_cap(backends: Mapping[str, BackendState], work: int, factor: float) -> float:
-    """``factor`` x the mean load over usable backends with ``work`` added; at least ``work``."""
-    total = work
-    count = 0
-    for b in backends.values():
-        if _usable(b):
-            total += b.load
-            count += 1
-    if count == 0:
-        return float(work)
-    return max(factor * total / count, float(work))
-
-
-def _split(pool: PoolView, key: str, work: int, settings: PlannerSettings
-           ) -> tuple[list[BackendState], list[BackendState], list[BackendState]]:  # fmt: skip
-    """(qualifying, over the cap, unusable) backends of a pool, each in ring order."""
-    cap = bounded_load_cap(pool.backends, work, settings.load_factor)
-    good: list[BackendState] = []
-    heavy: list[BackendState] = []
-    down: list[BackendState] = []
-    for url in pool.ring.walk(key):
-        b = pool.backends[url]
-        if not _usable(b):
-            down.append(b)
-        elif b.load + work > cap:
-            heavy.append(b)
-        else:
-            good.append(b)
-    return good, heavy, down
-
-
-def plan_route(
+def plan(
     facts: RequestFacts,
-    choice: PoolChoice,
-    pools_by_window: Sequence[PoolView],
+    pools: Sequence[PoolView],
+    eligibility: Eligibility,
+    view_of: Callable[[Backend], BackendView],
     settings: PlannerSettings,
 ) -> RoutePlan:
-    primary = next(p for p in pools_by_window if p.name == choice.pool)
-    work = choice.budget
-    good, heavy, down = _split(primary, facts.hash_key, work, settings)
+    """``pools``: every pool serving the request's model, smallest window first."""
+    prompt = facts.prompt.estimate
+    short = prompt < settings.long_prefill_tokens
+    preferred = pools[eligibility.pools[0]]
+    key = facts.hash_key
 
-    if facts.prompt.estimate < settings.long_prefill_tokens and len(good) > 1:
-        long = settings.long_prefill_tokens
-        clear = [b for b in good if b.pending_prefill < long]
-        if clear and len(clear) < len(good):
-            good = clear + [b for b in good if b.pending_prefill >= long]
+    scored: list[_Scored] = []
+    no_room: list[_Scored] = []
+    down: list[Backend] = []
+    for pool_index, need in zip(eligibility.pools, eligibility.budgets, strict=True):
+        pool = pools[pool_index]
+        views = [view_of(b) for b in pool.backends]
+        usable = [v for v in views if v.up and v.load.in_flight < v.backend.max_in_flight]
+        owner_url = pool.ring.owner(key)
+        owner_ok = True
+        if usable:
+            # consistent hashing with bounded loads, on token work: the cap is c x the mean
+            # with this request added, and never below the request plus one window (a ratio
+            # of small loads says nothing: 650 tokens against 0 is not a hot spot)
+            mean = (sum(v.load.budget_in_flight for v in usable) + need) / len(usable)
+            cap = max(settings.load_factor * mean, float(need + pool.max_context_tokens))
+            for v in usable:
+                if v.backend.url == owner_url:
+                    owner_ok = v.load.budget_in_flight + need <= cap
+        away = 0.0 if pool is preferred else settings.pool_tolerance_ms
+        for v in views:
+            b = v.backend
+            if not v.up:
+                down.append(b)
+                continue
+            load = v.load
+            if load.in_flight >= b.max_in_flight:
+                continue
+            wait_ms = (load.pending_prefill + prompt) * 1000.0 / v.prefill_tokens_per_s
+            is_owner = b.url == owner_url
+            cost = wait_ms + away
+            if is_owner and owner_ok:
+                why = "hash owner"
+            else:
+                cost += settings.affinity_tolerance_ms
+                why = "owner over its bounded load" if is_owner else "not the hash owner"
+            entry = _Scored(cost, wait_ms, load.long_pending == 0, b, why)
+            if b.kv_tokens is not None and load.budget_in_flight + need > b.kv_tokens:
+                entry.why = "no KV room for its budget"
+                no_room.append(entry)
+            else:
+                scored.append(entry)
 
-    spill: list[BackendState] = []
-    for pool in pools_by_window:
-        if pool is primary or pool.model != primary.model:
-            continue
-        need = budget_for(facts.prompt.upper, facts.max_tokens, pool)
-        if need > pool.max_context_tokens:
-            continue
-        other_good, other_heavy, other_down = _split(pool, facts.hash_key, need, settings)
-        spill.extend(other_good)
-        heavy.extend(other_heavy)
-        down.extend(other_down)
-
-    candidates = tuple(good + spill + heavy + down)
-    if good:
-        reason = choice.reason
-    elif spill:
-        reason = "spill: every backend of the pool is over its bounded load"
+    rule = ""
+    if scored:
+        if short:
+            if any(s.clean for s in scored) and not all(s.clean for s in scored):
+                scored.sort(key=lambda s: (not s.clean, s.cost))
+                rule = ", avoids long prefills"
+            else:
+                scored.sort(key=lambda s: s.cost)
+        else:
+            scored.sort(key=lambda s: s.cost)
+            clean_fleet = _clean_backends(pools, view_of)
+            if clean_fleet <= settings.keep_clean and any(
+                not s.clean and s.wait_ms <= settings.long_wait_limit_ms for s in scored
+            ):
+                scored.sort(key=lambda s: s.clean)  # stable: by cost within each group
+                rule = ", leaves the fleet's last backend free of long prefill to short requests"
+    no_room.sort(key=lambda s: s.cost)
+    ordered = scored + no_room
+    candidates = tuple(s.backend for s in ordered) + tuple(down)
+    waits = tuple(s.wait_ms for s in ordered) + tuple(float("inf") for _ in down)
+    if ordered:
+        best = ordered[0]
+        where = best.backend.pool
+        place = "preferred pool" if where == preferred.name else f"spill to {where}"
+        reason = f"{eligibility.reason}; {place}, {best.why}{rule}"
+    elif down:
+        reason = f"{eligibility.reason}; every usable backend is down: trying anyway"
     else:
-        reason = "no backend under its bounded load"
-    return RoutePlan(primary.name, candidates, work, reason)
+        reason = f"{eligibility.reason}; every backend is at max_in_flight"
+    return RoutePlan(preferred.name, candidates, waits, eligibility.budgets[0], reason)
+
+
+def _clean_backends(pools: Sequence[PoolView], view_of: Callable[[Backend], BackendView]) -> int:
+    """Backends of the model that are usable and free of long pending prefill."""
+    count = 0
+    for pool in pools:
+        for b in pool.backends:
+            v = view_of(b)
+            if v.up and v.load.long_pending == 0 and v.load.in_flight < b.max_in_flight:
+                count += 1
+    return count

@@ -51,6 +51,10 @@ class StreamScanner:
         if self._kept - len(recent[0]) >= _KEEP_BYTES:
             self._kept -= len(recent.popleft())
 
+    def ends_event(self) -> bool:
+        """The bytes relayed so far end at an event boundary (a blank line)."""
+        return not self._recent or self._recent[-1].endswith(b"\n\n")
+
     def summary(self) -> StreamSummary:
         tail = b"".join(self._recent)
         finish = None

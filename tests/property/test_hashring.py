@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.hashring import PoolRing
+from router.core.hashring import PoolRing
 
 KEYS = [f"session-{i}" for i in range(10_000)]
 

@@ -1,0 +1,110 @@
+"""A parsed request body (and its session header) -> ``RequestFacts``, or a 4xx. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from router.core.tokens import PromptShapeError, TokenCounter, chat_bounds, completion_bounds
+from router.errors import BadRequest, ModelNotFound
+from router.model import RequestFacts
+
+
+def _optional_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"'{name}' must be an integer, got {type(value).__name__}", name)
+    if value < 1:
+        raise BadRequest(f"'{name}' must be at least 1, got {value}", name)
+    return value
+
+
+def leading_text(body: dict[str, Any], chat: bool) -> str:
+    """The part of the prompt that requests share, for the prefix hash.
+
+    Chat: the leading system/developer messages (an application's shared system prompt),
+    or the first message when there is none (a conversation keeps its first turn as it
+    grows). Completions: the start of the prompt. Either way, requests that share it share
+    vLLM's prefix cache on the backend it hashes to.
+    """
+    if not chat:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return prompt
+        # token ids or a batch: the head of the list is the shared part (no repr of all of it)
+        return repr(prompt[:512]) if isinstance(prompt, list) else repr(prompt)[:4096]
+    messages = body.get("messages") or ()
+    parts = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "developer"):
+            break
+        content = message.get("content")
+        parts.append(content if isinstance(content, str) else repr(content))
+    if not parts and messages:
+        first = messages[0]
+        content = first.get("content") if isinstance(first, dict) else first
+        parts.append(content if isinstance(content, str) else repr(content))
+    return "\x00".join(parts)
+
+
+def hash_key(body: dict[str, Any], model: str, chat: bool, session: str | None,
+             prefix_chars: int) -> str:  # fmt: skip
+    """The affinity key: the session header, else the body's ``user``, else a digest of the
+    model and the shared start of the prompt."""
+    if session:
+        return "s:" + session
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        return "u:" + user
+    prefix = leading_text(body, chat)[:prefix_chars]
+    return "p:" + hashlib.blake2b((model + "\x00" + prefix).encode(), digest_size=8).hexdigest()
+
+
+def read_facts(
+    body: Any,
+    *,
+    chat: bool,
+    session: str | None,
+    models: Sequence[str],
+    counters: Mapping[str, TokenCounter],
+    prefix_chars: int,
+) -> RequestFacts:
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        if len(models) != 1:
+            raise BadRequest("'model' is required: this router serves " + ", ".join(models),
+                             "model")  # fmt: skip
+        model = models[0]
+    elif not isinstance(model, str):
+        raise BadRequest("'model' must be a string", "model")
+    if model not in models:
+        raise ModelNotFound(
+            f"The model `{model}` does not exist. Valid aliases: {', '.join(models)}.", "model"
+        )
+    counter = counters.get(model)
+    try:
+        if chat:
+            if "messages" not in body:
+                raise BadRequest("'messages' is required", "messages")
+            prompt = chat_bounds(body["messages"], counter, body.get("tools"))
+        else:
+            if body.get("prompt") in (None, "", []):
+                raise BadRequest("'prompt' is required and must not be empty", "prompt")
+            prompt = completion_bounds(body["prompt"], counter)
+    except PromptShapeError as exc:
+        raise BadRequest(str(exc), "messages" if chat else "prompt") from None
+    max_tokens = _optional_int(body, "max_completion_tokens") if chat else None
+    if max_tokens is None:
+        max_tokens = _optional_int(body, "max_tokens")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false", "stream")
+    key = hash_key(body, model, chat, session, prefix_chars)
+    return RequestFacts(model, prompt, max_tokens, stream, key)

@@ -1,0 +1,327 @@
+"""One HTTP/1.1 connection to a backend, framed by httptools (llhttp), never by hand.
+
+A connection is in exactly one state:
+
+* ``IDLE``: in the pool, no request on it. Any byte or a close while idle (a 408 before a
+  keep-alive close, a server restart) discards it: it is never handed out again.
+* ``BUSY``: carrying one request; the response is parsed as it arrives.
+* ``CLOSED``: gone for good.
+
+The parser decodes the framing (Content-Length, chunked with extensions and trailers,
+close-delimited, interim 1xx heads, 204/304 without a body, HEAD) and hands over the body's
+payload only: the relay frames it again for its own client. A message is complete when
+llhttp says so (after the chunked body's final CRLF and trailers), never earlier, so a
+connection goes back to the pool only with nothing left of the previous answer on it.
+
+Errors say what is known about the request (``UpstreamError.reached``): a request whose
+connection was never made provably never reached the backend; any other failure may have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+if TYPE_CHECKING:
+    from router.upstream.pool import UpstreamPool
+
+MAX_HEAD_BYTES: Final = 64 * 1024  # status line + headers (+ trailers), as nginx's large buffers
+MAX_HEADERS: Final = 128
+
+
+class UpstreamError(Exception):
+    """The exchange with the backend failed.
+
+    ``reached``: the request may have reached the backend (False only when it provably did
+    not). ``response_started``: some byte of the response had arrived.
+    """
+
+    def __init__(self, message: str, *, reached: bool, response_started: bool) -> None:
+        super().__init__(message)
+        self.reached = reached
+        self.response_started = response_started
+
+
+class ConnectFailed(UpstreamError):
+    """No connection could be made: the request never left the router."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reached=False, response_started=False)
+
+
+class ConnState(enum.Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    CLOSED = "closed"
+
+
+BodySink = Callable[[bytes], None]
+EndCallback = Callable[[UpstreamError | None], None]
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: a response the router will not relay."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """The protocol of one upstream connection; used through ``UpstreamPool`` only."""
+
+    def __init__(self, pool: UpstreamPool, origin: tuple[str, int]) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.state = ConnState.BUSY  # a new connection is made for a request
+        self.transport: asyncio.Transport | None = None
+        self.idle_since = 0.0
+        self.uses = 0
+        self._parser = httptools.HttpResponseParser(self)
+        self._begin_exchange(head_only=False)
+
+    def _begin_exchange(self, *, head_only: bool) -> None:
+        self.head_only = head_only
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.keep_alive = False
+        self.head_done = False
+        self.complete = False
+        self.error: UpstreamError | None = None
+        self._head_bytes = 0
+        self._framed = False  # Content-Length or chunked: the end is known without a close
+        self._interim = False
+        self._got_bytes = False
+        self._reusable = True
+        self._pending: list[bytes] = []
+        self._sink: BodySink | None = None
+        self._on_end: EndCallback | None = None
+        self.head_waiter: asyncio.Future[None] | None = None
+        self.data_waiter: asyncio.Future[None] | None = None
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is transport:
+            return
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not a TCP socket
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is not ConnState.BUSY or self.complete:
+            # bytes nobody asked for (a 408 on an idle connection, more after a complete
+            # answer): the connection's framing can no longer be trusted
+            self._reusable = False
+            self.discard()
+            return
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail("the backend switched protocols (101): refused, never requested")
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Refused):
+                self._fail(str(cause))
+            else:  # pragma: no cover - our callbacks raise nothing else
+                self._fail(f"response handling failed: {cause or exc}")
+        except httptools.HttpParserError as exc:
+            if self.complete:
+                # garbage after a complete answer: that answer stands, the connection goes
+                self._reusable = False
+                self.discard()
+            else:
+                self._fail(f"malformed response from the backend: {exc}")
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self.state
+        self.state = ConnState.CLOSED
+        self.transport = None
+        self.pool._forget(self)
+        if was is not ConnState.BUSY or self.complete or self.error is not None:
+            return
+        if self.head_done and not self._framed and exc is None:
+            # a close-delimited body ends with a clean close (FIN), never with a reset
+            self._message_done()
+            return
+        reason = f" ({exc})" if exc else ""
+        if not self._got_bytes:
+            self._fail(f"the backend closed the connection before answering{reason}")
+        else:
+            self._fail(f"the backend closed the connection in the middle of the answer{reason}")
+
+    # ---- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        self.headers = []
+        self._framed = False
+
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status) + 16)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        if len(self.headers) >= MAX_HEADERS:
+            raise _Refused(f"the backend sent more than {MAX_HEADERS} header lines")
+        if self.head_done:
+            return  # a trailer: nothing a relay forwards
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        lower = name.lower()
+        if lower == b"content-length" or (
+            lower == b"transfer-encoding" and b"chunked" in value.lower()
+        ):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status == 101:
+            # checked before the head counts as received: a switched connection is no
+            # HTTP answer, and we never ask for an upgrade
+            raise _Refused("the backend switched protocols (101): refused, never requested")
+        if 100 <= status < 200:
+            self._interim = True  # 100 Continue, 103 Early Hints: the real head follows
+            return
+        self.status = status
+        self.keep_alive = bool(self._parser.should_keep_alive())
+        if status in (204, 304):
+            self._framed = True
+        self.head_done = True
+        _wake(self.head_waiter)
+        if self.head_only:
+            # no body follows a HEAD answer, whatever Content-Length says; llhttp would wait
+            # for one, so this connection is not reused
+            self._reusable = False
+            self._message_done()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        sink = self._sink
+        if sink is not None:
+            sink(body)
+        else:
+            self._pending.append(body)
+            _wake(self.data_waiter)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self.complete:
+            return
+        self.keep_alive = self.keep_alive and bool(self._parser.should_keep_alive())
+        self._message_done()
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _Refused(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
+
+    def _message_done(self) -> None:
+        self.complete = True
+        _wake(self.head_waiter)
+        _wake(self.data_waiter)
+        on_end = self._on_end
+        if on_end is not None:
+            self._on_end = None
+            on_end(None)
+
+    def _fail(self, message: str) -> None:
+        if self.complete or self.error is not None:
+            return
+        error = UpstreamError(message, reached=True, response_started=self._got_bytes)
+        self.error = error
+        for waiter in (self.head_waiter, self.data_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(error)
+                waiter.exception()  # retrieved here: an abandoned waiter must not warn
+        on_end = self._on_end
+        if on_end is not None:
+            self._on_end = None
+            on_end(error)
+        self.discard()
+
+    # ---- used by the pool and the response ------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            self.complete
+            and self.error is None
+            and self.keep_alive
+            and self._reusable
+            and self.state is ConnState.BUSY
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    def send(self, data: bytes, *, head_only: bool) -> asyncio.Future[None]:
+        """Write a request; the future resolves when the response head has arrived."""
+        self._begin_exchange(head_only=head_only)
+        self.state = ConnState.BUSY
+        self.uses += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.head_waiter = waiter
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._fail("the connection closed before the request was sent")
+            return waiter
+        transport.write(data)
+        return waiter
+
+    def attach(self, sink: BodySink, on_end: EndCallback) -> None:
+        for data in self._pending:
+            sink(data)
+        self._pending.clear()
+        if self.complete or self.error is not None:
+            on_end(self.error)
+            return
+        self._sink = sink
+        self._on_end = on_end
+
+    def take_pending(self) -> bytes:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        return data
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def detach(self) -> None:
+        self._sink = None
+        self._on_end = None
+
+    def discard(self) -> None:
+        """Close at once (RST): for a connection in an unknown state, or a request to abort
+        (vLLM aborts a request whose connection goes and frees its KV cache)."""
+        self.detach()
+        transport = self.transport
+        if self.state is ConnState.IDLE:
+            self.state = ConnState.CLOSED
+            self.pool._forget(self)
+        if transport is not None:
+            transport.abort()
+
+    def make_idle(self, now: float) -> None:
+        self.state = ConnState.IDLE
+        self.idle_since = now
+        self.detach()
+        self.head_waiter = None
+        self.data_waiter = None
