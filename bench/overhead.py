@@ -10,6 +10,8 @@ floor that shows what ctxroute's routing adds on top of moving bytes.
 
     python -m bench.overhead                      # full table (about 2 minutes)
     python -m bench.overhead --requests 400 --concurrency 32
+    git worktree add /tmp/base HEAD~3 && python -m bench.overhead --baseline /tmp/base
+                                                  # before/after a change, same run
 """
 
 from __future__ import annotations
@@ -149,6 +151,11 @@ def main() -> None:
     parser.add_argument("--proxy-core", default="0")
     parser.add_argument("--load-core", default="1")
     parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another ctxroute checkout to run side by side (target 'base'): before/after",
+    )
     args = parser.parse_args()
 
     taskset = shutil.which("taskset")
@@ -199,6 +206,18 @@ def main() -> None:
         procs.append(router)
         wait_for_port("127.0.0.1", router_port, 20, router)
         targets["ctxroute"] = (f"http://127.0.0.1:{router_port}", [router.pid])
+        if args.baseline is not None:
+            base_port = free_port()
+            (tmp / "base.yaml").write_text(ROUTER_CONF.format(port=base_port, backend=backend))
+            base = subprocess.Popen(
+                [*pin_proxy, PY, "-m", "router", "serve", "--config", str(tmp / "base.yaml")],
+                stdout=subprocess.DEVNULL,
+                cwd=args.baseline,
+                env={**os.environ, "PYTHONPATH": str(args.baseline.resolve())},
+            )
+            procs.append(base)
+            wait_for_port("127.0.0.1", base_port, 20, base)
+            targets["base"] = (f"http://127.0.0.1:{base_port}", [base.pid])
         bare_port = free_port()
         bare = subprocess.Popen(
             [*pin_proxy, PY, "-m", "bench.bare_proxy", "--port", str(bare_port), "--upstream",

@@ -17,6 +17,7 @@ from router.handlers import add_routes
 from router.ledger import Ledger
 from router.loadboard import LoadBoard, LoadView
 from router.probe import make_probe_session, probe_forever
+from router.proxy import ForwardSettings
 from router.tokenizers import load_counters
 from router.upstream.pool import UpstreamPool
 
@@ -38,7 +39,10 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = make_probe_session(config)
         upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
-        ctx = RouterContext(config, fleet, ledger, upstream, session, counters, int(time.time()))
+        settings = ForwardSettings(config.routing.max_attempts, config.timeouts)
+        ctx = RouterContext(
+            config, fleet, ledger, upstream, session, counters, int(time.time()), settings
+        )
         app[RouterContext.KEY] = ctx
         probe_task = None
         if probes:

@@ -12,6 +12,7 @@ from router.config import RouterConfig
 from router.core.tokens import TokenCounter
 from router.fleet import Fleet
 from router.ledger import Ledger
+from router.proxy import ForwardSettings
 from router.upstream.pool import UpstreamPool
 
 
@@ -26,6 +27,7 @@ class RouterContext:
     probe_session: aiohttp.ClientSession  # health probes only
     counters: dict[str, TokenCounter]
     started: int
+    forward_settings: ForwardSettings
 
     def ready(self) -> bool:
         """Every pool has a backend that is up."""

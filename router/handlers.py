@@ -19,7 +19,7 @@ from router.core.classify import eligible_pools
 from router.core.facts import read_facts
 from router.core.planner import plan
 from router.errors import BadRequest, PayloadTooLarge, RouterError
-from router.proxy import ForwardSettings, forward
+from router.proxy import forward
 
 log = logging.getLogger("ctxroute.handlers")
 
@@ -84,9 +84,8 @@ async def _complete(request: web.Request, *, chat: bool, path: str) -> web.Strea
     pools = fleet.by_model[facts.model]
     eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
     route = plan(facts, pools, eligibility, ctx.ledger.view_of, fleet.settings)
-    settings = ForwardSettings(config.routing.max_attempts, config.timeouts)
     return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts, route,
-                         request[REQUEST_ID], settings)  # fmt: skip
+                         request[REQUEST_ID], ctx.forward_settings)  # fmt: skip
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -19,8 +19,7 @@ request goes to the largest window and the backend's own check decides.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from router.errors import context_too_long
 from router.model import TokenBounds
@@ -39,8 +38,7 @@ def budget(prompt_tokens: int, max_tokens: int | None, pool: PoolWindow) -> int:
     return prompt_tokens + (max_tokens if max_tokens is not None else pool.default_max_tokens)
 
 
-@dataclass(frozen=True, slots=True)
-class Eligibility:
+class Eligibility(NamedTuple):
     """The pools a request may go to (smallest window first, the first is preferred), the
     likely budget in each, and why."""
 

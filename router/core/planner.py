@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from router.core.classify import Eligibility
 from router.core.hashring import PoolRing
@@ -56,13 +57,24 @@ class PlannerSettings:
     long_wait_limit_ms: float = 10_000.0
 
 
-@dataclass(slots=True)
-class _Scored:
+class _Scored(NamedTuple):
     cost: float
     wait_ms: float
-    clean: bool
+    clean: bool  # no long prefill pending on it
     backend: Backend
     why: str
+
+
+def _cost(s: _Scored) -> float:
+    return s.cost
+
+
+def _dirty_then_cost(s: _Scored) -> tuple[bool, float]:
+    return (not s.clean, s.cost)
+
+
+def _clean(s: _Scored) -> bool:
+    return s.clean  # False first: backends that already have long work
 
 
 def plan(
@@ -83,19 +95,28 @@ def plan(
     down: list[Backend] = []
     for pool_index, need in zip(eligibility.pools, eligibility.budgets, strict=True):
         pool = pools[pool_index]
-        views = [view_of(b) for b in pool.backends]
-        usable = [v for v in views if v.up and v.load.in_flight < v.backend.max_in_flight]
         owner_url = pool.ring.owner(key)
+        views: list[BackendView] = []
+        usable_budget = 0
+        usable = 0
+        owner_budget = -1  # the owner's budget in flight, when it is usable
+        for b in pool.backends:
+            v = view_of(b)
+            views.append(v)
+            load = v.load
+            if v.up and load.in_flight < b.max_in_flight:
+                usable += 1
+                usable_budget += load.budget_in_flight
+                if b.url == owner_url:
+                    owner_budget = load.budget_in_flight
         owner_ok = True
-        if usable:
+        if owner_budget >= 0:
             # consistent hashing with bounded loads, on token work: the cap is c x the mean
             # with this request added, and never below the request plus one window (a ratio
             # of small loads says nothing: 650 tokens against 0 is not a hot spot)
-            mean = (sum(v.load.budget_in_flight for v in usable) + need) / len(usable)
+            mean = (usable_budget + need) / usable
             cap = max(settings.load_factor * mean, float(need + pool.max_context_tokens))
-            for v in usable:
-                if v.backend.url == owner_url:
-                    owner_ok = v.load.budget_in_flight + need <= cap
+            owner_ok = owner_budget + need <= cap
         away = 0.0 if pool is preferred else settings.pool_tolerance_ms
         for v in views:
             b = v.backend
@@ -106,42 +127,43 @@ def plan(
             if load.in_flight >= b.max_in_flight:
                 continue
             wait_ms = (load.pending_prefill + prompt) * 1000.0 / v.prefill_tokens_per_s
-            is_owner = b.url == owner_url
             cost = wait_ms + away
-            if is_owner and owner_ok:
+            if b.url == owner_url and owner_ok:
                 why = "hash owner"
             else:
                 cost += settings.affinity_tolerance_ms
-                why = "owner over its bounded load" if is_owner else "not the hash owner"
-            entry = _Scored(cost, wait_ms, load.long_pending == 0, b, why)
+                why = "owner over its bounded load" if b.url == owner_url else "not the hash owner"
             if b.kv_tokens is not None and load.budget_in_flight + need > b.kv_tokens:
-                entry.why = "no KV room for its budget"
-                no_room.append(entry)
+                no_room.append(_Scored(cost, wait_ms, load.long_pending == 0, b,
+                                       "no KV room for its budget"))  # fmt: skip
             else:
-                scored.append(entry)
+                scored.append(_Scored(cost, wait_ms, load.long_pending == 0, b, why))
 
     rule = ""
-    if scored:
+    if len(scored) > 1:
         if short:
-            if any(s.clean for s in scored) and not all(s.clean for s in scored):
-                scored.sort(key=lambda s: (not s.clean, s.cost))
+            clean = sum(1 for s in scored if s.clean)
+            if 0 < clean < len(scored):
+                scored.sort(key=_dirty_then_cost)
                 rule = ", avoids long prefills"
             else:
-                scored.sort(key=lambda s: s.cost)
+                scored.sort(key=_cost)
         else:
-            scored.sort(key=lambda s: s.cost)
-            clean_fleet = _clean_backends(pools, view_of)
-            if clean_fleet <= settings.keep_clean and any(
-                not s.clean and s.wait_ms <= settings.long_wait_limit_ms for s in scored
-            ):
-                scored.sort(key=lambda s: s.clean)  # stable: by cost within each group
-                rule = ", leaves the fleet's last backend free of long prefill to short requests"
-    no_room.sort(key=lambda s: s.cost)
-    ordered = scored + no_room
-    candidates = tuple(s.backend for s in ordered) + tuple(down)
-    waits = tuple(s.wait_ms for s in ordered) + tuple(float("inf") for _ in down)
-    if ordered:
-        best = ordered[0]
+            scored.sort(key=_cost)
+    if scored and not short:
+        clean_fleet = _clean_backends(pools, view_of)
+        if clean_fleet <= settings.keep_clean and any(
+            not s.clean and s.wait_ms <= settings.long_wait_limit_ms for s in scored
+        ):
+            scored.sort(key=_clean)  # stable: by cost within each group
+            rule = ", leaves the fleet's last backend free of long prefill to short requests"
+    if no_room:
+        no_room.sort(key=_cost)
+        scored += no_room
+    candidates = tuple([s.backend for s in scored] + down)
+    waits = tuple([s.wait_ms for s in scored] + [float("inf")] * len(down))
+    if scored:
+        best = scored[0]
         where = best.backend.pool
         place = "preferred pool" if where == preferred.name else f"spill to {where}"
         reason = f"{eligibility.reason}; {place}, {best.why}{rule}"

@@ -80,6 +80,8 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, origin: tuple[str, int]) -> None:
         self.pool = pool
         self.origin = origin
+        # made inside loop.create_connection: asking once saves a getpid() per call later
+        self.loop = asyncio.get_running_loop()
         self.state = ConnState.BUSY  # a new connection is made for a request
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
@@ -95,12 +97,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self.error: UpstreamError | None = None
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes received while the head is incomplete
+        self._header_bytes = 0  # header names and values (and trailers)
         self._framed = False  # Content-Length or chunked: the end is known without a close
         self._interim = False
         self._got_bytes = False
         self._reusable = True
         self._pending: list[bytes] = []
+        self._batch: list[bytes] = []  # body pieces of one packet, for the sink
         self._sink: BodySink | None = None
         self._on_end: EndCallback | None = None
         self.head_waiter: asyncio.Future[None] | None = None
@@ -126,8 +130,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.discard()
             return
         self._got_bytes = True
+        if not self.head_done:
+            # a head that never ends (one endless line) is refused once this many bytes
+            # came without completing it; on_header bounds the headers themselves
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
+            if self._batch:
+                self._flush()
         except httptools.HttpParserUpgrade:
             self._fail("the backend switched protocols (101): refused, never requested")
         except httptools.HttpParserCallbackError as exc:
@@ -143,6 +153,9 @@ class UpstreamConnection(asyncio.Protocol):
                 self.discard()
             else:
                 self._fail(f"malformed response from the backend: {exc}")
+            return
+        if not self.head_done and self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
 
     def eof_received(self) -> bool | None:
         return False  # close our side too: connection_lost follows
@@ -167,15 +180,13 @@ class UpstreamConnection(asyncio.Protocol):
     # ---- httptools callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._head_bytes = 0
         self.headers = []
         self._framed = False
 
-    def on_status(self, status: bytes) -> None:
-        self._count_head(len(status) + 16)
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEAD_BYTES:
+            raise _Refused(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
         if len(self.headers) >= MAX_HEADERS:
             raise _Refused(f"the backend sent more than {MAX_HEADERS} header lines")
         if self.head_done:
@@ -211,9 +222,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.complete:
             return
-        sink = self._sink
-        if sink is not None:
-            sink(body)
+        if self._sink is not None:
+            # one packet may carry many chunks: the sink gets them as one piece, so the
+            # relay makes one write (one syscall) per packet, not one per chunk
+            self._batch.append(body)
         else:
             self._pending.append(body)
             _wake(self.data_waiter)
@@ -229,12 +241,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise _Refused(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
+    def _flush(self) -> None:
+        batch = self._batch
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
+        sink = self._sink
+        if sink is not None:
+            sink(data)
 
     def _message_done(self) -> None:
+        if self._batch:
+            self._flush()  # the body's last bytes reach the sink before its end
         self.complete = True
         _wake(self.head_waiter)
         _wake(self.data_waiter)
@@ -246,6 +263,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, message: str) -> None:
         if self.complete or self.error is not None:
             return
+        if self._batch:
+            self._flush()  # what was sound before the failure is delivered, then the failure
         error = UpstreamError(message, reached=True, response_started=self._got_bytes)
         self.error = error
         for waiter in (self.head_waiter, self.data_waiter):
@@ -277,7 +296,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._begin_exchange(head_only=head_only)
         self.state = ConnState.BUSY
         self.uses += 1
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = self.loop.create_future()
         self.head_waiter = waiter
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -305,6 +324,7 @@ class UpstreamConnection(asyncio.Protocol):
         return bool(self._pending)
 
     def detach(self) -> None:
+        self._batch.clear()
         self._sink = None
         self._on_end = None
 

@@ -55,7 +55,7 @@ class UpstreamResponse:
         end of the body. Raises UpstreamError."""
         conn = self._conn
         while not conn.has_pending() and not conn.complete and conn.error is None:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = conn.loop.create_future()
             conn.data_waiter = waiter
             try:
                 await waiter
@@ -154,7 +154,7 @@ class UpstreamPool:
             conn.state = ConnState.IDLE
             conn.discard()
             return
-        conn.make_idle(asyncio.get_running_loop().time())
+        conn.make_idle(conn.loop.time())
         idle.append(conn)
 
     def _forget(self, conn: UpstreamConnection) -> None:
