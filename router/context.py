@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,6 +38,7 @@ class RouterContext:
     def status(self) -> dict[str, object]:
         ledger = self.ledger
         return {
+            "pid": os.getpid(),  # which worker answered, under serve --workers
             "in_flight": sum(ledger.board.fleet(b.index).in_flight for b in self.fleet.backends),
             "outcomes": {kind.value: n for kind, n in ledger.outcomes.items()},
             "pools": [

@@ -5,26 +5,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
 import os
 import signal
 import sys
+import time
+from typing import cast
 
 from aiohttp import web
 
 from router.app import create_app, make_runner
 from router.config import RouterConfig
+from router.fleet import Fleet
+from router.loadboard import LoadBoard, LoadView
 from router.runtime import run_async
 
+log = logging.getLogger("ctxroute.serve")
 
-async def serve_until_stopped(config: RouterConfig, *, reuse_port: bool = False,
-                              announce: bool = True) -> None:  # fmt: skip
+# a worker that dies this soon after its start is failing to start (a port taken, a bad
+# tokenizer path): restarting it would only loop
+_MIN_UPTIME_S = 5.0
+
+
+async def serve_until_stopped(
+    config: RouterConfig,
+    *,
+    reuse_port: bool = False,
+    announce: bool = True,
+    board: LoadView | None = None,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    runner = make_runner(create_app(config))
+    runner = make_runner(create_app(config, board=board))
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.listen.host, config.listen.port,
@@ -38,8 +56,24 @@ async def serve_until_stopped(config: RouterConfig, *, reuse_port: bool = False,
         await runner.cleanup()
 
 
-def _worker(config: RouterConfig) -> None:
-    run_async(serve_until_stopped(config, reuse_port=True))
+def _worker(config: RouterConfig, shared: mmap.mmap, rows: int, row: int) -> None:
+    # default signal handling in the child: the parent forwards SIGINT/SIGTERM
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    backends = len(Fleet.from_config(config).backends)
+    board = LoadBoard(backends, rows=rows, row=row, shared=shared)
+    run_async(serve_until_stopped(config, reuse_port=True, board=board))
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def serve(config: RouterConfig, workers: int = 1) -> int:
@@ -51,21 +85,62 @@ def serve(config: RouterConfig, workers: int = 1) -> int:
     if config.listen.port == 0:
         print("ctxroute serve: --workers needs a fixed listen port", file=sys.stderr)
         return 2
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(config,), daemon=False) for _ in range(workers)]
-    for proc in procs:
+    return _supervise(config, workers)
+
+
+def _supervise(config: RouterConfig, workers: int) -> int:
+    """Fork ``workers`` processes that share one load board (each writes its own row) and
+    one listening port (SO_REUSEPORT). A worker that dies is replaced, after its row of
+    the board is cleared (its requests died with it); one that dies right after starting
+    stops the whole server. The exit status is non-zero when any worker ended badly."""
+    backends = len(Fleet.from_config(config).backends)
+    shared = LoadBoard.shared_memory(backends, workers)
+    board = LoadBoard(backends, rows=workers, row=0, shared=shared)
+    mp = multiprocessing.get_context("fork")
+    procs: dict[int, multiprocessing.process.BaseProcess] = {}
+    started: dict[int, float] = {}
+    stopping = False
+    failed = False
+
+    def start(row: int) -> None:
+        proc = mp.Process(target=_worker, args=(config, shared, workers, row), daemon=False)
         proc.start()
+        procs[row] = proc
+        started[row] = time.monotonic()
 
     def forward(signum: int, _frame: object) -> None:
-        for proc in procs:
-            if proc.pid is not None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs.values():
+            if proc.pid is not None and proc.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signum)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    codes = []
-    for proc in procs:
-        proc.join()
-        codes.append(proc.exitcode or 0)
-    return max(codes)
+    for row in range(workers):
+        start(row)
+    while procs:
+        sentinels = {proc.sentinel: row for row, proc in procs.items()}
+        ready = multiprocessing.connection.wait(list(sentinels))
+        for sentinel in ready:
+            row = sentinels[cast(int, sentinel)]
+            proc = procs.pop(row)
+            proc.join()
+            code = proc.exitcode
+            board.clear_row(row)
+            if code == 0 and stopping:
+                continue
+            failed = True
+            uptime = time.monotonic() - started[row]
+            if stopping:
+                log.error("worker %d (pid %s) ended badly: %s", row, proc.pid, describe_exit(code))
+            elif uptime < _MIN_UPTIME_S:
+                log.error("worker %d (pid %s) died %.1fs after starting (%s): stopping",
+                          row, proc.pid, uptime, describe_exit(code))  # fmt: skip
+                forward(signal.SIGTERM, None)
+            else:
+                log.error("worker %d (pid %s) died (%s): its load is cleared, restarting it",
+                          row, proc.pid, describe_exit(code))  # fmt: skip
+                start(row)
+    return 1 if failed else 0

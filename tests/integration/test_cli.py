@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any, cast
 
+import aiohttp
 import pytest
 
 from tests.fixtures.servers import free_port, wait_for_port
@@ -158,3 +163,92 @@ pools:
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out
     assert out.count(b"ctxroute listening on") == 2
+
+
+def _sim(port: int, token_ms: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*CLI, "sim", "--profile", "tiny", "--port", str(port), "--model", "m",
+         "--set", f"weights_floor_ms={token_ms}"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+        return cast(dict[str, Any], json.loads(r.read()))
+
+
+async def test_workers_share_one_view_of_load(tmp_path: Path) -> None:
+    # 6 streams held open on a slow backend through 2 workers: whichever worker answers
+    # /status sees all 6 (each worker alone would see about half)
+    sim_port, port = free_port(), free_port()
+    sim = _sim(sim_port, 300.0)
+    path = write(tmp_path, ROUTER_FOR_SIM.format(port=port, backend=sim_port))
+    # the router under test, outside this test's event loop (nothing here awaits it)
+    proc = subprocess.Popen([*CLI, "serve", "--config", str(path), "--workers", "2"],  # noqa: ASYNC220
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", sim_port, 20.0, sim)
+        wait_for_port("127.0.0.1", port, 20.0, proc)
+        body = {"model": "m", "prompt": "hi", "max_tokens": 40, "stream": True, "ignore_eos": True}
+        streams = []
+        for _ in range(6):
+            # a session (a connection) each: the kernel spreads them over the workers
+            s = aiohttp.ClientSession()
+            r = await s.post(f"http://127.0.0.1:{port}/v1/completions", json=body)
+            assert r.status == 200
+            await r.content.readany()  # started
+            streams.append((s, r))
+        seen = {}
+        for _ in range(20):
+            status = await asyncio.to_thread(_status, port)
+            seen[status["pid"]] = status["in_flight"]
+        for s, r in streams:
+            r.close()
+            await s.close()
+        assert len(seen) == 2, f"only one worker answered /status: {seen}"
+        assert set(seen.values()) == {6}, seen
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+        sim.terminate()
+        sim.wait(10)
+    assert proc.returncode == 0
+
+
+def test_a_worker_killed_by_a_signal_is_replaced_and_the_exit_status_says_so(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    path = write(tmp_path, ROUTER_FOR_SIM.format(port=port, backend=free_port()))
+    proc = subprocess.Popen([*CLI, "serve", "--config", str(path), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, 20.0, proc)
+        time.sleep(5.5)  # past the start-up window: a death now is a crash, not a bad start
+        victim = _status(port)["pid"]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        pids: set[int] = set()
+        while time.monotonic() < deadline and (len(pids) < 2 or victim in pids):
+            with contextlib.suppress(OSError):
+                pids.add(_status(port)["pid"])
+            pids.discard(victim)
+            time.sleep(0.05)
+        assert len(pids) == 2, "the killed worker was not replaced"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    text = out.decode()
+    assert proc.returncode == 1, text
+    assert "killed by SIGKILL" in text and "restarting it" in text
+
+
+ROUTER_FOR_SIM = """
+listen: {{host: 127.0.0.1, port: {port}}}
+pools:
+  - name: only
+    model: m
+    max_context_tokens: 2048
+    backends: [{{url: "http://127.0.0.1:{backend}"}}]
+"""
