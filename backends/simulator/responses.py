@@ -265,8 +265,9 @@ class ChunkTemplates:
     def token(self, index: int) -> bytes:
         return self.head + TOKEN_LITERALS[index % len(TOKEN_LITERALS)] + self.tail
 
-    def final(self, index: int, finish: str, prompt: int, completion: int) -> bytes:
-        """The last token's chunk (with finish_reason), the usage chunk if asked, [DONE]."""
+    def final(self, index: int, finish: str, prompt: int, completion: int) -> list[bytes]:
+        """The last token's event (with finish_reason), the usage event if asked, [DONE]:
+        one item per SSE event (vLLM writes each as its own chunk)."""
         base: dict[str, Any] = {
             "id": self.rid,
             "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -308,7 +309,7 @@ class ChunkTemplates:
             last["system_fingerprint"] = SYSTEM_FINGERPRINT
             parts.append(b"data: " + orjson.dumps(last) + b"\n\n")
         parts.append(DONE)
-        return b"".join(parts)
+        return parts
 
 
 _WORDS_WITH_SPACE = tuple(" " + w for w in _WORDS)

@@ -130,7 +130,6 @@ class Simulator:
         self._site: web.TCPSite | None = None
         self._engine: EngineRunner | None = None
         self._refuse_task: asyncio.Task[None] | None = None
-        self._created = int(time.time())
         self.port = self.config.port
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -458,6 +457,7 @@ class Simulator:
             await asyncio.sleep(hang)
 
     async def _unary(self, req: SimRequest, engine: EngineRunner, chat: bool) -> web.Response:
+        created = int(time.time())  # as vLLM: when the request arrived
         done = asyncio.get_running_loop().create_future()
 
         def on_progress() -> None:
@@ -479,7 +479,7 @@ class Simulator:
         return _json(
             build(
                 req.request_id,
-                self._created,
+                created,
                 self.config.model,
                 text,
                 req.finish_reason or "stop",
@@ -501,7 +501,7 @@ class Simulator:
         tpl = R.ChunkTemplates.build(
             chat=chat,
             rid=req.request_id,
-            created=self._created,
+            created=int(time.time()),  # as vLLM: when the request arrived
             model=self.config.model,
             include_usage=include_usage,
         )
@@ -529,17 +529,23 @@ class Simulator:
                 last_plain = produced - 1 if finished else produced
                 parts.extend(tpl.token(i) for i in range(sent, last_plain))
                 if finished:
-                    parts.append(
+                    parts.extend(
                         tpl.final(
                             produced - 1, req.finish_reason or "stop", req.prompt_tokens, produced
                         )
                     )
                 sent = produced
-                if parts:
-                    await resp.write(b"".join(parts))
+                # one write, so one HTTP chunk, per SSE event, as vLLM's server does: a
+                # proxy in front sees the same framing it will see in production
+                for part in parts:
+                    await resp.write(part)
                 if finished:
                     break
             await resp.write_eof()
+            return resp
+        except ConnectionResetError:
+            # the client left mid-stream (aiohttp's ClientConnectionResetError): vLLM aborts
+            # the request and logs no traceback; the finally below aborts it here too
             return resp
         finally:
             if submitted and req.status is not Status.FINISHED:
@@ -556,8 +562,8 @@ class Simulator:
         """Write up to ``cut`` tokens, then drop the connection: no final chunk, no [DONE]."""
         parts = [tpl.first] if sent == 0 and tpl.first else []
         parts.extend(tpl.token(i) for i in range(sent, cut))
-        if parts:
-            await resp.write(b"".join(parts))
+        for part in parts:
+            await resp.write(part)
         transport = request.transport
         if transport is not None:
             transport.abort()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import struct
 
 import aiohttp
+import orjson
 import pytest
 
 from backends.simulator import Simulator
@@ -291,3 +294,59 @@ async def test_step_lag_stays_small_under_load(make_sim: SimFactory) -> None:
     # share the loop; uvloop's clock has 1 ms resolution)
     assert stats["step_lag_p50_ms"] < 10.0
     assert elapsed < 1.5 * modelled + 0.5
+
+
+async def test_each_sse_event_is_its_own_http_chunk_as_vllm_writes_them(sim: Simulator) -> None:
+    # a proxy in front must be measured on vLLM's framing: one chunk per event
+    payload = chat_body(max_tokens=12, stream=True, stream_options={"include_usage": True})
+    chunks: list[bytes] = []
+    async with aiohttp.ClientSession() as s, s.post(sim.url + CHAT, json=payload) as r:
+        current = b""
+        async for data, end_of_chunk in r.content.iter_chunks():
+            current += data
+            if end_of_chunk:
+                chunks.append(current)
+                current = b""
+    assert len(chunks) >= 12 + 3  # role, 12 tokens, usage, [DONE]
+    for chunk in chunks:
+        assert chunk.startswith(b"data: ") and chunk.endswith(b"\n\n"), chunk
+        assert chunk.count(b"data: ") == 1, chunk
+
+
+async def test_created_is_the_time_of_each_request(sim: Simulator) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(sim.url + CHAT, json=chat_body(max_tokens=1)) as r:
+            first = (await r.json())["created"]
+        await asyncio.sleep(1.1)
+        async with s.post(sim.url + CHAT, json=chat_body(max_tokens=1, stream=True)) as r:
+            second = parse_stream(await r.read())[0]["created"]
+    assert second > first
+
+
+async def test_a_client_that_leaves_mid_stream_logs_no_traceback(
+    make_sim: SimFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = await make_sim(model="sim-model")
+    payload = chat_body(max_tokens=400, stream=True)
+
+    body = orjson.dumps(payload)
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+
+    async def leave_after(chunks: int) -> None:
+        reader, writer = await asyncio.open_connection(sim.config.host, sim.port)
+        writer.write(head + body)
+        for _ in range(chunks):
+            await reader.read(256)
+        # a reset, as a proxy that aborts: the server's next write fails at once
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    await asyncio.gather(*(leave_after(1 + i % 7) for i in range(40)))
+    await asyncio.sleep(0.3)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(sim.url + "/health") as r:
+            assert r.status == 200  # still serving
+    errors = [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, [rec.getMessage() for rec in errors]
