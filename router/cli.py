@@ -1,4 +1,4 @@
-"""The ``ctxroute`` command line: serve, demo, check-config, sim."""
+"""The ``ctxroute`` command line: serve, demo, check-config, sim, bench."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def _build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a router YAML file and exit")
     check.add_argument("config", help="router YAML file")
 
+    bench = sub.add_parser(
+        "bench", help="the mixed workload against a fleet: TTFT, goodput, errors"
+    )
+    from bench.mixed import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
+
     sim = sub.add_parser("sim", help="run one simulated vLLM server")
     from backends.simulator.cli import add_arguments
 
@@ -48,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from backends.simulator.cli import run
 
         return run(args)
+    if args.command == "bench":
+        from bench.mixed import run as run_bench
+
+        return run_bench(args)
     if args.command == "check-config":
         config = _load(args.config)
         if config is None:

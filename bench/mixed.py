@@ -1,0 +1,342 @@
+"""``ctxroute bench``: the mixed workload against a fleet, through the router or not.
+
+    ctxroute bench --fleet bench/fleets/one-pool.yaml --rate 8 --duration 60
+    ctxroute bench --fleet bench/fleets/split-16k.yaml --target both --json out.json
+    ctxroute bench --url http://127.0.0.1:8080 --rate 4        # a router already running
+
+With ``--fleet CONFIG`` (a router configuration) it starts one simulated engine
+(``--profile``, default h100-8b) per backend of the config on free loopback ports, each
+with its pool's window, and for ``--target router`` the router itself (``--workers N``),
+pinned to core 0 while the engines and the load run on core 1 (taskset, when present).
+``--target round-robin`` sends the same requests straight to the engines, round-robin
+over the ones whose window holds each request; ``both`` runs round-robin then the
+router on fresh engines, the same seeded traffic each. Every run prints, per class, TTFT
+p50/p95/p99 (from the scheduled send time), goodput against the SLOs, errors, requests
+still stuck when the run ended, and the engines' preemptions and prefix-cache hit rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.loadgen import Result, Targets, run_load
+from bench.workload import Workload, plan_requests
+from router.config import ConfigError, RouterConfig, load_config
+
+PY = sys.executable
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--fleet", type=Path, help="router config: start engines (+ router)")
+    where.add_argument("--url", help="send to this router (already running); no engines started")
+    p.add_argument("--target", choices=["router", "round-robin", "both"], default="router")
+    p.add_argument("--workers", type=int, default=1, help="router processes (serve --workers)")
+    p.add_argument("--profile", default="h100-8b", help="simulated engine profile")
+    p.add_argument("--workload", type=Path, help="YAML with Workload fields (bench/workload.py)")
+    p.add_argument("--rate", type=float, help="requests per second (default 8)")
+    p.add_argument("--duration", type=float, help="seconds of arrivals (default 60)")
+    p.add_argument("--seed", type=int, help="workload seed (default 1)")
+    p.add_argument("--short-slo-ms", type=float, default=500.0)
+    p.add_argument("--long-slo-s", type=float, default=15.0)
+    p.add_argument("--grace", type=float, default=60.0, help="seconds to wait after the last send")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+
+
+@dataclass
+class ClassSummary:
+    n: int
+    ok: int
+    errors: int
+    stuck: int
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    ttft_p99_ms: float
+    goodput: float
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def summarise(results: list[Result], kind: str, slo_s: float) -> ClassSummary:
+    mine = [r for r in results if r.kind == kind]
+    # a request that failed or never started has no TTFT: it counts as infinitely late
+    ttfts = [r.ttft_s if (r.finished and r.ttft_s is not None) else math.inf for r in mine]
+    stuck = sum(1 for r in mine if r.error and r.error.startswith("stuck"))
+    ok = sum(1 for r in mine if r.finished)
+    good = sum(1 for r, t in zip(mine, ttfts, strict=True) if r.finished and t <= slo_s)
+    return ClassSummary(
+        n=len(mine),
+        ok=ok,
+        errors=len(mine) - ok - stuck,
+        stuck=stuck,
+        ttft_p50_ms=1e3 * _pct(ttfts, 0.50),
+        ttft_p95_ms=1e3 * _pct(ttfts, 0.95),
+        ttft_p99_ms=1e3 * _pct(ttfts, 0.99),
+        goodput=good / len(mine) if mine else math.nan,
+    )
+
+
+# ---- processes ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")  # type: ignore[arg-type]
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout_s:g}s")
+
+
+class Fleet:
+    """Simulated engines for every backend of a router config (and the router)."""
+
+    def __init__(self, config: RouterConfig, profile: str, pin: bool) -> None:
+        self.config = config
+        self.profile = profile
+        taskset = shutil.which("taskset") if pin else None
+        self.pin_router = [taskset, "-c", "0"] if taskset else []
+        self.pin_load = [taskset, "-c", "1"] if taskset else []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.engines: list[tuple[str, int]] = []  # (url, window), smallest window first
+        self.tmp = Path(tempfile.mkdtemp(prefix="ctxroute-bench-"))
+
+    def start_engines(self) -> None:
+        seed = 0
+        for pool in sorted(self.config.pools, key=lambda p: p.max_context_tokens):
+            for _ in pool.backends:
+                port = _free_port()
+                proc = subprocess.Popen(
+                    [*self.pin_load, PY, "-m", "router", "sim", "--profile", self.profile,
+                     "--port", str(port), "--model", pool.model,
+                     "--max-model-len", str(pool.max_context_tokens), "--seed", str(seed)],
+                    stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+                self.procs.append(proc)
+                self.engines.append((f"http://127.0.0.1:{port}", pool.max_context_tokens))
+                seed += 1
+        for (url, _), proc in zip(self.engines, self.procs, strict=True):
+            _wait_http(url + "/health", proc)
+
+    def start_router(self, workers: int) -> str:
+        """The config with its backends replaced by the engines, in the same order."""
+        data = self.config.model_dump(mode="json", exclude_none=True)
+        urls = iter(url for url, _ in self.engines)
+        for pool in sorted(data["pools"], key=lambda p: p["max_context_tokens"]):
+            for backend in pool["backends"]:
+                backend["url"] = next(urls)
+        port = _free_port()
+        data["listen"] = {"host": "127.0.0.1", "port": port}
+        data["log_level"] = "warning"
+        path = self.tmp / "router.yaml"
+        path.write_text(yaml.safe_dump(data))
+        proc = subprocess.Popen(
+            [*self.pin_router, PY, "-m", "router", "serve", "--config", str(path),
+             "--workers", str(workers)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/readyz", proc)
+        return url
+
+    def engine_counters(self) -> dict[str, float]:
+        totals = {"preemptions": 0.0, "prefix_hits": 0.0, "prefix_queries": 0.0}
+        names = {
+            "vllm:num_preemptions_total": "preemptions",
+            "vllm:prefix_cache_hits_total": "prefix_hits",
+            "vllm:prefix_cache_queries_total": "prefix_queries",
+        }
+        for url, _ in self.engines:
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+                text = r.read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in names:
+                        totals[names[sample.name]] += sample.value
+        return totals
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---- one run -----------------------------------------------------------------------------
+
+
+def _run_one(args: argparse.Namespace, workload: Workload, target: str,
+             config: RouterConfig | None) -> dict[str, Any]:  # fmt: skip
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    planned = plan_requests(workload)
+    fleet = Fleet(config, args.profile, not args.no_pin) if config is not None else None
+    counters: dict[str, float] = {}
+    try:
+        if fleet is not None:
+            fleet.start_engines()
+            if target == "router":
+                targets = Targets([(fleet.start_router(args.workers), 0)], round_robin=False)
+            else:
+                targets = Targets(fleet.engines, round_robin=True)
+        else:
+            targets = Targets([(args.url, 0)], round_robin=False)
+        if fleet is not None and not args.no_pin and shutil.which("taskset"):
+            os.sched_setaffinity(0, {1})
+        session_header = config.routing.session_header if config else "X-Session-ID"
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), transient=True,
+        ) as bar:  # fmt: skip
+            task = bar.add_task(f"{target}, {workload.rate:g} req/s", total=len(planned))
+            results, elapsed = asyncio.run(
+                run_load(planned, targets, session_header=session_header, grace_s=args.grace,
+                         progress=lambda n: bar.advance(task, n))  # fmt: skip
+            )
+        if fleet is not None:
+            counters = fleet.engine_counters()
+    finally:
+        if fleet is not None:
+            fleet.stop()
+    short = summarise(results, "short", args.short_slo_ms / 1e3)
+    long = summarise(results, "long", args.long_slo_s)
+    errors: dict[str, int] = {}
+    for r in results:
+        if r.error:
+            key = r.error.split(":")[0]
+            errors[key] = errors.get(key, 0) + 1
+    hits, queries = counters.get("prefix_hits", 0.0), counters.get("prefix_queries", 0.0)
+    return {
+        "target": target,
+        "workers": args.workers if target == "router" else None,
+        "requests": len(planned),
+        "elapsed_s": round(elapsed, 1),
+        "short": short.__dict__,
+        "long": long.__dict__,
+        "errors": errors,
+        "preemptions": counters.get("preemptions"),
+        "prefix_cache_hit_rate": (hits / queries) if queries else None,
+    }
+
+
+def _fmt_ms(v: float) -> str:
+    if math.isinf(v):
+        return "failed"
+    if math.isnan(v):
+        return "-"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def print_table(runs: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("target", "class", "n", "ok", "err", "stuck", "TTFT p50 ms", "p95 ms", "p99 ms",
+                "goodput", "preempt", "prefix hit"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for run in runs:
+        name = run["target"] + (f" x{run['workers']}" if run.get("workers", 1) not in (1, None)
+                                else "")  # fmt: skip
+        for kind in ("short", "long"):
+            s = run[kind]
+            hit = run["prefix_cache_hit_rate"]
+            table.add_row(
+                name if kind == "short" else "", kind, str(s["n"]), str(s["ok"]),
+                str(s["errors"]), str(s["stuck"]), _fmt_ms(s["ttft_p50_ms"]),
+                _fmt_ms(s["ttft_p95_ms"]), _fmt_ms(s["ttft_p99_ms"]), f"{s['goodput']:.3f}",
+                "" if kind == "long" or run["preemptions"] is None else f"{run['preemptions']:.0f}",
+                "" if kind == "long" or hit is None else f"{hit:.2f}",
+            )  # fmt: skip
+    Console(width=max(132, shutil.get_terminal_size().columns)).print(table)
+    for run in runs:
+        if run["errors"]:
+            print(f"{run['target']}: errors by kind: {run['errors']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    config: RouterConfig | None = None
+    try:
+        if args.fleet is not None:
+            config = load_config(args.fleet)
+        base = Workload.from_file(args.workload) if args.workload else Workload()
+        model = config.pools[0].model if config else base.model
+        workload = replace(
+            base,
+            **{k: v for k, v in {"rate": args.rate, "duration_s": args.duration,
+                                 "seed": args.seed}.items() if v is not None},  # fmt: skip
+            model=model,
+        )
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"ctxroute bench: {exc}", file=sys.stderr)
+        return 2
+    if args.url is not None and args.target != "router":
+        print("ctxroute bench: --url measures a running router; round-robin needs --fleet",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.workers < 1:
+        print("ctxroute bench: --workers must be at least 1", file=sys.stderr)
+        return 2
+    order = ["round-robin", "router"] if args.target == "both" else [args.target]
+    runs = [_run_one(args, workload, target, config) for target in order]
+    where = args.fleet.name if args.fleet else args.url
+    title = (f"{where}: {workload.rate:g} req/s for {workload.duration_s:g}s, seed "
+             f"{workload.seed}; SLO short {args.short_slo_ms:g} ms, long {args.long_slo_s:g} s")  # fmt: skip
+    print_table(runs, title)
+    if args.json is not None:
+        args.json.write_bytes(
+            orjson.dumps({"title": title, "workload": workload.__dict__, "runs": runs},
+                         option=orjson.OPT_INDENT_2)  # fmt: skip
+        )
+        print(f"results written to {args.json}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
