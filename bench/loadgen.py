@@ -96,7 +96,7 @@ async def run_load(
         tasks = [loop.create_task(one(i, p)) for i, p in enumerate(planned)]
         last = start + (planned[-1].at if planned else 0.0)
         t0 = time.monotonic()
-        done, pending = await asyncio.wait(tasks, timeout=max(0.0, last - loop.time()) + grace_s)
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, last - loop.time()) + grace_s)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

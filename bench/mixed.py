@@ -230,8 +230,13 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
         ) as bar:  # fmt: skip
             task = bar.add_task(f"{target}, {workload.rate:g} req/s", total=len(planned))
             results, elapsed = asyncio.run(
-                run_load(planned, targets, session_header=session_header, grace_s=args.grace,
-                         progress=lambda n: bar.advance(task, n))  # fmt: skip
+                run_load(
+                    planned,
+                    targets,
+                    session_header=session_header,
+                    grace_s=args.grace,
+                    progress=lambda n: bar.advance(task, n),
+                )
             )
         if fleet is not None:
             counters = fleet.engine_counters()
@@ -303,8 +308,15 @@ def run(args: argparse.Namespace) -> int:
         model = config.pools[0].model if config else base.model
         workload = replace(
             base,
-            **{k: v for k, v in {"rate": args.rate, "duration_s": args.duration,
-                                 "seed": args.seed}.items() if v is not None},  # fmt: skip
+            **{
+                k: v
+                for k, v in {
+                    "rate": args.rate,
+                    "duration_s": args.duration,
+                    "seed": args.seed,
+                }.items()
+                if v is not None
+            },
             model=model,
         )
     except (ConfigError, ValueError, OSError) as exc:
@@ -320,13 +332,17 @@ def run(args: argparse.Namespace) -> int:
     order = ["round-robin", "router"] if args.target == "both" else [args.target]
     runs = [_run_one(args, workload, target, config) for target in order]
     where = args.fleet.name if args.fleet else args.url
-    title = (f"{where}: {workload.rate:g} req/s for {workload.duration_s:g}s, seed "
-             f"{workload.seed}; SLO short {args.short_slo_ms:g} ms, long {args.long_slo_s:g} s")  # fmt: skip
+    title = (
+        f"{where}: {workload.rate:g} req/s for {workload.duration_s:g}s, seed {workload.seed}; "
+        f"SLO short {args.short_slo_ms:g} ms, long {args.long_slo_s:g} s"
+    )
     print_table(runs, title)
     if args.json is not None:
         args.json.write_bytes(
-            orjson.dumps({"title": title, "workload": workload.__dict__, "runs": runs},
-                         option=orjson.OPT_INDENT_2)  # fmt: skip
+            orjson.dumps(
+                {"title": title, "workload": workload.__dict__, "runs": runs},
+                option=orjson.OPT_INDENT_2,
+            )
         )
         print(f"results written to {args.json}")
     return 0

@@ -22,17 +22,19 @@ import orjson
 import yaml
 
 BYTES_PER_TOKEN = 4
-_WORDS = (
-    "the of and to in is was for on that with as by at from his her an were are which this "
-    "be or has had not but what all when there can more one so out up into do if about who "
-    "them then she many some would time these two like him see way could people than first "
-    "been call its now find long down day did get come made may part over new sound take "
-    "only little work know place year live me back give most very after thing our just name "
-    "good sentence man think say great where help through much before line right too mean "
-    "old any same tell boy follow came want show also around form three small set put end "
-    "does another well large must big even such because turn here why ask went men read need "
-    "land different home us move try kind hand picture again change off play spell air away"
-).split()
+_VOCABULARY = (
+    "the of and to in is was for on that with as by at from his her an were are which "
+    "this be or has had not but what all when there can more one so out up into do if "
+    "about who them then she many some would time these two like him see way could "
+    "people than first been call its now find long down day did get come made may part "
+    "over new sound take only little work know place year live me back give most very "
+    "after thing our just name good sentence man think say great where help through much "
+    "before line right too mean old any same tell boy follow came want show also around "
+    "form three small set put end does another well large must big even such because "
+    "turn here why ask went men read need land different home us move try kind hand "
+    "picture again change off play spell air away"
+)
+_WORDS = tuple(_VOCABULARY.split())
 
 
 @dataclass(frozen=True)
