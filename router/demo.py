@@ -1,7 +1,8 @@
 """``ctxroute demo``: simulated vLLM pools on loopback and the router in front of them.
 
-Reads ``config/demo.yaml`` (the embedded default: in-process state, no Redis), starts a
-simulator for every backend it lists (profile by pool: ``DEMO_PROFILES``), then the router.
+Loads ``config/demo.yaml`` through config.py (the embedded default: in-process state, no
+Redis), starts a simulator for every backend it lists (profile by pool: ``DEMO_PROFILES``),
+then the router.
 ``--free-ports`` binds everything to free ports instead (tests, busy machines).
 """
 
@@ -11,32 +12,20 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from aiohttp import web
 
 from backends.simulator import PROFILES, SimConfig, Simulator
 from router.app import create_app, make_runner
-from router.config import ConfigError, parse_config
+from router.config import load_config
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 DEMO_PROFILES = {"low-latency": "l4-1b", "high-memory": "h100-8b"}
 
 
-def load_demo_data(path: Path = DEMO_CONFIG) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the demo configuration ({exc.strerror})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: not a mapping")
-    return data
-
-
 async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG) -> None:
-    data = load_demo_data(config_path)
+    config = load_config(config_path)  # config.py is the one reader of configuration files
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -45,25 +34,30 @@ async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG)
     sims: list[Simulator] = []
     runner: web.AppRunner | None = None
     try:
-        entries = [(pool, backend) for pool in data["pools"] for backend in pool["backends"]]
-        for seed, (pool, backend) in enumerate(entries):
-            url = urlsplit(backend["url"])
-            profile = PROFILES[DEMO_PROFILES.get(pool["name"], "tiny")]
-            sim = Simulator(
-                SimConfig(
-                    model=pool["model"],
-                    profile=profile.replace(max_model_len=pool["max_context_tokens"]),
-                    host=url.hostname or "127.0.0.1",
-                    port=0 if free_ports else (url.port or 80),
-                    seed=seed,
+        pools = []
+        seed = 0
+        for pool in config.pools:
+            backends = []
+            for backend in pool.backends:
+                url = urlsplit(backend.url)
+                profile = PROFILES[DEMO_PROFILES.get(pool.name, "tiny")]
+                sim = Simulator(
+                    SimConfig(
+                        model=backend.model or pool.model,
+                        profile=profile.replace(max_model_len=pool.max_context_tokens),
+                        host=url.hostname or "127.0.0.1",
+                        port=0 if free_ports else (url.port or 80),
+                        seed=seed,
+                    )
                 )
-            )
-            await sim.start()
-            sims.append(sim)
-            backend["url"] = sim.url
-        if free_ports:
-            data.setdefault("listen", {})["port"] = 0
-        config = parse_config(data)
+                seed += 1
+                await sim.start()
+                sims.append(sim)
+                backends.append(backend.model_copy(update={"url": sim.url}))
+            pools.append(pool.model_copy(update={"backends": tuple(backends)}))
+        # the same validated config, pointed at the simulators actually started
+        listen = config.listen.model_copy(update={"port": 0}) if free_ports else config.listen
+        config = config.model_copy(update={"pools": tuple(pools), "listen": listen})
         runner = make_runner(create_app(config))
         await runner.setup()
         await web.TCPSite(runner, config.listen.host, config.listen.port).start()
