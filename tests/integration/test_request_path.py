@@ -68,9 +68,10 @@ async def test_a_backend_that_closes_after_reading_gets_the_request_once(
     port = server.sockets[0].getsockname()[1]
     try:
         router = await make_router(parse_config({"pools": [one_pool(f"http://127.0.0.1:{port}")]}))
-        async with aiohttp.ClientSession() as s, s.post(
-            router.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(router.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}) as r,
+        ):
             assert r.status == 503
             assert "closed the connection before answering" in (await r.json())["error"]["message"]
         await asyncio.sleep(0.1)
@@ -90,9 +91,10 @@ async def test_a_context_length_400_moves_the_request_to_a_larger_window(
                                      {**one_pool(large.url, 8192), "name": "big"}]})  # fmt: skip
     router = await make_router(config)
     prompt = "abcd" * 3000  # 3,000 tokens for the engines
-    async with aiohttp.ClientSession() as s, s.post(
-        router.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 8}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(router.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 8}) as r,
+    ):
         assert r.status == 200, await r.text()
         assert r.headers["x-ctxroute-pool"] == "big"
         assert r.headers["x-ctxroute-attempts"] == "2"
@@ -103,9 +105,12 @@ async def test_with_no_larger_window_the_backends_400_is_the_answer(
 ) -> None:
     small = await make_sim(model="sim-model", max_model_len=2048)
     router = await make_router(parse_config({"pools": [one_pool(small.url, 4096)]}))
-    async with aiohttp.ClientSession() as s, s.post(
-        router.url + "/v1/completions", json={"prompt": "abcd" * 3000, "max_tokens": 8}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            router.url + "/v1/completions", json={"prompt": "abcd" * 3000, "max_tokens": 8}
+        ) as r,
+    ):
         assert r.status == 400
         assert "maximum context length" in (await r.json())["error"]["message"]
 

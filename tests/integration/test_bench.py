@@ -1,0 +1,77 @@
+"""``ctxroute bench`` as a user runs it, on a small fleet of tiny engines (seconds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.workload import Workload, plan_requests
+
+FLEET = """
+pools:
+  - name: small
+    model: m
+    max_context_tokens: 2048
+    backends: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}]
+  - name: large
+    model: m
+    max_context_tokens: 4096
+    backends: [{url: "http://127.0.0.1:3"}]
+"""
+
+WORKLOAD = """
+rate: 6
+duration_s: 3
+system_tokens: 100
+user_tokens: [10, 40]
+short_max_tokens: [4, 8]
+long_tokens: [2200, 3500]
+long_max_tokens: 8
+"""
+
+
+def test_the_same_seed_plans_the_same_requests_and_the_mix_is_as_asked() -> None:
+    w = Workload(rate=20, duration_s=30, seed=3)
+    a, b = plan_requests(w), plan_requests(w)
+    assert [(p.at, p.body) for p in a] == [(p.at, p.body) for p in b]
+    assert a != plan_requests(Workload(rate=20, duration_s=30, seed=4))
+    short = [p for p in a if p.kind == "short"]
+    assert 0.7 < len(short) / len(a) < 0.9
+    longs = [p for p in a if p.kind == "long"]
+    assert all(8_000 <= p.prompt_tokens <= 60_000 for p in longs)
+    assert all(len(json.loads(p.body)["prompt"]) == 4 * p.prompt_tokens for p in longs)
+    assert len({p.session for p in short}) > 100
+
+
+def test_bench_runs_both_targets_on_a_fleet_and_writes_json(tmp_path: Path) -> None:
+    fleet, workload, out = tmp_path / "fleet.yaml", tmp_path / "w.yaml", tmp_path / "r.json"
+    fleet.write_text(FLEET)
+    workload.write_text(WORKLOAD)
+    proc = subprocess.run(
+        [sys.executable, "-m", "router", "bench", "--fleet", str(fleet), "--profile", "tiny",
+         "--workload", str(workload), "--target", "both", "--json", str(out), "--no-pin"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["target"] for r in runs] == ["round-robin", "router"]
+    for run in runs:
+        total = run["short"]["n"] + run["long"]["n"]
+        assert total == run["requests"] > 5
+        assert run["short"]["ok"] + run["long"]["ok"] == total, run["errors"]
+        assert run["preemptions"] is not None
+    assert "TTFT p50" in proc.stdout.decode()
+
+
+def test_bench_refuses_a_bad_workload_file_with_exit_2(tmp_path: Path) -> None:
+    fleet, workload = tmp_path / "fleet.yaml", tmp_path / "w.yaml"
+    fleet.write_text(FLEET)
+    workload.write_text("rate: 3\ncolour: red\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "router", "bench", "--fleet", str(fleet), "--workload",
+         str(workload)], capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "unknown workload fields ['colour']" in proc.stderr.decode()
