@@ -101,6 +101,7 @@ def _supervise(config: RouterConfig, workers: int) -> int:
     started: dict[int, float] = {}
     stopping = False
     failed = False
+    forwarded: set[int] = set()  # signals sent to the workers to stop them
 
     def start(row: int) -> None:
         proc = mp.Process(target=_worker, args=(config, shared, workers, row), daemon=False)
@@ -111,6 +112,7 @@ def _supervise(config: RouterConfig, workers: int) -> int:
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        forwarded.add(signum)
         for proc in procs.values():
             if proc.pid is not None and proc.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -129,7 +131,9 @@ def _supervise(config: RouterConfig, workers: int) -> int:
             proc.join()
             code = proc.exitcode
             board.clear_row(row)
-            if code == 0 and stopping:
+            # a worker still starting when the stop came dies of the signal it was sent
+            # (its handlers are not installed yet): that is a clean stop too
+            if stopping and (code == 0 or (code is not None and -code in forwarded)):
                 continue
             failed = True
             uptime = time.monotonic() - started[row]
