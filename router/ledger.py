@@ -61,10 +61,11 @@ class Ledger:
         """Count a request as dispatched to ``backend``; None when it is at max_in_flight
         (the one place the hard cap is enforced, at the moment of dispatch)."""
         i = backend.index
-        if self.board.fleet_in_flight(i) >= backend.max_in_flight:
+        load = self.board.fleet(i)  # one read of the rows, for the cap and the work ahead
+        if load.in_flight >= backend.max_in_flight:
             return None
         long = prefill >= self.long_prefill_tokens
-        ahead = self.board.fleet(i).pending_prefill + prefill
+        ahead = load.pending_prefill + prefill
         self.board.add(i, 1, prefill, 1 if long else 0, budget)
         return Attempt(backend, prefill, budget, long, ahead, now)
 

@@ -27,7 +27,6 @@ class LoadView(Protocol):
     def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int) -> None: ...
     def local(self, backend: int) -> Load: ...
     def fleet(self, backend: int) -> Load: ...
-    def fleet_in_flight(self, backend: int) -> int: ...
 
 
 class LoadBoard:
@@ -82,15 +81,6 @@ class LoadBoard:
             b += cells[at + 3]
             at += self._stride
         return Load(f, p, lg, b)
-
-    def fleet_in_flight(self, backend: int) -> int:
-        cells = self._cells
-        at = backend * FIELDS
-        total = 0
-        for _ in range(self.rows):
-            total += cells[at]
-            at += self._stride
-        return total
 
     def clear_row(self, row: int) -> None:
         """Forget a dead process's load (its requests died with it)."""

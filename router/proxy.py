@@ -24,6 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from router.config import TimeoutsConfig
+from router.core.classify import budget as pool_budget
 from router.errors import NoBackend, UpstreamFailed
 from router.fleet import Fleet
 from router.ledger import Ledger
@@ -101,7 +102,7 @@ async def forward(
         pool = fleet.pool_named[backend.pool]
         if pool.max_context_tokens <= refused_window:
             continue
-        budget = prompt + (facts.max_tokens or pool.default_max_tokens)
+        budget = pool_budget(prompt, facts.max_tokens, pool)
         attempt = ledger.begin(backend, prompt, budget, loop.time())
         if attempt is None:
             full += 1  # at max_in_flight: skipped, never exceeded

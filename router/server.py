@@ -56,11 +56,10 @@ async def serve_until_stopped(
         await runner.cleanup()
 
 
-def _worker(config: RouterConfig, shared: mmap.mmap, rows: int, row: int) -> None:
+def _worker(config: RouterConfig, shared: mmap.mmap, backends: int, rows: int, row: int) -> None:
     # default signal handling in the child: the parent forwards SIGINT/SIGTERM
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    backends = len(Fleet.from_config(config).backends)
     board = LoadBoard(backends, rows=rows, row=row, shared=shared)
     run_async(serve_until_stopped(config, reuse_port=True, board=board))
 
@@ -104,7 +103,9 @@ def _supervise(config: RouterConfig, workers: int) -> int:
     forwarded: set[int] = set()  # signals sent to the workers to stop them
 
     def start(row: int) -> None:
-        proc = mp.Process(target=_worker, args=(config, shared, workers, row), daemon=False)
+        proc = mp.Process(
+            target=_worker, args=(config, shared, backends, workers, row), daemon=False
+        )
         proc.start()
         procs[row] = proc
         started[row] = time.monotonic()
