@@ -21,6 +21,8 @@ class Fleet:
     backends: tuple[Backend, ...]  # by index
     settings: PlannerSettings
     pool_named: dict[str, PoolView]
+    models: tuple[str, ...]  # the served model names, in configuration order
+    host_lines: tuple[bytes, ...]  # each backend's Host header line, by index
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> Fleet:
@@ -61,8 +63,5 @@ class Fleet:
             long_wait_limit_ms=r.long_wait_limit_ms,
         )
         return cls(tuple(views), {m: tuple(v) for m, v in by_model.items()}, tuple(backends),
-                   settings, {v.name: v for v in views})  # fmt: skip
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return tuple(self.by_model)
+                   settings, {v.name: v for v in views}, tuple(by_model),
+                   tuple(f"Host: {b.host}:{b.port}\r\n".encode() for b in backends))  # fmt: skip

@@ -1,14 +1,19 @@
 """HTTP handlers, thin: read the body once, facts, eligible pools, plan, forward.
 
-Errors are answered in one place, ``error_middleware``: a ``RouterError`` becomes its
-OpenAI-style body and status; anything else is a bug on some input, logged with its
-trace and answered 500 in the same shape, and the router keeps serving.
+Errors are answered in one place, ``answers_errors``, the error middleware every route is
+wrapped in: a ``RouterError`` becomes its OpenAI-style body and status; anything else is a
+bug on some input, logged with its trace and answered 500 in the same shape, and the
+router keeps serving. It wraps each route's handler when the route is added rather than
+sitting in ``app.middlewares``: aiohttp runs any middleware list through two more
+coroutine frames and a context manager per request, about 5% of the proxy's CPU per
+non-streaming request (bench/overhead), for the same behaviour.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Awaitable, Callable
+from random import getrandbits
 
 import orjson
 from aiohttp import web
@@ -24,7 +29,8 @@ from router.proxy import forward
 log = logging.getLogger("ctxroute.handlers")
 
 _JSON = "application/json"
-REQUEST_ID = web.RequestKey("request_id", str)
+# a handler is given the request's id (the client's X-Request-ID, or a new one)
+RouteHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
 
 def error_response(exc: RouterError, request_id: str | None = None) -> web.Response:
@@ -36,21 +42,25 @@ def error_response(exc: RouterError, request_id: str | None = None) -> web.Respo
     return web.Response(status=exc.status, body=exc.body(), content_type=_JSON, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-ID") or os.urandom(12).hex()
-    request[REQUEST_ID] = request_id
-    try:
-        return await handler(request)
-    except RouterError as exc:
-        return error_response(exc, request_id)
-    except web.HTTPException:
-        raise  # aiohttp's own answers (404 for unknown paths, 405): already well formed
-    except Exception:
-        log.exception("request %s to %s failed", request_id, request.path)
-        return error_response(
-            RouterError(f"internal error while handling request {request_id}"), request_id
-        )
+def answers_errors(handler: RouteHandler) -> Handler:
+    """The error middleware: ``handler`` with every error answered as described above."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        # unique, not secret: 96 random bits without a getrandom() system call per request
+        request_id = request.headers.get("X-Request-ID") or f"{getrandbits(96):024x}"
+        try:
+            return await handler(request, request_id)
+        except RouterError as exc:
+            return error_response(exc, request_id)
+        except web.HTTPException:
+            raise  # aiohttp's own answers (404 for unknown paths, 405): already well formed
+        except Exception:
+            log.exception("request %s to %s failed", request_id, request.path)
+            return error_response(
+                RouterError(f"internal error while handling request {request_id}"), request_id
+            )
+
+    return handle
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -64,39 +74,41 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes") from None
 
 
-async def _complete(request: web.Request, *, chat: bool, path: str) -> web.StreamResponse:
-    ctx = request.app[RouterContext.KEY]
-    config = ctx.config
-    raw = await _read_body(request, config.max_body_bytes)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    fleet = ctx.fleet
-    facts = read_facts(
-        body,
-        chat=chat,
-        session=request.headers.get(config.routing.session_header),
-        models=fleet.models,
-        counters=ctx.counters,
-        prefix_chars=config.routing.prefix_chars,
-    )
-    pools = fleet.by_model[facts.model]
-    eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
-    route = plan(facts, pools, eligibility, ctx.ledger.view_of, fleet.settings)
-    return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts, route,
-                         request[REQUEST_ID], ctx.forward_settings)  # fmt: skip
+def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
+    """The handler of one completion endpoint (a closure rather than a shared coroutine
+    called by two thin ones: one coroutine frame less per request)."""
+
+    async def complete(request: web.Request, request_id: str) -> web.StreamResponse:
+        ctx = request.app[RouterContext.KEY]
+        config = ctx.config
+        raw = await _read_body(request, config.max_body_bytes)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        fleet = ctx.fleet
+        facts = read_facts(
+            body,
+            chat=chat,
+            session=request.headers.get(config.routing.session_header),
+            models=fleet.models,
+            counters=ctx.counters,
+            prefix_chars=config.routing.prefix_chars,
+        )
+        pools = fleet.by_model[facts.model]
+        eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
+        route = plan(facts, pools, eligibility, ctx.ledger.view_of, fleet.settings)
+        return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts, route,
+                             request_id, ctx.forward_settings)  # fmt: skip
+
+    return complete
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, chat=True, path="/v1/chat/completions")
+chat_completions = _completion_handler(chat=True, path="/v1/chat/completions")
+completions = _completion_handler(chat=False, path="/v1/completions")
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await _complete(request, chat=False, path="/v1/completions")
-
-
-async def models(request: web.Request) -> web.Response:
+async def models(request: web.Request, request_id: str) -> web.Response:
     ctx = request.app[RouterContext.KEY]
     data = []
     for model, pools in ctx.fleet.by_model.items():
@@ -113,11 +125,11 @@ async def models(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(request: web.Request, request_id: str) -> web.Response:
     return web.Response(text="ok")
 
 
-async def readyz(request: web.Request) -> web.Response:
+async def readyz(request: web.Request, request_id: str) -> web.Response:
     ctx = request.app[RouterContext.KEY]
     if ctx.ready():
         return web.Response(text="ready")
@@ -126,16 +138,16 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(status=503, text="not ready: no backend up in pool " + ", ".join(down))
 
 
-async def status(request: web.Request) -> web.Response:
+async def status(request: web.Request, request_id: str) -> web.Response:
     ctx = request.app[RouterContext.KEY]
     return web.Response(body=orjson.dumps(ctx.status()), content_type=_JSON)
 
 
 def add_routes(app: web.Application) -> None:
-    app.middlewares.append(error_middleware)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/status", status)
+    add = app.router
+    add.add_post("/v1/chat/completions", answers_errors(chat_completions))
+    add.add_post("/v1/completions", answers_errors(completions))
+    add.add_get("/v1/models", answers_errors(models))
+    add.add_get("/healthz", answers_errors(healthz))
+    add.add_get("/readyz", answers_errors(readyz))
+    add.add_get("/status", answers_errors(status))

@@ -73,26 +73,26 @@ class Ledger:
         """The backend's first byte came: its prefill is no longer pending. Returns TTFT."""
         ttft = now - attempt.dispatched_at
         if attempt.pending:
-            self._prefill_done(attempt)
+            attempt.pending = False
             i = attempt.backend.index
+            self.board.add(i, 0, -attempt.prefill, -1 if attempt.long else 0, 0)
             if self.learned[i] and attempt.ahead >= _LEARN_MIN_TOKENS and ttft > 0:
                 sample = min(max(attempt.ahead / ttft, _RATE_FLOOR), _RATE_CEILING)
                 self.rates[i] += _LEARN_WEIGHT * (sample - self.rates[i])
         return ttft
-
-    def _prefill_done(self, attempt: Attempt) -> None:
-        attempt.pending = False
-        self.board.add(attempt.backend.index, 0, -attempt.prefill, -1 if attempt.long else 0, 0)
 
     def end(self, attempt: Attempt, outcome: Outcome) -> None:
         """Record how the attempt ended: exactly once (a second call is a bug, ignored)."""
         if attempt.ended:
             return
         attempt.ended = True
-        if attempt.pending:
-            self._prefill_done(attempt)
         backend = attempt.backend
-        self.board.add(backend.index, -1, 0, 0, -attempt.budget)
+        if attempt.pending:  # no first byte came: its prefill is no longer pending either
+            attempt.pending = False
+            self.board.add(backend.index, -1, -attempt.prefill, -1 if attempt.long else 0,
+                           -attempt.budget)  # fmt: skip
+        else:
+            self.board.add(backend.index, -1, 0, 0, -attempt.budget)
         self.outcomes[outcome.kind] += 1
         if outcome.kind is OutcomeKind.CONNECT_ERROR:
             self.up[backend.index] = False

@@ -79,14 +79,19 @@ class RoutePlan(NamedTuple):
     ``preferred``: the smallest pool whose window holds the request's likely budget.
     ``candidates``: usable backends by score, then the ones known down (a last resort
     for retries). ``waits_ms``: each candidate's estimated wait for its first token.
-    ``reason``: why the first candidate was chosen, in a few words.
+    ``why``: why the first candidate was chosen, as phrases; ``reason`` joins them (only
+    when someone reads it: most requests never need the sentence).
     """
 
     preferred: str
     candidates: tuple[Backend, ...]
     waits_ms: tuple[float, ...]
     budget: int
-    reason: str
+    why: tuple[str, ...]
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.why)
 
 
 class OutcomeKind(enum.Enum):
@@ -99,6 +104,10 @@ class OutcomeKind(enum.Enum):
     CONTEXT_REJECTED = "context_rejected"  # vLLM's 400 "maximum context length"
     CLIENT_ERROR = "client_error"  # any other 4xx: the request's fault
     CLIENT_GONE = "client_gone"  # the client left before the end
+
+    # members are singletons: identity is equality, and Enum's own __hash__ (a Python
+    # call hashing the name) runs on every outcome recorded and every set lookup
+    __hash__ = object.__hash__
 
 
 # the three kinds of signal (ARCHITECTURE: "Breakers"), never mixed

@@ -21,7 +21,7 @@ import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from router.config import TimeoutsConfig
 from router.core.classify import budget as pool_budget
@@ -63,15 +63,15 @@ def request_head_tail(incoming: CIMultiDictProxy[str], request_id: str, body_len
 
 
 def _response_headers(upstream: list[tuple[str, str]], backend: Backend, request_id: str,
-                      attempts: int) -> CIMultiDict[str]:  # fmt: skip
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream:
-        if name.lower() not in _RESPONSE_DROP:
-            out.add(name, value)
-    out["x-ctxroute-pool"] = backend.pool
-    out["x-ctxroute-backend"] = backend.url
-    out["x-ctxroute-attempts"] = str(attempts)
-    out["X-Request-ID"] = request_id
+                      attempts: int) -> list[tuple[str, str]]:  # fmt: skip
+    # pairs, not a CIMultiDict: aiohttp builds its own from them (it would copy ours)
+    out = [(name, value) for name, value in upstream if name.lower() not in _RESPONSE_DROP]
+    out += (
+        ("x-ctxroute-pool", backend.pool),
+        ("x-ctxroute-backend", backend.url),
+        ("x-ctxroute-attempts", str(attempts)),
+        ("X-Request-ID", request_id),
+    )
     return out
 
 
@@ -88,6 +88,8 @@ async def forward(
     settings: ForwardSettings,
 ) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
+    request_line = f"POST {path} HTTP/1.1\r\n".encode()
+    host_lines = fleet.host_lines
     tail = request_head_tail(request.headers, request_id, len(raw_body))
     timeouts = settings.timeouts
     wait_s = timeouts.ttfb_s if facts.stream else timeouts.unary_s
@@ -109,8 +111,7 @@ async def forward(
             continue
         outcome: Outcome | None = None
         resp: UpstreamResponse | None = None
-        head = (f"POST {path} HTTP/1.1\r\nHost: {backend.host}:{backend.port}\r\n".encode()
-                + tail + raw_body)  # fmt: skip
+        head = b"".join((request_line, host_lines[backend.index], tail, raw_body))
         try:
             try:
                 async with asyncio.timeout(wait_s):

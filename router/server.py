@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import mmap
 import multiprocessing
@@ -48,6 +49,11 @@ async def serve_until_stopped(
         site = web.TCPSite(runner, config.listen.host, config.listen.port,
                            reuse_port=reuse_port or None, backlog=1024)  # fmt: skip
         await site.start()
+        # everything made so far (modules, config, the app) lives as long as the process:
+        # moved out of the collector's reach, it is never traversed again by the full
+        # collections that per-request garbage triggers
+        gc.collect()
+        gc.freeze()
         if announce:
             host, port = runner.addresses[0][:2]
             print(f"ctxroute listening on http://{host}:{port} (pid {os.getpid()})", flush=True)

@@ -145,7 +145,7 @@ def plan(
             clean = sum(1 for s in scored if s.clean)
             if 0 < clean < len(scored):
                 scored.sort(key=_dirty_then_cost)
-                rule = ", avoids long prefills"
+                rule = "avoids long prefills"
             else:
                 scored.sort(key=_cost)
         else:
@@ -156,22 +156,24 @@ def plan(
             not s.clean and s.wait_ms <= settings.long_wait_limit_ms for s in scored
         ):
             scored.sort(key=_clean)  # stable: by cost within each group
-            rule = ", leaves the fleet's last backend free of long prefill to short requests"
+            rule = "leaves the fleet's last backend free of long prefill to short requests"
     if no_room:
         no_room.sort(key=_cost)
         scored += no_room
     candidates = tuple([s.backend for s in scored] + down)
     waits = tuple([s.wait_ms for s in scored] + [float("inf")] * len(down))
+    explained: tuple[str, ...]
     if scored:
         best = scored[0]
         where = best.backend.pool
-        place = "preferred pool" if where == preferred.name else f"spill to {where}"
-        reason = f"{eligibility.reason}; {place}, {best.why}{rule}"
+        place = "preferred pool" if where == preferred.name else "spill to " + where
+        explained = (eligibility.reason, place, best.why, rule) if rule else \
+                    (eligibility.reason, place, best.why)  # fmt: skip
     elif down:
-        reason = f"{eligibility.reason}; every usable backend is down: trying anyway"
+        explained = (eligibility.reason, "every usable backend is down: trying anyway")
     else:
-        reason = f"{eligibility.reason}; every backend is at max_in_flight"
-    return RoutePlan(preferred.name, candidates, waits, eligibility.budgets[0], reason)
+        explained = (eligibility.reason, "every backend is at max_in_flight")
+    return RoutePlan(preferred.name, candidates, waits, eligibility.budgets[0], explained)
 
 
 def _clean_backends(pools: Sequence[PoolView], view_of: Callable[[Backend], BackendView]) -> int:

@@ -98,12 +98,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.error: UpstreamError | None = None
         self._head_bytes = 0  # bytes received while the head is incomplete
-        self._header_bytes = 0  # header names and values (and trailers)
-        self._framed = False  # Content-Length or chunked: the end is known without a close
+        self._trailer_bytes = 0
         self._interim = False
         self._got_bytes = False
         self._reusable = True
-        self._pending: list[bytes] = []
+        self.pending: list[bytes] = []  # body pieces nobody has taken yet
         self._batch: list[bytes] = []  # body pieces of one packet, for the sink
         self._sink: BodySink | None = None
         self._on_end: EndCallback | None = None
@@ -167,7 +166,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool._forget(self)
         if was is not ConnState.BUSY or self.complete or self.error is not None:
             return
-        if self.head_done and not self._framed and exc is None:
+        if self.head_done and not self._framed() and exc is None:
             # a close-delimited body ends with a clean close (FIN), never with a reset
             self._message_done()
             return
@@ -181,24 +180,31 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.headers = []
-        self._framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEAD_BYTES:
-            raise _Refused(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
-        if len(self.headers) >= MAX_HEADERS:
-            raise _Refused(f"the backend sent more than {MAX_HEADERS} header lines")
+        # kept to the minimum (it runs for every header line of every answer): the head's
+        # size is bounded in data_received, the line count once the head is complete
         if self.head_done:
-            return  # a trailer: nothing a relay forwards
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        lower = name.lower()
-        if lower == b"content-length" or (
-            lower == b"transfer-encoding" and b"chunked" in value.lower()
-        ):
-            self._framed = True
+            self._trailer(name, value)
+        else:
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        # nothing a relay forwards, but bounded like a head: a backend cannot stream
+        # trailers forever
+        self._trailer_bytes += len(name) + len(value)
+        if self._trailer_bytes > MAX_HEAD_BYTES:
+            raise _Refused(f"the backend's trailers are over {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
+        headers = self.headers
+        if len(headers) > MAX_HEADERS:
+            raise _Refused(f"the backend sent more than {MAX_HEADERS} header lines")
+        # a head that ended inside one large packet: data_received could not tell yet
+        if self._head_bytes > MAX_HEAD_BYTES and (
+            sum(len(n) + len(v) for n, v in headers) > MAX_HEAD_BYTES
+        ):
+            raise _Refused(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
         status = self._parser.get_status_code()
         if status == 101:
             # checked before the head counts as received: a switched connection is no
@@ -209,8 +215,6 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.status = status
         self.keep_alive = bool(self._parser.should_keep_alive())
-        if status in (204, 304):
-            self._framed = True
         self.head_done = True
         _wake(self.head_waiter)
         if self.head_only:
@@ -227,7 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
             # relay makes one write (one syscall) per packet, not one per chunk
             self._batch.append(body)
         else:
-            self._pending.append(body)
+            self.pending.append(body)
             _wake(self.data_waiter)
 
     def on_message_complete(self) -> None:
@@ -253,12 +257,31 @@ class UpstreamConnection(asyncio.Protocol):
         if self._batch:
             self._flush()  # the body's last bytes reach the sink before its end
         self.complete = True
-        _wake(self.head_waiter)
-        _wake(self.data_waiter)
+        # the wake-ups inline (this runs once per answer): usually the head's waiter is
+        # already done and nobody waits for data
+        waiter = self.head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter = self.data_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         on_end = self._on_end
         if on_end is not None:
             self._on_end = None
             on_end(None)
+
+    def _framed(self) -> bool:
+        """Whether the answer's end is known without a close (Content-Length, chunked, or
+        no body at all). Asked only when the connection closes: never per header."""
+        if self.head_only or self.status in (204, 304):
+            return True
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == "content-length" or (
+                lower == "transfer-encoding" and "chunked" in value.lower()
+            ):
+                return True
+        return False
 
     def _fail(self, message: str) -> None:
         if self.complete or self.error is not None:
@@ -306,9 +329,9 @@ class UpstreamConnection(asyncio.Protocol):
         return waiter
 
     def attach(self, sink: BodySink, on_end: EndCallback) -> None:
-        for data in self._pending:
+        for data in self.pending:
             sink(data)
-        self._pending.clear()
+        self.pending.clear()
         if self.complete or self.error is not None:
             on_end(self.error)
             return
@@ -316,12 +339,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._on_end = on_end
 
     def take_pending(self) -> bytes:
-        data = b"".join(self._pending)
-        self._pending.clear()
+        pending = self.pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
         return data
-
-    def has_pending(self) -> bool:
-        return bool(self._pending)
 
     def detach(self) -> None:
         self._batch.clear()

@@ -54,14 +54,15 @@ class UpstreamResponse:
         """Body payload that arrived since the last call, waiting for some; b"" at the
         end of the body. Raises UpstreamError."""
         conn = self._conn
-        while not conn.has_pending() and not conn.complete and conn.error is None:
+        pending = conn.pending  # the same list for the whole answer
+        while not pending and not conn.complete and conn.error is None:
             waiter: asyncio.Future[None] = conn.loop.create_future()
             conn.data_waiter = waiter
             try:
                 await waiter
             finally:
                 conn.data_waiter = None
-        if conn.has_pending():
+        if pending:
             return conn.take_pending()
         if conn.error is not None:
             raise conn.error
@@ -69,6 +70,9 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole body payload (framing decoded). Raises UpstreamError."""
+        conn = self._conn
+        if conn.complete and conn.error is None:
+            return conn.take_pending()  # the common case: the answer came whole
         parts: list[bytes] = []
         while data := await self.next_data():
             parts.append(data)
@@ -133,7 +137,7 @@ class UpstreamPool:
         self._all.add(conn)
         return conn
 
-    def _take_idle(self, origin: tuple[str, int], now: float) -> UpstreamConnection | None:
+    def _take_idle(self, origin: tuple[str, int]) -> UpstreamConnection | None:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to be timed out
@@ -142,7 +146,7 @@ class UpstreamPool:
                 conn.state is ConnState.IDLE
                 and transport is not None
                 and not transport.is_closing()
-                and now - conn.idle_since < self.keepalive_s
+                and conn.loop.time() - conn.idle_since < self.keepalive_s
             ):
                 return conn
             conn.discard()
@@ -172,7 +176,7 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send ``data`` (request head and body) and return once the response head has
         arrived. Raises ConnectFailed (never sent) or UpstreamError (may have been)."""
-        conn = self._take_idle(origin, asyncio.get_running_loop().time())
+        conn = self._take_idle(origin)
         if conn is None:
             conn = await self._connect(origin)
         waiter = conn.send(data, head_only=head_only)

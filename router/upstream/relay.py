@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
-from multidict import CIMultiDict
 
 from router.core.sse import StreamScanner, StreamSummary, error_event
 from router.upstream.connection import UpstreamError
@@ -45,7 +44,7 @@ async def relay_stream(
     request: web.Request,
     upstream: UpstreamResponse,
     first: bytes,
-    headers: CIMultiDict[str],
+    headers: list[tuple[str, str]],
     idle_s: float,
 ) -> tuple[web.StreamResponse, RelayResult]:
     out = web.StreamResponse(status=upstream.status, headers=headers)

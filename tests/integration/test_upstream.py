@@ -220,9 +220,29 @@ async def test_a_head_answer_has_no_body(scripted, pool) -> None:  # type: ignor
     resp.close()
 
 
-async def test_an_oversized_response_head_is_refused(scripted, pool) -> None:  # type: ignore[no-untyped-def]
-    s = await scripted([b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"])
-    with pytest.raises(UpstreamError, match="head"):
+_MANY_BIG = b"".join(b"X-H%d: %s\r\n" % (i, b"a" * 700) for i in range(100))  # 70 KB, 100 lines
+_MANY_TINY = b"".join(b"X-%d: 1\r\n" % i for i in range(200))  # small, but 200 lines
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        (b"X-Big: " + b"a" * 70_000 + b"\r\n", "head is over"),
+        (_MANY_BIG, "head is over"),
+        (_MANY_TINY, "header lines"),
+    ],
+    ids=["one-huge-line", "many-large-lines", "too-many-lines"],
+)
+async def test_an_oversized_response_head_is_refused(scripted, pool, head: bytes, why: str) -> None:  # type: ignore[no-untyped-def]
+    s = await scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + head + b"\r\nok"])
+    with pytest.raises(UpstreamError, match=why):
+        await fetch(pool, s.origin)
+
+
+async def test_endless_trailers_are_refused(scripted, pool) -> None:  # type: ignore[no-untyped-def]
+    trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 1000) for i in range(80))
+    s = await scripted([CHUNKED + b"2\r\nok\r\n0\r\n" + trailers + b"\r\n"])
+    with pytest.raises(UpstreamError, match="trailers are over"):
         await fetch(pool, s.origin)
 
 
