@@ -1,0 +1,162 @@
+"""The pure breaker against a plain reference model, driven by hypothesis: any sequence of
+clock steps, calls asked for, and granted calls ending as failures, successes or neither
+leaves both in the same state, and the invariants hold throughout."""
+
+from __future__ import annotations
+
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from router.core import breaker as br
+
+SETTINGS = br.BreakerSettings(consecutive_failures=3, failure_rate=0.5, min_calls=4, window=6,
+                              open_s=1.0, growth=2.0, max_open_s=5.0, jitter=0.5,
+                              half_open_probes=2)  # fmt: skip
+
+
+class Reference:
+    """The rules written the obvious way, as the docstring of breaker.py states them."""
+
+    def __init__(self) -> None:
+        self.state = "closed"
+        self.calls: list[bool] = []
+        self.in_a_row = 0
+        self.openings = 0
+        self.until = 0.0
+        self.probing = 0
+        self.passed = 0
+
+    def trip(self, now: float, jitter: float) -> None:
+        self.openings += 1
+        length = min(1.0 * 2.0 ** (self.openings - 1), 5.0) * (1 + 0.5 * jitter)
+        self.state, self.until = "open", now + length
+        self.calls, self.in_a_row, self.probing, self.passed = [], 0, 0, 0
+
+    def ask(self, now: float) -> tuple[bool, bool]:
+        if self.state == "closed":
+            return True, False
+        if self.state == "open":
+            if now < self.until:
+                return False, False
+            self.state, self.probing, self.passed = "half_open", 0, 0
+        if self.probing + self.passed < 2:
+            self.probing += 1
+            return True, True
+        return False, False
+
+    def end(self, failed: bool | None, probe: bool, now: float, jitter: float) -> None:
+        if failed is None:  # neutral: a probe's slot comes back
+            if probe and self.state == "half_open" and self.probing > 0:
+                self.probing -= 1
+            return
+        if self.state == "closed":
+            if probe:
+                return
+            self.calls = [*self.calls, failed][-6:]
+            self.in_a_row = self.in_a_row + 1 if failed else 0
+            if failed and (
+                self.in_a_row >= 3
+                or (len(self.calls) >= 4 and self.calls.count(True) >= 0.5 * len(self.calls))
+            ):
+                self.trip(now, jitter)
+            return
+        if self.state == "open" or not probe:
+            return
+        if failed:
+            self.trip(now, jitter)
+            return
+        self.passed += 1
+        self.probing = max(0, self.probing - 1)
+        if self.passed >= 2:
+            self.__init__()  # type: ignore[misc]
+
+
+class BreakerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 100.0
+        self.breaker = br.CLOSED
+        self.model = Reference()
+        self.granted: list[bool] = []  # calls in flight: whether each is a probe
+
+    @rule(dt=st.floats(min_value=0.0, max_value=4.0))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+
+    @rule()
+    def a_call_asks(self) -> None:
+        usable = br.usable(self.breaker, self.now, SETTINGS)
+        allowed, probe, self.breaker = br.allow(self.breaker, self.now, SETTINGS)
+        assert usable == allowed  # the planner's read-only view agrees with dispatch
+        assert (allowed, probe) == self.model.ask(self.now)
+        if allowed:
+            self.granted.append(probe)
+
+    @precondition(lambda self: self.granted)
+    @rule(which=st.integers(min_value=0), outcome=st.sampled_from([True, False, None]),
+          jitter=st.floats(min_value=0.0, max_value=0.999))  # fmt: skip
+    def a_call_ends(self, which: int, outcome: bool | None, jitter: float) -> None:
+        probe = self.granted.pop(which % len(self.granted))
+        if outcome is None:
+            self.breaker = br.release(self.breaker, probe)
+        else:
+            self.breaker = br.record(self.breaker, outcome, probe, self.now, SETTINGS, jitter)
+        self.model.end(outcome, probe, self.now, jitter)
+
+    @invariant()
+    def same_state_as_the_model(self) -> None:
+        b, m = self.breaker, self.model
+        assert b.state.value == m.state
+        assert b.openings == m.openings
+        if m.state != "closed":
+            assert abs(b.open_until - m.until) < 1e-9
+        if m.state == "half_open":
+            assert (b.probes_out, b.probes_ok) == (m.probing, m.passed)
+
+    @invariant()
+    def never_more_probes_than_configured(self) -> None:
+        assert self.breaker.probes_out + self.breaker.probes_ok <= SETTINGS.half_open_probes
+
+    @invariant()
+    def open_time_is_bounded(self) -> None:
+        if self.breaker.state is br.BreakerState.OPEN:
+            assert self.breaker.open_until - self.now <= 5.0 * 1.5 + 1e-9
+
+
+TestBreaker = BreakerMachine.TestCase
+TestBreaker.settings = hsettings(max_examples=300, stateful_step_count=60, deadline=None)
+
+
+def test_backpressure_and_neutral_outcomes_never_open_it() -> None:
+    # only record() moves a breaker towards open, and the ledger gives it failures and
+    # successes only; release() (neutral, backpressure) leaves a closed breaker as it is
+    b = br.CLOSED
+    for _ in range(100):
+        b = br.release(b, probe=False)
+    assert b == br.CLOSED
+
+
+def test_two_failures_in_three_calls_do_not_open_it_below_min_calls() -> None:
+    b = br.CLOSED
+    for failed in (True, False, True):
+        b = br.record(b, failed, False, 0.0, SETTINGS, 0.0)
+    assert b.state is br.BreakerState.CLOSED
+
+
+def test_open_time_grows_with_openings_and_is_capped() -> None:
+    times = [br.open_time(n, SETTINGS, 0.0) for n in range(1, 6)]
+    assert times == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert br.open_time(1, SETTINGS, 0.999) > br.open_time(1, SETTINGS, 0.0)
+
+
+def test_memory_breaker_has_hysteresis_and_unknown_changes_nothing() -> None:
+    m = br.MemorySettings()
+    assert m.close_at == 0.9 * 0.88
+    assert not br.memory_open(False, 0.87, 0, m)
+    assert br.memory_open(False, 0.88, 0, m)
+    assert br.memory_open(True, 0.80, 0, m)  # above 0.792: stays open
+    assert not br.memory_open(True, 0.79, 0, m)
+    assert br.memory_open(True, None, None, m) and not br.memory_open(False, None, None, m)
+    queue = br.MemorySettings(max_waiting=10)
+    assert br.memory_open(False, 0.1, 11, queue) and not br.memory_open(False, 0.1, 10, queue)
