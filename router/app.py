@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
@@ -16,10 +16,23 @@ from router.fleet import Fleet
 from router.handlers import add_routes
 from router.ledger import Ledger
 from router.loadboard import LoadBoard, LoadView
+from router.model import Backend
 from router.probe import make_probe_session, probe_forever
 from router.proxy import ForwardSettings
+from router.store import Store
+from router.store.memory import MemoryStore, breaker_settings
 from router.tokenizers import load_counters
 from router.upstream.pool import UpstreamPool
+
+
+def make_store(config: RouterConfig, backends: Sequence[Backend], board: LoadView) -> Store:
+    """In-process state, or state shared through Redis when ``store.redis_url`` is set."""
+    settings = breaker_settings(config.breakers)
+    if config.store.redis_url is None:
+        return MemoryStore(backends, settings, board)
+    from router.store.redis import RedisStore  # only deployments that share state need it
+
+    return RedisStore(backends, settings, board, config.store)
 
 
 def create_app(config: RouterConfig, *, board: LoadView | None = None,
@@ -29,9 +42,11 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
     app = web.Application(client_max_size=config.max_body_bytes)
     counters: dict[str, TokenCounter] = dict(load_counters(config.tokenizers))
     fleet = Fleet.from_config(config)
+    store = make_store(config, fleet.backends,
+                       board if board is not None else LoadBoard(len(fleet.backends)))  # fmt: skip
     ledger = Ledger(
         fleet.backends,
-        board if board is not None else LoadBoard(len(fleet.backends)),
+        store,
         long_prefill_tokens=config.routing.long_prefill_tokens,
         default_prefill_rate=config.routing.default_prefill_tokens_per_s,
     )
@@ -44,18 +59,18 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
             config, fleet, ledger, upstream, session, counters, int(time.time()), settings
         )
         app[RouterContext.KEY] = ctx
+        await store.start()
         probe_task = None
         if probes:
             probe_task = asyncio.get_running_loop().create_task(
-                probe_forever(
-                    session, fleet, ledger, config.probe.interval_s, config.probe.timeout_s
-                )
+                probe_forever(session, fleet, ledger, ctx.readings, config)
             )
         yield
         if probe_task is not None:
             probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe_task
+        await store.close()
         await upstream.close()
         await session.close()
 

@@ -156,8 +156,69 @@ class RoutingConfig(_Frozen):
 
 
 class ProbeConfig(_Frozen):
-    interval_s: float = Field(default=2.0, gt=0)
+    interval_s: float = Field(
+        default=1.0, gt=0, description="how often /health and /metrics of every backend are read"
+    )
     timeout_s: float = Field(default=1.0, gt=0)
+
+
+class MemoryBreakerConfig(_Frozen):
+    open_at: float = Field(
+        default=0.88, gt=0, le=1, description="vLLM's KV cache usage (0-1) that opens it"
+    )
+    close_below: float | None = Field(
+        default=None, gt=0, le=1, description="usage under which it closes; default 0.9 x open_at"
+    )
+    max_waiting: float | None = Field(
+        default=None, ge=0, description="vLLM's waiting queue over this counts as saturated too"
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> MemoryBreakerConfig:
+        if self.close_below is not None and self.close_below > self.open_at:
+            raise ValueError("close_below must not be above open_at")
+        return self
+
+
+class BreakersConfig(_Frozen):
+    consecutive_failures: int = Field(default=5, ge=1, description="failures in a row that open")
+    failure_rate: float = Field(default=0.5, gt=0, le=1, description="failure share that opens")
+    min_calls: int = Field(default=10, ge=1, description="calls before the rate is judged")
+    window: int = Field(default=20, ge=1, description="the last calls the rate is over")
+    open_s: float = Field(default=2.0, gt=0, description="first open time")
+    growth: float = Field(default=2.0, ge=1, description="open time x this per reopening")
+    max_open_s: float = Field(default=60.0, gt=0)
+    jitter: float = Field(default=0.2, ge=0, le=1, description="open time x (1 + jitter x U[0,1))")
+    half_open_probes: int = Field(default=1, ge=1, description="probes across the whole fleet")
+    memory: MemoryBreakerConfig = MemoryBreakerConfig()
+
+
+class StoreConfig(_Frozen):
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://, rediss://, unix://, or redis+sentinel://host:port/service; "
+        "absent: state stays in this process",
+    )
+    key_prefix: str = Field(default="ctxroute", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    timeout_ms: float = Field(default=100.0, gt=0, description="hard limit on every Redis call")
+    load_publish_ms: float = Field(
+        default=50.0, gt=0, description="how often this process shares its load and reads others'"
+    )
+    resync_s: float = Field(default=1.0, gt=0, description="full re-read of shared breakers")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+        if value is not None and not value.startswith(schemes):
+            raise ValueError("must start with " + ", ".join(schemes))
+        return value
+
+
+class AdminConfig(_Frozen):
+    allow_remote: bool = Field(
+        default=False, description="answer /admin/* from other hosts than loopback"
+    )
 
 
 class RouterConfig(_Frozen):
@@ -166,6 +227,9 @@ class RouterConfig(_Frozen):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     routing: RoutingConfig = RoutingConfig()
     probe: ProbeConfig = ProbeConfig()
+    breakers: BreakersConfig = BreakersConfig()
+    store: StoreConfig = StoreConfig()
+    admin: AdminConfig = AdminConfig()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     tokenizers: dict[str, TokenizerConfig] = Field(default_factory=dict)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import aiohttp
@@ -13,6 +14,7 @@ from router.config import RouterConfig
 from router.core.tokens import TokenCounter
 from router.fleet import Fleet
 from router.ledger import Ledger
+from router.probe import Reading
 from router.proxy import ForwardSettings
 from router.upstream.pool import UpstreamPool
 
@@ -29,6 +31,11 @@ class RouterContext:
     counters: dict[str, TokenCounter]
     started: int
     forward_settings: ForwardSettings
+    readings: list[Reading] = field(default_factory=list)  # /metrics of each backend
+
+    def __post_init__(self) -> None:
+        if not self.readings:
+            self.readings = [Reading() for _ in self.fleet.backends]
 
     def ready(self) -> bool:
         """Every pool has a backend that is up."""
@@ -37,8 +44,10 @@ class RouterContext:
 
     def status(self) -> dict[str, object]:
         ledger = self.ledger
+        store = ledger.store
         return {
             "pid": os.getpid(),  # which worker answered, under serve --workers
+            "store": {"kind": store.kind, "up": store.up},
             "in_flight": sum(ledger.board.fleet(b.index).in_flight for b in self.fleet.backends),
             "outcomes": {kind.value: n for kind, n in ledger.outcomes.items()},
             "pools": [
@@ -46,20 +55,39 @@ class RouterContext:
                     "name": pool.name,
                     "model": pool.model,
                     "max_context_tokens": pool.max_context_tokens,
-                    "backends": [self._backend_status(b.index) for b in pool.backends],
+                    "backends": [self.status_of(b.index) for b in pool.backends],
                 }
                 for pool in self.fleet.pools
             ],
         }
 
-    def _backend_status(self, i: int) -> dict[str, object]:
+    def status_of(self, i: int) -> dict[str, object]:
         ledger = self.ledger
+        store = ledger.store
         backend = self.fleet.backends[i]
         local = ledger.board.local(i)
         fleet = ledger.board.fleet(i)
+        now = time.monotonic()
+        breaker = store.breaker(i)
+        reading = self.readings[i]
+        fresh = reading.fresh(now, self.config.probe.interval_s)
         return {
             "url": backend.url,
             "up": ledger.up[i],
+            "usable": store.usable(i, now),
+            "breaker": {
+                "error": breaker.state.value,
+                "memory": "open" if store.memory_open(i) else "closed",
+                "openings": breaker.openings,
+                "probe_in_s": round(max(0.0, breaker.open_until - now), 3)
+                if breaker.state.value == "open"
+                else None,
+            },
+            "drained": store.drained(i),
+            "kv_cache_usage": reading.kv_usage if fresh else None,
+            "requests_waiting": reading.waiting if fresh else None,
+            "requests_running": reading.running if fresh else None,
+            "metrics": "fresh" if fresh else (reading.error or "unknown: not read yet"),
             "in_flight": fleet.in_flight,
             "pending_prefill_tokens": fleet.pending_prefill,
             "long_prefills_pending": fleet.long_pending,

@@ -7,6 +7,8 @@
     |   +-- ContextTooLong           400  over every pool's window (vLLM's wording)
     +-- PayloadTooLarge              413  body over max_body_bytes
     +-- ModelNotFound                404  no pool serves that model (vLLM's wording)
+    +-- NotFound                     404  an admin request names no configured backend
+    +-- Forbidden                    403  an admin request from another host than loopback
     +-- NoBackend                    503  every candidate failed or none is usable
     +-- UpstreamFailed               502  the backend broke after the answer began
 """
@@ -19,6 +21,7 @@ import orjson
 class RouterError(Exception):
     status = 500
     error_type = "InternalServerError"
+    reject: str | None = None  # the router's own refusal: sent as x-ctxroute-reject
 
     def __init__(self, message: str, param: str | None = None,
                  retry_after: float | None = None) -> None:  # fmt: skip
@@ -50,9 +53,20 @@ class ModelNotFound(RouterError):
     error_type = "NotFoundError"
 
 
+class NotFound(RouterError):
+    status = 404
+    error_type = "NotFoundError"
+
+
+class Forbidden(RouterError):
+    status = 403
+    error_type = "PermissionDeniedError"
+
+
 class NoBackend(RouterError):
     status = 503
     error_type = "ServiceUnavailableError"
+    reject = "no_backend"
 
 
 class UpstreamFailed(RouterError):

@@ -23,6 +23,7 @@ class Fleet:
     pool_named: dict[str, PoolView]
     models: tuple[str, ...]  # the served model names, in configuration order
     host_lines: tuple[bytes, ...]  # each backend's Host header line, by index
+    by_url: dict[str, Backend]
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> Fleet:
@@ -64,4 +65,5 @@ class Fleet:
         )
         return cls(tuple(views), {m: tuple(v) for m, v in by_model.items()}, tuple(backends),
                    settings, {v.name: v for v in views}, tuple(by_model),
-                   tuple(f"Host: {b.host}:{b.port}\r\n".encode() for b in backends))  # fmt: skip
+                   tuple(f"Host: {b.host}:{b.port}\r\n".encode() for b in backends),
+                   {b.url: b for b in backends})  # fmt: skip

@@ -23,7 +23,7 @@ from router.context import RouterContext
 from router.core.classify import eligible_pools
 from router.core.facts import read_facts
 from router.core.planner import plan
-from router.errors import BadRequest, PayloadTooLarge, RouterError
+from router.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, RouterError
 from router.proxy import forward
 
 log = logging.getLogger("ctxroute.handlers")
@@ -37,6 +37,8 @@ def error_response(exc: RouterError, request_id: str | None = None) -> web.Respo
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if exc.reject is not None:
+        headers["x-ctxroute-reject"] = exc.reject
     if request_id:
         headers["X-Request-ID"] = request_id
     return web.Response(status=exc.status, body=exc.body(), content_type=_JSON, headers=headers)
@@ -143,6 +145,40 @@ async def status(request: web.Request, request_id: str) -> web.Response:
     return web.Response(body=orjson.dumps(ctx.status()), content_type=_JSON)
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+def _admin_drain(drained: bool) -> RouteHandler:
+    """``POST /admin/drain`` and ``/admin/undrain`` with ``{"backend": URL}``: a drained
+    backend finishes what it has in flight and gets no new request, on every replica
+    sharing the store (for a planned vLLM restart)."""
+
+    async def handle(request: web.Request, request_id: str) -> web.StreamResponse:
+        ctx = request.app[RouterContext.KEY]
+        if not ctx.config.admin.allow_remote and request.remote not in _LOOPBACK:
+            raise Forbidden(
+                "admin requests are answered from loopback only "
+                "(set admin.allow_remote: true to allow other hosts)"
+            )
+        raw = await _read_body(request, 64 * 1024)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        url = body.get("backend") if isinstance(body, dict) else None
+        if not isinstance(url, str):
+            raise BadRequest('expected {"backend": "http://host:port"}', "backend")
+        backend = ctx.fleet.by_url.get(url.rstrip("/"))
+        if backend is None:
+            known = ", ".join(b.url for b in ctx.fleet.backends)
+            raise NotFound(f"no configured backend is {url!r} (configured: {known})", "backend")
+        await ctx.ledger.store.set_drained(backend.index, drained)
+        status = ctx.status_of(backend.index)
+        return web.Response(body=orjson.dumps(status), content_type=_JSON)
+
+    return handle
+
+
 def add_routes(app: web.Application) -> None:
     add = app.router
     add.add_post("/v1/chat/completions", answers_errors(chat_completions))
@@ -151,3 +187,5 @@ def add_routes(app: web.Application) -> None:
     add.add_get("/healthz", answers_errors(healthz))
     add.add_get("/readyz", answers_errors(readyz))
     add.add_get("/status", answers_errors(status))
+    add.add_post("/admin/drain", answers_errors(_admin_drain(True)))
+    add.add_post("/admin/undrain", answers_errors(_admin_drain(False)))

@@ -1,17 +1,22 @@
 """Per-backend live accounting. Every attempt on a backend begins here and ends here in
-exactly one typed ``Outcome``, recorded once: load (through the load board), backend
-health (the one writer of "up"), the prefill rate learned from first-token times, and the
-hooks that breakers and metrics attach to.
+exactly one typed ``Outcome``, recorded once: load (through the load view), backend
+health (the one writer of "up"), the breakers (through the store: an attempt is let
+through by ``store.allow`` and its outcome given back as a failure, a success or
+neither), the prefill rate learned from first-token times, and the hooks that metrics
+attach to.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Final
+from time import monotonic
+from typing import TYPE_CHECKING, Final
 
-from router.loadboard import LoadView
-from router.model import Backend, BackendView, Outcome, OutcomeKind
+from router.model import FAILURES, Backend, BackendView, Outcome, OutcomeKind
+
+if TYPE_CHECKING:
+    from router.store import Store
 
 OutcomeHook = Callable[[Backend, Outcome], None]
 
@@ -27,10 +32,10 @@ class Attempt:
     """One try of one request on one backend. Made by ``Ledger.begin``, ended once."""
 
     __slots__ = ("ahead", "backend", "budget", "dispatched_at", "ended", "long", "pending",
-                 "prefill")  # fmt: skip
+                 "prefill", "probe")  # fmt: skip
 
     def __init__(self, backend: Backend, prefill: int, budget: int, long: bool,
-                 ahead: int, now: float) -> None:  # fmt: skip
+                 ahead: int, now: float, probe: bool) -> None:  # fmt: skip
         self.backend = backend
         self.prefill = prefill
         self.budget = budget
@@ -39,13 +44,15 @@ class Attempt:
         self.dispatched_at = now
         self.pending = True
         self.ended = False
+        self.probe = probe  # let through as a half-open breaker's probe
 
 
 class Ledger:
-    def __init__(self, backends: Sequence[Backend], board: LoadView, *,
+    def __init__(self, backends: Sequence[Backend], store: Store, *,
                  long_prefill_tokens: int, default_prefill_rate: float) -> None:  # fmt: skip
         self.backends = tuple(backends)
-        self.board = board
+        self.store = store
+        self.board = store.load
         self.long_prefill_tokens = long_prefill_tokens
         self.up = [True] * len(self.backends)
         self.learned = [b.prefill_tokens_per_s is None for b in self.backends]
@@ -55,19 +62,24 @@ class Ledger:
 
     def view_of(self, backend: Backend) -> BackendView:
         i = backend.index
-        return BackendView(backend, self.board.fleet(i), self.up[i], self.rates[i])
+        return BackendView(backend, self.board.fleet(i), self.up[i], self.rates[i],
+                           self.store.usable(i, monotonic()))  # fmt: skip
 
     def begin(self, backend: Backend, prefill: int, budget: int, now: float) -> Attempt | None:
         """Count a request as dispatched to ``backend``; None when it is at max_in_flight
-        (the one place the hard cap is enforced, at the moment of dispatch)."""
+        (the one place the hard cap is enforced, at the moment of dispatch) or its
+        breakers, memory pressure or a drain keep it from new requests."""
         i = backend.index
         load = self.board.fleet(i)  # one read of the rows, for the cap and the work ahead
         if load.in_flight >= backend.max_in_flight:
             return None
+        allowed, probe = self.store.allow(i, monotonic())
+        if not allowed:
+            return None
         long = prefill >= self.long_prefill_tokens
         ahead = load.pending_prefill + prefill
         self.board.add(i, 1, prefill, 1 if long else 0, budget)
-        return Attempt(backend, prefill, budget, long, ahead, now)
+        return Attempt(backend, prefill, budget, long, ahead, now, probe)
 
     def first_byte(self, attempt: Attempt, now: float) -> float:
         """The backend's first byte came: its prefill is no longer pending. Returns TTFT."""
@@ -93,8 +105,13 @@ class Ledger:
                            -attempt.budget)  # fmt: skip
         else:
             self.board.add(backend.index, -1, 0, 0, -attempt.budget)
-        self.outcomes[outcome.kind] += 1
-        if outcome.kind is OutcomeKind.CONNECT_ERROR:
+        kind = outcome.kind
+        self.outcomes[kind] += 1
+        # the breakers hear failures and successes only: backpressure and neutral outcomes
+        # (a 4xx, a client that left) give back a probe's slot and count for nothing
+        failed = True if kind in FAILURES else False if kind is OutcomeKind.SUCCESS else None
+        self.store.record(backend.index, failed, attempt.probe, monotonic())
+        if kind is OutcomeKind.CONNECT_ERROR:
             self.up[backend.index] = False
         elif outcome.status is not None:
             self.up[backend.index] = True  # it answered

@@ -65,12 +65,16 @@ IDLE = Load()
 
 
 class BackendView(NamedTuple):
-    """What the planner knows of a backend at the moment of a decision."""
+    """What the planner knows of a backend at the moment of a decision. ``up``: it answers
+    (a backend known down is still a last resort for retries); ``usable``: no breaker,
+    memory pressure or drain keeps new requests away from it (an unusable one is never a
+    candidate)."""
 
     backend: Backend
     load: Load
     up: bool
     prefill_tokens_per_s: float
+    usable: bool = True
 
 
 class RoutePlan(NamedTuple):

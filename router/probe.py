@@ -1,4 +1,12 @@
-"""Active health probes: GET /health on every backend; the ledger records up or down.
+"""Active probes, every ``probe.interval_s``: ``GET /health`` (the ledger records up or
+down) and ``GET /metrics`` of every backend, whose vLLM gauges drive the memory breaker.
+
+The metrics text is parsed by prometheus-client's parser. KV cache usage is
+``vllm:kv_cache_usage_perc`` (older vLLM: ``vllm:gpu_cache_usage_perc``), the highest over
+the server's engines (one full engine refuses work even when the others have room);
+``vllm:num_requests_waiting`` and ``vllm:num_requests_running`` are summed over engines.
+A reading older than three intervals is unknown: it neither opens nor closes the memory
+breaker, and /status says so.
 
 Passive signals (a connect error in the proxy) mark a backend down at once; the probe
 brings it back when it answers again. Every change is logged, and so is a probe round
@@ -9,14 +17,54 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from router.config import RouterConfig
+from router.core.breaker import MemorySettings, memory_open
 from router.fleet import Fleet
 from router.ledger import Ledger
 
 log = logging.getLogger("ctxroute.probe")
+
+_KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+_STALE_INTERVALS = 3
+
+
+@dataclass(slots=True)
+class Reading:
+    """The last /metrics reading of one backend."""
+
+    kv_usage: float | None = None
+    waiting: float | None = None
+    running: float | None = None
+    at: float | None = None  # time.monotonic() of the reading
+    error: str | None = None  # why the last scrape failed, if it did
+
+    def fresh(self, now: float, interval_s: float) -> bool:
+        return self.at is not None and now - self.at <= _STALE_INTERVALS * interval_s
+
+
+def parse_vllm_metrics(text: str) -> tuple[float | None, float | None, float | None]:
+    """(KV cache usage 0-1, requests waiting, requests running) from vLLM's /metrics."""
+    usage: dict[str, float] = {}
+    waiting: float | None = None
+    running: float | None = None
+    for family in text_string_to_metric_families(text):
+        # the parser drops a counter's _total, never a gauge's name: compare whole names
+        name = family.name
+        if name in _KV:
+            for sample in family.samples:
+                usage[name] = max(usage.get(name, 0.0), sample.value)
+        elif name == "vllm:num_requests_waiting":
+            waiting = sum(s.value for s in family.samples)
+        elif name == "vllm:num_requests_running":
+            running = sum(s.value for s in family.samples)
+    kv = usage.get(_KV[0], usage.get(_KV[1]))
+    return kv, waiting, running
 
 
 def make_probe_session(config: RouterConfig) -> aiohttp.ClientSession:
@@ -29,11 +77,17 @@ def make_probe_session(config: RouterConfig) -> aiohttp.ClientSession:
     )
 
 
+def memory_settings(config: RouterConfig) -> MemorySettings:
+    m = config.breakers.memory
+    return MemorySettings(open_at=m.open_at, close_below=m.close_below, max_waiting=m.max_waiting)
+
+
 async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,
-                     timeout_s: float) -> None:  # fmt: skip
+                     readings: list[Reading], config: RouterConfig) -> None:  # fmt: skip
+    timeout_s = config.probe.timeout_s
     timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def one(url: str) -> tuple[bool, str]:
+    async def health(url: str) -> tuple[bool, str]:
         try:
             async with session.get(url + "/health", timeout=timeout) as resp:
                 return resp.status == 200, f"/health answered {resp.status}"
@@ -42,20 +96,54 @@ async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledge
         except (aiohttp.ClientError, OSError) as exc:
             return False, f"/health failed: {exc}"
 
-    results = await asyncio.gather(*(one(b.url) for b in fleet.backends))
-    for backend, (up, why) in zip(fleet.backends, results, strict=True):
+    async def metrics(url: str, reading: Reading) -> None:
+        try:
+            async with session.get(url + "/metrics", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"/metrics answered {resp.status}")
+                text = await resp.text()
+            kv, waiting, running = parse_vllm_metrics(text)
+        except TimeoutError:
+            reading.error = f"/metrics did not answer within {timeout_s:g}s"
+            return
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            reading.error = f"/metrics failed: {exc}"
+            return
+        reading.kv_usage, reading.waiting, reading.running = kv, waiting, running
+        reading.at = time.monotonic()
+        reading.error = None if kv is not None else "/metrics has no KV cache usage gauge"
+
+    backends = fleet.backends
+    results, _ = await asyncio.gather(
+        asyncio.gather(*(health(b.url) for b in backends)),
+        asyncio.gather(*(metrics(b.url, readings[b.index]) for b in backends)),
+    )
+    for backend, (up, why) in zip(backends, results, strict=True):
         if ledger.set_up(backend, up):
             if up:
                 log.warning("backend %s is up", backend.url)
             else:
                 log.warning("backend %s is down: %s", backend.url, why)
+    settings = memory_settings(config)
+    now = time.monotonic()
+    store = ledger.store
+    for backend in backends:
+        reading = readings[backend.index]
+        fresh = reading.fresh(now, config.probe.interval_s)
+        is_open = memory_open(
+            store.memory_open(backend.index),
+            reading.kv_usage if fresh else None,
+            reading.waiting if fresh else None,
+            settings,
+        )
+        store.set_memory(backend.index, is_open)
 
 
 async def probe_forever(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,
-                        interval_s: float, timeout_s: float) -> None:  # fmt: skip
+                        readings: list[Reading], config: RouterConfig) -> None:  # fmt: skip
     while True:
         try:
-            await probe_once(session, fleet, ledger, timeout_s)
+            await probe_once(session, fleet, ledger, readings, config)
         except Exception:
-            log.exception("health probe round failed")
-        await asyncio.sleep(interval_s)
+            log.exception("probe round failed")
+        await asyncio.sleep(config.probe.interval_s)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from time import monotonic
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from router.config import TimeoutsConfig
+from router.core.breaker import BreakerState, retry_after
 from router.core.classify import budget as pool_budget
 from router.errors import NoBackend, UpstreamFailed
 from router.fleet import Fleet
@@ -181,16 +183,38 @@ async def forward(
         status, upstream_headers, body, backend = refusal
         headers = _response_headers(upstream_headers, backend, request_id, len(ended))
         return web.Response(status=status, body=body, headers=headers)
-    raise NoBackend(_no_backend_message(plan, ended, full), retry_after=1.0)
+    backends = [b for pool in fleet.by_model[facts.model] for b in pool.backends]
+    now = monotonic()
+    # when breakers keep every backend away, come back when the first may take a probe
+    wait = ledger.store.retry_after(backends, now)
+    raise NoBackend(_no_backend_message(plan, ended, full, ledger, backends, now),
+                    retry_after=wait if wait else 1.0)  # fmt: skip
 
 
-def _no_backend_message(plan: RoutePlan, ended: list[tuple[Backend, Outcome]], full: int) -> str:
+def _why_unusable(ledger: Ledger, backend: Backend, now: float) -> str:
+    store = ledger.store
+    i = backend.index
+    if store.drained(i):
+        return "drained"
+    if store.memory_open(i):
+        return "KV cache under pressure"
+    b = store.breaker(i)
+    if b.state is not BreakerState.CLOSED:
+        wait = retry_after(b, now)
+        return f"breaker {b.state.value}" + (f", probe in {wait:.1f}s" if wait else "")
+    if not ledger.up[i]:
+        return "down"
+    return "at max_in_flight"
+
+
+def _no_backend_message(plan: RoutePlan, ended: list[tuple[Backend, Outcome]], full: int,
+                        ledger: Ledger, backends: list[Backend], now: float) -> str:  # fmt: skip
     if not plan.candidates:
-        return "no backend can take this request: every backend that can hold it is at its " \
-               "max_in_flight"  # fmt: skip
+        parts = [f"{b.url} ({b.pool}): {_why_unusable(ledger, b, now)}" for b in backends]
+        return "no backend can take this request now: " + "; ".join(parts)
     parts = [f"{b.url} ({b.pool}): {o.detail}" for b, o in ended]
     if full:
-        parts.append(f"{full} at max_in_flight, skipped")
+        parts.append(f"{full} skipped (at max_in_flight, or a breaker or drain took effect)")
     if not ended:
         return "no backend can take this request: " + "; ".join(parts)
     tried = f"{len(ended)} backend{'s' if len(ended) != 1 else ''} tried"

@@ -1,10 +1,11 @@
 """Route planning over the fleet: which backends to try, in which order, and why. Pure.
 
 Every backend of every pool whose window holds the request is a candidate (pools are
-preferences, not walls). Filters come first: a backend known down goes to the end of the
-list (a last resort for retries), one at ``max_in_flight`` is left out, one whose KV cache
-(when its size is known) cannot hold the request's budget next to what is in flight on it
-comes after the rest. The others are ordered by an explicit score, in milliseconds:
+preferences, not walls). Filters come first: one whose breaker is open, whose KV cache is
+under pressure or that an operator drained is left out; a backend known down goes to the
+end of the list (a last resort for retries), one at ``max_in_flight`` is left out, one
+whose KV cache (when its size is known) cannot hold the request's budget next to what is
+in flight on it comes after the rest. The others are ordered by an explicit score, in milliseconds:
 
     estimated wait for the first token   (pending prefill ahead of it + its own prompt,
                                           at the backend's prefill rate)
@@ -104,7 +105,7 @@ def plan(
             v = view_of(b)
             views.append(v)
             load = v.load
-            if v.up and load.in_flight < b.max_in_flight:
+            if v.up and v.usable and load.in_flight < b.max_in_flight:
                 usable += 1
                 usable_budget += load.budget_in_flight
                 if b.url == owner_url:
@@ -120,6 +121,8 @@ def plan(
         away = 0.0 if pool is preferred else settings.pool_tolerance_ms
         for v in views:
             b = v.backend
+            if not v.usable:
+                continue  # a breaker, memory pressure or a drain: not even a last resort
             if not v.up:
                 down.append(b)
                 continue
@@ -172,7 +175,8 @@ def plan(
     elif down:
         explained = (eligibility.reason, "every usable backend is down: trying anyway")
     else:
-        explained = (eligibility.reason, "every backend is at max_in_flight")
+        explained = (eligibility.reason, "no backend is usable: breakers, memory, drain or "
+                     "max_in_flight")  # fmt: skip
     return RoutePlan(preferred.name, candidates, waits, eligibility.budgets[0], explained)
 
 
@@ -182,6 +186,7 @@ def _clean_backends(pools: Sequence[PoolView], view_of: Callable[[Backend], Back
     for pool in pools:
         for b in pool.backends:
             v = view_of(b)
-            if v.up and v.load.long_pending == 0 and v.load.in_flight < b.max_in_flight:
+            if (v.up and v.usable and v.load.long_pending == 0
+                    and v.load.in_flight < b.max_in_flight):  # fmt: skip
                 count += 1
     return count

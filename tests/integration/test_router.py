@@ -394,10 +394,10 @@ async def test_backends_at_max_in_flight_are_never_exceeded_and_the_excess_gets_
         async with s.post(router.url + COMPLETIONS, json=body) as r:
             assert r.status == 503
             assert r.headers["Retry-After"] == "1"
-            assert (
-                "every backend that can hold it is at its max_in_flight"
-                in (await r.json())["error"]["message"]
-            )
+            assert r.headers["x-ctxroute-reject"] == "no_backend"
+            message = (await r.json())["error"]["message"]
+            assert message.startswith("no backend can take this request now")
+            assert message.count("at max_in_flight") == 2  # each backend, with its reason
         for task in held:
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)

@@ -1,0 +1,66 @@
+"""Shared state of the fleet: breakers, memory pressure, drain flags, and the load view.
+
+``Store`` is the one interface; ``MemoryStore`` (memory.py) keeps everything in this
+process, the embedded default; ``RedisStore`` (redis.py) shares it with every replica
+through Redis and falls back to the local state when Redis is away. Both pass the same
+contract suite (tests/integration/test_store_contract.py).
+
+The request path only ever calls the synchronous methods: they read and write the local
+state, and the Redis store carries changes to and from Redis in the background, so no
+request waits on Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from router.core.breaker import Breaker
+from router.loadboard import LoadView
+from router.model import Backend
+
+
+class Store(Protocol):
+    kind: str  # "memory" or "redis"
+    load: LoadView
+
+    @property
+    def up(self) -> bool:
+        """False while the shared state is out of reach (this process decides alone)."""
+        ...
+
+    def usable(self, backend: int, now: float) -> bool:
+        """Would a new request be let through now (breakers, memory, drain)?"""
+        ...
+
+    def allow(self, backend: int, now: float) -> tuple[bool, bool]:
+        """Take the right to send a request now: (allowed, as a half-open probe)."""
+        ...
+
+    def record(self, backend: int, failed: bool | None, probe: bool, now: float) -> None:
+        """A granted request ended: a backend failure, a success, or neither (None)."""
+        ...
+
+    def breaker(self, backend: int) -> Breaker: ...
+
+    def memory_open(self, backend: int) -> bool: ...
+
+    def set_memory(self, backend: int, is_open: bool) -> None: ...
+
+    def drained(self, backend: int) -> bool: ...
+
+    async def set_drained(self, backend: int, drained: bool) -> None:
+        """Operator's drain: no new requests, in-flight ones finish; every replica obeys."""
+        ...
+
+    def retry_after(self, backends: Sequence[Backend], now: float) -> float | None:
+        """Seconds until the first of ``backends`` blocked by a breaker may take a probe;
+        None when none of them is blocked by a breaker."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+__all__ = ["Store"]

@@ -1,0 +1,138 @@
+"""The in-process store: breakers, memory pressure and drain flags of this process.
+
+The embedded default, and the local half of the Redis store (which subclasses it: the
+local state is what the request path reads, Redis or not). The load view is the
+``LoadBoard`` (shared memory between the workers of one host under ``serve --workers``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+from router.config import BreakersConfig
+from router.core import breaker as br
+from router.loadboard import LoadView
+from router.model import Backend
+
+log = logging.getLogger("ctxroute.breakers")
+
+
+def breaker_settings(config: BreakersConfig) -> br.BreakerSettings:
+    return br.BreakerSettings(
+        consecutive_failures=config.consecutive_failures,
+        failure_rate=config.failure_rate,
+        min_calls=config.min_calls,
+        window=config.window,
+        open_s=config.open_s,
+        growth=config.growth,
+        max_open_s=config.max_open_s,
+        jitter=config.jitter,
+        half_open_probes=config.half_open_probes,
+    )
+
+
+class MemoryStore:
+    kind = "memory"
+
+    def __init__(self, backends: Sequence[Backend], settings: br.BreakerSettings,
+                 load: LoadView, jitter: Callable[[], float] = random.random) -> None:  # fmt: skip
+        self.backends = tuple(backends)
+        self.settings = settings
+        self.load = load
+        self.jitter = jitter
+        count = len(self.backends)
+        self.breakers: list[br.Breaker] = [br.CLOSED] * count
+        self.memory: list[bool] = [False] * count
+        self.drain: list[bool] = [False] * count
+
+    @property
+    def up(self) -> bool:
+        return True
+
+    # ---- the request path: synchronous, local ----------------------------------------
+
+    def usable(self, backend: int, now: float) -> bool:
+        return (
+            not self.drain[backend]
+            and not self.memory[backend]
+            and br.usable(self.breakers[backend], now, self.settings)
+        )
+
+    def allow(self, backend: int, now: float) -> tuple[bool, bool]:
+        if self.drain[backend] or self.memory[backend]:
+            return False, False
+        allowed, probe, after = br.allow(self.breakers[backend], now, self.settings)
+        self._set(backend, after, now)
+        return allowed, probe
+
+    def record(self, backend: int, failed: bool | None, probe: bool, now: float) -> None:
+        before = self.breakers[backend]
+        if failed is None:
+            after = br.release(before, probe)
+        else:
+            after = br.record(before, failed, probe, now, self.settings, self.jitter())
+        self._set(backend, after, now)
+
+    def _set(self, backend: int, after: br.Breaker, now: float) -> None:
+        before = self.breakers[backend]
+        if after is before:
+            return
+        self.breakers[backend] = after
+        if after.state is not before.state:
+            self._transition(backend, before, after, now)
+
+    def _transition(self, backend: int, before: br.Breaker, after: br.Breaker,
+                    now: float) -> None:  # fmt: skip
+        url = self.backends[backend].url
+        if after.state is br.BreakerState.OPEN:
+            log.warning("breaker of %s is open for %.1fs (opening %d)", url,
+                        after.open_until - now, after.openings)  # fmt: skip
+        elif after.state is br.BreakerState.CLOSED:
+            log.warning("breaker of %s is closed: the probe succeeded", url)
+        else:
+            log.info("breaker of %s is half-open: probing", url)
+
+    # ---- state read by /status, written by probes and operators ----------------------
+
+    def breaker(self, backend: int) -> br.Breaker:
+        return self.breakers[backend]
+
+    def memory_open(self, backend: int) -> bool:
+        return self.memory[backend]
+
+    def set_memory(self, backend: int, is_open: bool) -> None:
+        if self.memory[backend] != is_open:
+            self.memory[backend] = is_open
+            url = self.backends[backend].url
+            if is_open:
+                log.warning("memory breaker of %s is open: no new requests", url)
+            else:
+                log.warning("memory breaker of %s is closed", url)
+
+    def drained(self, backend: int) -> bool:
+        return self.drain[backend]
+
+    async def set_drained(self, backend: int, drained: bool) -> None:
+        self._apply_drain(backend, drained)
+
+    def _apply_drain(self, backend: int, drained: bool) -> None:
+        if self.drain[backend] != drained:
+            self.drain[backend] = drained
+            what = "drained: no new requests" if drained else "back in service"
+            log.warning("backend %s is %s", self.backends[backend].url, what)
+
+    def retry_after(self, backends: Sequence[Backend], now: float) -> float | None:
+        waits = [
+            br.retry_after(self.breakers[b.index], now)
+            for b in backends
+            if self.breakers[b.index].state is not br.BreakerState.CLOSED
+        ]
+        return min(waits) if waits else None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
