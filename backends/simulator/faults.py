@@ -11,6 +11,8 @@
 | refuse_for_s            | the listening socket closes for this many seconds (-1: until    |
 |                         | cleared in-process): connections are refused                    |
 | engine_dead             | /health answers 503 and requests answer 500, as a dead vLLM     |
+| kv_usage_floor          | /metrics reports KV cache usage of at least this (0-1): memory  |
+|                         | pressure without filling the cache                              |
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Faults:
     cut_after_tokens: int = 0
     refuse_for_s: float = 0.0
     engine_dead: bool = False
+    kv_usage_floor: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -56,6 +59,9 @@ class Faults:
         rate = staged.get("error_rate", self.error_rate)
         if not 0.0 <= rate <= 1.0:
             raise ValueError("fault 'error_rate' must be between 0 and 1")
+        floor = staged.get("kv_usage_floor", self.kv_usage_floor)
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError("fault 'kv_usage_floor' must be between 0 and 1")
         status = staged.get("burst_status", self.burst_status)
         if not 500 <= status <= 599:
             raise ValueError("fault 'burst_status' must be a 5xx status")

@@ -8,7 +8,7 @@ histograms are observed per request (TTFT, e2e, queue time, token counts) and pe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
@@ -144,9 +144,11 @@ def cache_config_labels(profile: Profile) -> dict[str, str]:
 
 
 class _EngineGauges(Collector):
-    def __init__(self, engine: EngineCore, labels: dict[str, str]) -> None:
+    def __init__(self, engine: EngineCore, labels: dict[str, str],
+                 kv_usage: Callable[[], float]) -> None:  # fmt: skip
         self._engine = engine
         self._labels = labels
+        self._kv_usage = kv_usage
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         names = list(self._labels)
@@ -166,7 +168,7 @@ class _EngineGauges(Collector):
             (
                 "vllm:kv_cache_usage_perc",
                 "KV-cache usage. 1 means 100 percent usage.",
-                engine.kv_usage(),
+                self._kv_usage(),
             ),
         ):
             family = GaugeMetricFamily(name, doc, labels=names)
@@ -175,12 +177,13 @@ class _EngineGauges(Collector):
 
 
 class VllmMetrics:
-    def __init__(self, engine: EngineCore, profile: Profile, model_name: str) -> None:
+    def __init__(self, engine: EngineCore, profile: Profile, model_name: str,
+                 kv_usage: Callable[[], float] | None = None) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
         labels = {"engine": "0", "model_name": model_name}
         names = list(labels)
         reg = self.registry
-        reg.register(_EngineGauges(engine, labels))
+        reg.register(_EngineGauges(engine, labels, kv_usage or engine.kv_usage))
 
         def counter(name: str, doc: str) -> Counter:
             return Counter(name, doc, names, registry=reg)

@@ -121,7 +121,8 @@ class Simulator:
         self.profile = self.config.profile
         self.faults = self.config.faults
         self.core = EngineCore(self.profile)
-        self.metrics = VllmMetrics(self.core, self.profile, self.config.model)
+        self.metrics = VllmMetrics(self.core, self.profile, self.config.model, self.kv_usage)
+        self.received = 0  # completion requests received, whatever became of them
         self.tokenizer: Tokenizer = (
             HFTokenizer(self.config.tokenizer) if self.config.tokenizer else ByteTokenizer()
         )
@@ -231,7 +232,8 @@ class Simulator:
             "profile": self.profile.name,
             "running": len(core.running),
             "waiting": len(core.waiting),
-            "kv_cache_usage": core.kv_usage(),
+            "kv_cache_usage": self.kv_usage(),
+            "received": self.received,
             "steps": core.counters.steps,
             "prompt_tokens": core.counters.prompt_tokens,
             "generation_tokens": core.counters.generation_tokens,
@@ -422,7 +424,12 @@ class Simulator:
         )
         return req, stream, include_usage
 
+    def kv_usage(self) -> float:
+        """The engine's KV cache usage, or the ``kv_usage_floor`` fault if higher."""
+        return max(self.core.kv_usage(), self.faults.kv_usage_floor)
+
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        self.received += 1
         loop = asyncio.get_running_loop()
         try:
             body, text = self._parse(await request.read(), chat)

@@ -1,0 +1,240 @@
+"""Breakers, memory pressure and drains in one router, over loopback, in front of
+simulators with injected faults (the in-process store; the Redis store has its own file)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from backends.simulator import Simulator
+from router.config import RouterConfig, parse_config
+from tests.conftest import SimFactory
+from tests.fixtures.router import RunningRouter
+
+RouterFactory = Callable[..., Awaitable[RunningRouter]]
+COMPLETIONS = "/v1/completions"
+BODY = {"prompt": "hello there", "max_tokens": 2}
+
+
+def one_pool(sims: list[Simulator], window: int = 1024, **extra: Any) -> RouterConfig:
+    breakers = {"consecutive_failures": 3, "open_s": 0.4, "jitter": 0.0, "max_open_s": 2.0}
+    breakers.update(extra.pop("breakers", {}))
+    return parse_config(
+        {
+            "pools": [
+                {
+                    "name": "only",
+                    "model": "sim-model",
+                    "max_context_tokens": window,
+                    "default_max_tokens": 16,
+                    "backends": [{"url": s.url, "max_in_flight": 64} for s in sims],
+                }
+            ],
+            "timeouts": {"connect_s": 1.0, "ttfb_s": 5.0},
+            "breakers": breakers,
+            **extra,
+        },
+        environ={},
+    )
+
+
+async def faults(s: aiohttp.ClientSession, sim: Simulator, **values: object) -> None:
+    async with s.post(sim.url + "/sim/faults", json=values) as r:
+        assert r.status == 200, await r.text()
+
+
+async def status_of(s: aiohttp.ClientSession, router: RunningRouter, sim: Simulator) -> Any:
+    async with s.get(router.url + "/status") as r:
+        body = await r.json()
+    return next(b for p in body["pools"] for b in p["backends"] if b["url"] == sim.url)
+
+
+async def send(s: aiohttp.ClientSession, router: RunningRouter, n: int = 1,
+               body: dict[str, Any] | None = None) -> list[int]:  # fmt: skip
+    statuses = []
+    for _ in range(n):
+        async with s.post(router.url + COMPLETIONS, json=body or BODY) as r:
+            await r.read()
+            statuses.append(r.status)
+    return statuses
+
+
+@pytest.fixture
+async def two(make_sim: SimFactory) -> list[Simulator]:
+    return [await make_sim(model="sim-model", max_model_len=1024, seed=i) for i in range(2)]
+
+
+async def test_a_failing_backend_is_opened_and_the_fleet_routes_around_it(
+    two: list[Simulator], make_router: RouterFactory
+) -> None:
+    bad, good = two
+    router = await make_router(one_pool(two))
+    async with aiohttp.ClientSession() as s:
+        await faults(s, bad, burst_5xx=1000)
+        # every 5xx is retried on the other backend: the client sees no error
+        assert set(await send(s, router, 20)) == {200}
+        assert (await status_of(s, router, bad))["breaker"]["error"] == "open"
+        received = bad.received
+        assert set(await send(s, router, 20)) == {200}
+        assert bad.received == received  # an open breaker takes nothing
+        assert (await status_of(s, router, good))["breaker"]["error"] == "closed"
+
+
+async def test_with_every_backend_open_the_answer_is_a_fast_503_naming_why(
+    sim: Simulator, make_router: RouterFactory
+) -> None:
+    router = await make_router(one_pool([sim], breakers={"open_s": 3.0}))
+    async with aiohttp.ClientSession() as s:
+        await faults(s, sim, burst_5xx=1000)
+        await send(s, router, 3)
+        received = sim.received
+        async with s.post(router.url + COMPLETIONS, json=BODY) as r:
+            assert r.status == 503
+            assert r.headers["x-ctxroute-reject"] == "no_backend"
+            assert 1 <= int(r.headers["Retry-After"]) <= 3  # until the probe may go
+            message = (await r.json())["error"]["message"]
+        assert "breaker open" in message and sim.url in message
+        assert sim.received == received
+
+
+async def test_half_open_lets_one_probe_through_then_closes_on_its_success(
+    sim: Simulator, make_router: RouterFactory
+) -> None:
+    router = await make_router(one_pool([sim]))
+    async with aiohttp.ClientSession() as s:
+        await faults(s, sim, burst_5xx=3)
+        await send(s, router, 3)
+        assert (await status_of(s, router, sim))["breaker"]["error"] == "open"
+        await asyncio.sleep(0.5)  # past the open time
+        await faults(s, sim, hang_before_first_token=0.5)  # the probe stays in flight a while
+        received = sim.received
+        probe = asyncio.ensure_future(send(s, router))
+        await asyncio.sleep(0.1)
+        others = await asyncio.gather(*(send(s, router) for _ in range(10)))
+        assert [st for batch in others for st in batch] == [503] * 10
+        assert sim.received == received + 1  # the probe, and nothing else
+        assert await probe == [200]
+        assert (await status_of(s, router, sim))["breaker"]["error"] == "closed"
+        await faults(s, sim, hang_before_first_token=0.0)
+        assert await send(s, router, 5) == [200] * 5
+
+
+async def test_a_failed_probe_reopens_it_for_longer(
+    sim: Simulator, make_router: RouterFactory
+) -> None:
+    router = await make_router(one_pool([sim]))
+    async with aiohttp.ClientSession() as s:
+        await faults(s, sim, burst_5xx=1000)
+        await send(s, router, 3)
+        first = (await status_of(s, router, sim))["breaker"]
+        await asyncio.sleep(0.5)
+        assert await send(s, router) == [503]  # the probe failed (5xx): open again
+        again = (await status_of(s, router, sim))["breaker"]
+        assert again["error"] == "open" and again["openings"] == first["openings"] + 1
+        assert again["probe_in_s"] > 0.5  # 0.4 s x 2
+
+
+async def test_backpressure_and_the_clients_own_faults_never_open_a_breaker(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    # the router thinks the window is 8192, the engine holds 1024: vLLM's context-length
+    # 400s come back; and 429s (backpressure); and clients that leave mid-request
+    sim = await make_sim(model="sim-model", max_model_len=1024)
+    router = await make_router(one_pool([sim], window=8192))
+    async with aiohttp.ClientSession() as s:
+        too_long = {"prompt": "word " * 1500, "max_tokens": 8}
+        assert set(await send(s, router, 8, too_long)) == {400}
+        await faults(s, sim, burst_5xx=8, burst_status=503)
+        assert set(await send(s, router, 8)) == {503}
+        await faults(s, sim, hang_before_first_token=5.0)
+        for _ in range(8):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await send(s, router)
+        await faults(s, sim, hang_before_first_token=0.0)
+        assert (await status_of(s, router, sim))["breaker"]["error"] == "closed"
+        assert await send(s, router, 3) == [200] * 3
+
+
+async def test_kv_cache_pressure_stops_new_requests_until_it_falls_below_the_close_threshold(
+    two: list[Simulator], make_router: RouterFactory
+) -> None:
+    full = two[0]
+    config = one_pool(two, probe={"interval_s": 0.05, "timeout_s": 1.0})
+    router = await make_router(config, probes=True)
+    async with aiohttp.ClientSession() as s:
+
+        async def memory(state: str) -> dict[str, Any]:
+            for _ in range(100):
+                st = await status_of(s, router, full)
+                if st["breaker"]["memory"] == state:
+                    return st  # type: ignore[no-any-return]
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"memory breaker never became {state}: {st}")
+
+        await faults(s, full, kv_usage_floor=0.9)
+        st = await memory("open")
+        assert st["kv_cache_usage"] >= 0.88 and st["breaker"]["error"] == "closed"
+        received = full.received
+        assert set(await send(s, router, 10)) == {200}
+        assert full.received == received
+        await faults(s, full, kv_usage_floor=0.8)  # under 0.88, over 0.9 x 0.88: stays open
+        await asyncio.sleep(0.2)
+        assert (await status_of(s, router, full))["breaker"]["memory"] == "open"
+        await faults(s, full, kv_usage_floor=0.0)
+        await memory("closed")
+        for _ in range(10):
+            async with s.post(router.url + COMPLETIONS, json=BODY,
+                              headers={"X-Session-ID": str(_)}) as r:  # fmt: skip
+                assert r.status == 200
+        assert full.received > received
+
+
+async def test_a_drained_backend_finishes_its_requests_and_gets_no_new_ones(
+    two: list[Simulator], make_router: RouterFactory
+) -> None:
+    drained = two[0]
+    router = await make_router(one_pool(two))
+    async with aiohttp.ClientSession() as s:
+        await faults(s, drained, slow_token_ms=30)
+        # a stream in flight on the backend about to be drained
+        body = {"prompt": "hi", "max_tokens": 20, "stream": True}
+        for _ in range(10):  # find a session the hash puts on it
+            stream = await s.post(router.url + COMPLETIONS, json=body)
+            if stream.headers["x-ctxroute-backend"] == drained.url:
+                break
+            await stream.read()
+        else:
+            pytest.fail("no request landed on the backend to drain")
+        async with s.post(router.url + "/admin/drain", json={"backend": drained.url}) as r:
+            assert r.status == 200
+            assert (await r.json())["drained"] is True
+        raw = await stream.read()
+        assert raw.rstrip().endswith(b"data: [DONE]")  # it finished
+        received = drained.received
+        assert set(await send(s, router, 10)) == {200}
+        assert drained.received == received
+        async with s.post(router.url + "/admin/undrain", json={"backend": drained.url}) as r:
+            assert r.status == 200 and (await r.json())["drained"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{", 400, "not valid JSON"),
+        (b'{"backend": 7}', 400, "expected"),
+        (b'{"backend": "http://10.9.9.9:1"}', 404, "no configured backend"),
+    ],
+)
+async def test_admin_errors_are_clear(sim: Simulator, make_router: RouterFactory, body: bytes,
+                                      status: int, words: str) -> None:  # fmt: skip
+    router = await make_router(one_pool([sim]))
+    async with aiohttp.ClientSession() as s:
+        async with s.post(router.url + "/admin/drain", data=body) as r:
+            assert r.status == status
+            assert words in (await r.json())["error"]["message"]
+        assert await send(s, router) == [200]  # and it keeps serving
