@@ -4,6 +4,7 @@ simulators with injected faults (the in-process store; the Redis store has its o
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.fixtures.router import RunningRouter
 RouterFactory = Callable[..., Awaitable[RunningRouter]]
 COMPLETIONS = "/v1/completions"
 BODY = {"prompt": "hello there", "max_tokens": 2}
+_sessions = itertools.count()
 
 
 def one_pool(sims: list[Simulator], window: int = 1024, **extra: Any) -> RouterConfig:
@@ -57,7 +59,9 @@ async def send(s: aiohttp.ClientSession, router: RunningRouter, n: int = 1,
                body: dict[str, Any] | None = None) -> list[int]:  # fmt: skip
     statuses = []
     for _ in range(n):
-        async with s.post(router.url + COMPLETIONS, json=body or BODY) as r:
+        # a new session each time: the hash spreads them over the backends
+        session = {"X-Session-ID": f"s{next(_sessions)}"}
+        async with s.post(router.url + COMPLETIONS, json=body or BODY, headers=session) as r:
             await r.read()
             statuses.append(r.status)
     return statuses
@@ -203,8 +207,9 @@ async def test_a_drained_backend_finishes_its_requests_and_gets_no_new_ones(
         await faults(s, drained, slow_token_ms=30)
         # a stream in flight on the backend about to be drained
         body = {"prompt": "hi", "max_tokens": 20, "stream": True}
-        for _ in range(10):  # find a session the hash puts on it
-            stream = await s.post(router.url + COMPLETIONS, json=body)
+        for i in range(40):  # find a session the hash puts on it
+            session = {"X-Session-ID": f"drain-{i}"}
+            stream = await s.post(router.url + COMPLETIONS, json=body, headers=session)
             if stream.headers["x-ctxroute-backend"] == drained.url:
                 break
             await stream.read()
