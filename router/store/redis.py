@@ -58,6 +58,8 @@ log = logging.getLogger("ctxroute.store")
 
 T = TypeVar("T")
 
+_RETRY_S = 0.2  # while Redis is away, how often to try again
+
 _OPEN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -224,6 +226,7 @@ class RedisStore(MemoryStore):
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._scripts: dict[str, Any] = {}
+        self._closing = False
 
     # ---- state -------------------------------------------------------------------------
 
@@ -300,11 +303,13 @@ class RedisStore(MemoryStore):
         ]
 
     async def close(self) -> None:
+        # redis-py may turn a cancellation in the middle of a command into a connection
+        # error, which the loops survive by design: they also stop on this flag
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=1.0 + 2 * self.timeout_s)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self.timeout_s):
                 await self.client.hdel(self.load_key, self.process_id)
@@ -325,7 +330,7 @@ class RedisStore(MemoryStore):
     async def _sync_forever(self) -> None:
         publish_s = self.config.load_publish_ms / 1000.0
         next_resync = 0.0
-        while True:
+        while not self._closing:
             now = time.monotonic()
             try:
                 if now >= next_resync or not self._up:
@@ -341,7 +346,7 @@ class RedisStore(MemoryStore):
                 log.exception("store sync failed")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(publish_s if self._up else 1.0):
+                async with asyncio.timeout(publish_s if self._up else _RETRY_S):
                     await self._wake.wait()
 
     async def _publish_load(self) -> None:
@@ -474,12 +479,12 @@ class RedisStore(MemoryStore):
             self._apply_drain(backend, self.backends[backend].url in drained)
 
     async def _listen_forever(self) -> None:
-        while True:
+        while not self._closing:
             pubsub = self.client.pubsub()
             try:
                 async with asyncio.timeout(self.timeout_s * 5):
                     await pubsub.subscribe(self.channel)
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._on_event(str(message["data"]))
