@@ -27,6 +27,7 @@ from router.config import RouterConfig
 from router.core.breaker import MemorySettings, memory_open
 from router.fleet import Fleet
 from router.ledger import Ledger
+from router.model import Backend
 
 log = logging.getLogger("ctxroute.probe")
 
@@ -113,23 +114,13 @@ async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledge
         reading.at = time.monotonic()
         reading.error = None if kv is not None else "/metrics has no KV cache usage gauge"
 
-    backends = fleet.backends
-    results, _ = await asyncio.gather(
-        asyncio.gather(*(health(b.url) for b in backends)),
-        asyncio.gather(*(metrics(b.url, readings[b.index]) for b in backends)),
-    )
-    for backend, (up, why) in zip(backends, results, strict=True):
-        if ledger.set_up(backend, up):
-            if up:
-                log.warning("backend %s is up", backend.url)
-            else:
-                log.warning("backend %s is down: %s", backend.url, why)
     settings = memory_settings(config)
-    now = time.monotonic()
     store = ledger.store
-    for backend in backends:
+
+    def judge_memory(backend: Backend) -> None:
+        # per backend, as soon as its reading is in: a slow backend delays nobody else
         reading = readings[backend.index]
-        fresh = reading.fresh(now, config.probe.interval_s)
+        fresh = reading.fresh(time.monotonic(), config.probe.interval_s)
         is_open = memory_open(
             store.memory_open(backend.index),
             reading.kv_usage if fresh else None,
@@ -137,6 +128,22 @@ async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledge
             settings,
         )
         store.set_memory(backend.index, is_open)
+
+    async def check_health(backend: Backend) -> None:
+        up, why = await health(backend.url)
+        if ledger.set_up(backend, up):
+            if up:
+                log.warning("backend %s is up", backend.url)
+            else:
+                log.warning("backend %s is down: %s", backend.url, why)
+
+    async def check_memory(backend: Backend) -> None:
+        await metrics(backend.url, readings[backend.index])
+        judge_memory(backend)
+
+    await asyncio.gather(
+        *(check_health(b) for b in fleet.backends), *(check_memory(b) for b in fleet.backends)
+    )
 
 
 async def probe_forever(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,

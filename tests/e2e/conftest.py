@@ -7,6 +7,7 @@ point ``CTXROUTE_VLLM_PYTHON`` at a python that can import vllm.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def vllm_server(
         extra_args=VLLM_ARGS,
         log_path=tmp_path_factory.mktemp("vllm-log") / "vllm.log",
     )
+    # the engine's compute threads on one core, the tests and the router on the other:
+    # otherwise vLLM's CPU engine takes both cores while it generates, and whatever the
+    # tests measure meanwhile (a router probing /metrics every 50 ms) gets a slice a second
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
     server.start(python)
     try:
         server.wait_ready()

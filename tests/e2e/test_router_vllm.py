@@ -3,6 +3,7 @@ proxy path (routing, 400 before the backend, streaming relay) on the real engine
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
+from backends.simulator import Simulator
 from backends.vllm.launch import VllmServer
 from router.config import TokenizerConfig, parse_config
 from router.core.tokens import chat_bounds, completion_bounds
@@ -179,3 +181,97 @@ async def test_over_the_window_the_router_answers_before_vllm_with_the_same_word
         ) as r:
             assert r.status == 400
             assert "you requested 1500 output tokens" in (await r.json())["error"]["message"]
+
+
+async def test_real_vllm_under_kv_pressure_gets_no_new_requests_until_it_recovers(
+    vllm_server: VllmServer, twin_sim: Simulator
+) -> None:
+    """16 x (100 + 1,900) tokens on vLLM's 48 blocks of 128 hold its own KV cache usage
+    around 0.9-0.98 for several seconds: the router, reading /metrics every 50 ms, stops
+    sending it new requests once usage reaches 0.88 (they go to the simulator beside it)
+    and sends them again once usage falls under 0.9 x 0.88. vLLM's CPU server answers
+    /metrics only every 0.5-3 s while it works that hard, hence the long pressure."""
+    config = parse_config(
+        {
+            "pools": [
+                {
+                    "name": "only",
+                    "model": "tiny",
+                    "max_context_tokens": 2048,
+                    "default_max_tokens": 16,
+                    "backends": [
+                        {"url": vllm_server.url, "max_in_flight": 32},
+                        {"url": twin_sim.url, "max_in_flight": 32},
+                    ],
+                }
+            ],
+            "probe": {"interval_s": 0.05, "timeout_s": 5.0},
+            "timeouts": {"ttfb_s": 120},
+        },
+        environ={},
+    )
+    router = await start_router(config, probes=True)
+    fill = {"model": "tiny", "prompt": " the" * 100, "max_tokens": 1900, "ignore_eos": True}
+    small = {"model": "tiny", "prompt": "hello", "max_tokens": 2}
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def vllm_status() -> dict[str, Any]:
+                async with s.get(router.url + "/status") as r:
+                    body = await r.json()
+                backends = body["pools"][0]["backends"]
+                return next(b for b in backends if b["url"] == vllm_server.url)
+
+            async def fill_one() -> int:
+                # a connection of its own: never one vLLM closed while it sat idle
+                async with (
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as own,
+                    own.post(vllm_server.url + "/v1/completions", json=fill) as r,
+                ):
+                    await r.read()
+                    return r.status
+
+            # the pressure lasts a few seconds, and this process may not be scheduled for
+            # some of them (vLLM's API server shares its core): fill again until the
+            # router has seen it, three times at most
+            seen_open = None
+            seen: list[object] = []
+            filling: list[asyncio.Task[int]] = []
+            for _ in range(3):
+                filling = [asyncio.create_task(fill_one()) for _ in range(16)]
+                while not all(t.done() for t in filling):
+                    st = await vllm_status()
+                    seen.append(st["kv_cache_usage"])
+                    if st["breaker"]["memory"] == "open":
+                        seen_open = st
+                        break
+                    await asyncio.sleep(0.02)
+                if seen_open is not None:
+                    break
+                assert [t.result() for t in filling] == [200] * 16
+            assert seen_open is not None, f"the router never saw it open; usage seen: {seen}"
+            assert seen_open["breaker"]["error"] == "closed"  # pressure is not a failure
+            to_sim = 0
+            for i in range(6):  # new requests while it is open go to the simulator
+                if (await vllm_status())["breaker"]["memory"] != "open":
+                    break
+                async with s.post(router.url + "/v1/completions", json=small,
+                                  headers={"X-Session-ID": f"s{i}"}) as r:  # fmt: skip
+                    assert r.status == 200
+                    backend = r.headers["x-ctxroute-backend"]
+                if backend == vllm_server.url:
+                    # only if the breaker closed between the status read and the request
+                    assert (await vllm_status())["breaker"]["memory"] == "closed"
+                    break
+                assert backend == twin_sim.url
+                to_sim += 1
+            assert to_sim >= 1
+            assert [await t for t in filling] == [200] * 16
+            for _ in range(200):
+                st = await vllm_status()
+                if st["breaker"]["memory"] == "closed":
+                    break
+                await asyncio.sleep(0.05)
+            assert st["breaker"]["memory"] == "closed" and st["kv_cache_usage"] < 0.792
+    finally:
+        await router.stop()
