@@ -49,6 +49,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--url", help="send to this router (already running); no engines started")
     p.add_argument("--target", choices=["router", "round-robin", "both"], default="router")
     p.add_argument("--workers", type=int, default=1, help="router processes (serve --workers)")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="router replicas, each on its own port; the load spreads round-robin",
+    )
+    p.add_argument(
+        "--redis",
+        action="store_true",
+        help="start a redis-server and share the replicas' state through it",
+    )
     p.add_argument("--profile", default="h100-8b", help="simulated engine profile")
     p.add_argument("--workload", type=Path, help="YAML with Workload fields (bench/workload.py)")
     p.add_argument("--rate", type=float, help="requests per second (default 8)")
@@ -152,27 +163,56 @@ class Fleet:
         for (url, _), proc in zip(self.engines, self.procs, strict=True):
             _wait_http(url + "/health", proc)
 
-    def start_router(self, workers: int) -> str:
-        """The config with its backends replaced by the engines, in the same order."""
+    def start_redis(self) -> str:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("--redis needs redis-server on PATH (apt-get install redis-server)")
+        port = _free_port()
+        proc = subprocess.Popen(
+            [*self.pin_load, binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.procs.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def start_routers(self, workers: int, replicas: int = 1,
+                      redis_url: str | None = None) -> list[str]:  # fmt: skip
+        """The config with its backends replaced by the engines, in the same order; one
+        router process (or ``workers``) per replica."""
         data = self.config.model_dump(mode="json", exclude_none=True)
         urls = iter(url for url, _ in self.engines)
         for pool in sorted(data["pools"], key=lambda p: p["max_context_tokens"]):
             for backend in pool["backends"]:
                 backend["url"] = next(urls)
-        port = _free_port()
-        data["listen"] = {"host": "127.0.0.1", "port": port}
         data["log_level"] = "warning"
-        path = self.tmp / "router.yaml"
-        path.write_text(yaml.safe_dump(data))
-        proc = subprocess.Popen(
-            [*self.pin_router, PY, "-m", "router", "serve", "--config", str(path),
-             "--workers", str(workers)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(url + "/readyz", proc)
-        return url
+        if redis_url is not None:
+            data.setdefault("store", {})["redis_url"] = redis_url
+        started: list[str] = []
+        for replica in range(replicas):
+            port = _free_port()
+            data["listen"] = {"host": "127.0.0.1", "port": port}
+            path = self.tmp / f"router-{replica}.yaml"
+            path.write_text(yaml.safe_dump(data))
+            proc = subprocess.Popen(
+                [*self.pin_router, PY, "-m", "router", "serve", "--config", str(path),
+                 "--workers", str(workers)],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            self.procs.append(proc)
+            url = f"http://127.0.0.1:{port}"
+            _wait_http(url + "/readyz", proc)
+            started.append(url)
+        return started
 
     def engine_counters(self) -> dict[str, float]:
         totals = {"preemptions": 0.0, "prefix_hits": 0.0, "prefix_queries": 0.0}
@@ -216,7 +256,10 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
         if fleet is not None:
             fleet.start_engines()
             if target == "router":
-                targets = Targets([(fleet.start_router(args.workers), 0)], round_robin=False)
+                redis_url = fleet.start_redis() if args.redis else None
+                urls = fleet.start_routers(args.workers, args.replicas, redis_url)
+                # replicas: spread round-robin, as DNS or a plain L4 balancer would
+                targets = Targets([(u, 1 << 62) for u in urls], round_robin=len(urls) > 1)
             else:
                 targets = Targets(fleet.engines, round_robin=True)
         else:
@@ -254,6 +297,8 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
     return {
         "target": target,
         "workers": args.workers if target == "router" else None,
+        "replicas": args.replicas if target == "router" else None,
+        "redis": bool(args.redis) if target == "router" else None,
         "requests": len(planned),
         "elapsed_s": round(elapsed, 1),
         "short": short.__dict__,
@@ -281,8 +326,11 @@ def print_table(runs: list[dict[str, Any]], title: str) -> None:
                 "goodput", "preempt", "prefix hit"):  # fmt: skip
         table.add_column(col, justify="right")
     for run in runs:
-        name = run["target"] + (f" x{run['workers']}" if run.get("workers", 1) not in (1, None)
-                                else "")  # fmt: skip
+        name = run["target"]
+        if run.get("workers") not in (1, None):
+            name += f" x{run['workers']}"
+        if run.get("replicas") not in (1, None):
+            name += f" {run['replicas']} replicas" + (" +redis" if run.get("redis") else "")
         for kind in ("short", "long"):
             s = run[kind]
             hit = run["prefix_cache_hit_rate"]
@@ -326,8 +374,8 @@ def run(args: argparse.Namespace) -> int:
         print("ctxroute bench: --url measures a running router; round-robin needs --fleet",
               file=sys.stderr)  # fmt: skip
         return 2
-    if args.workers < 1:
-        print("ctxroute bench: --workers must be at least 1", file=sys.stderr)
+    if args.workers < 1 or args.replicas < 1:
+        print("ctxroute bench: --workers and --replicas must be at least 1", file=sys.stderr)
         return 2
     order = ["round-robin", "router"] if args.target == "both" else [args.target]
     runs = [_run_one(args, workload, target, config) for target in order]

@@ -18,7 +18,8 @@ Redis Cluster slot and every script may touch several of them)::
                           share vanishes by itself (a hash field has no TTL of its own
                           before Redis 7.4; the whole hash has one)
     {p}:events            pub/sub channel: "open <url> <ms left> <openings>", "close <url>",
-                          "drain <url>", "undrain <url>"
+                          "drain <url>", "undrain <url>", and "load <process> <rows>" when
+                          a long prefill starts or ends somewhere (announced at once)
 
 Every breaker transition is one Lua script that reads ``redis.call('TIME')``, so the
 replicas' clocks never have to agree; the latest open-until wins. Pub/sub pushes a change
@@ -101,6 +102,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], (now + ttl) .. '|' .. ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ttl * 4)
+if ARGV[5] == '1' then
+  redis.call('PUBLISH', ARGV[4], 'load ' .. ARGV[1] .. ' ' .. ARGV[2])
+end
 local all = redis.call('HGETALL', KEYS[1])
 local out = {}
 for i = 1, #all, 2 do
@@ -109,6 +113,7 @@ for i = 1, #all, 2 do
   if not expires or tonumber(expires) < now then
     redis.call('HDEL', KEYS[1], id)
   elseif id ~= ARGV[1] then
+    out[#out + 1] = id
     out[#out + 1] = rows
   end
 end
@@ -144,14 +149,23 @@ def make_client(url: str, timeout_s: float) -> aioredis.Redis | RedisCluster:
 
 
 class SharedLoad:
-    """The load view with other processes' published load added (``LoadView``)."""
+    """The load view with other processes' published load added (``LoadView``).
 
-    def __init__(self, board: LoadView, backends: int) -> None:
+    ``notify`` is called when a long prefill starts or ends here: the change that matters
+    most to the other replicas' next decisions (a short request must not land behind it),
+    so it is announced at once rather than at the next periodic publication."""
+
+    def __init__(self, board: LoadView, backends: int,
+                 notify: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.board = board
+        self.notify = notify
         self.remote: list[Load] = [Load()] * backends
+        self.others: dict[str, str] = {}  # process id -> its packed rows
 
     def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int) -> None:
         self.board.add(backend, in_flight, pending, long, budget)
+        if long and self.notify is not None:
+            self.notify()
 
     def local(self, backend: int) -> Load:
         return self.board.local(backend)
@@ -174,9 +188,19 @@ class SharedLoad:
             f"{r.in_flight},{r.pending_prefill},{r.long_pending},{r.budget_in_flight}" for r in rows
         )
 
-    def merge(self, others: Sequence[str]) -> None:
+    def merge(self, reply: Sequence[str]) -> None:
+        """Every live process's rows, as Redis has them (``id, rows, id, rows, ...``)."""
+        self.others = dict(zip(reply[0::2], reply[1::2], strict=True))
+        self._sum()
+
+    def update(self, process: str, packed: str) -> None:
+        """One process announced its rows (pub/sub): until the next full read."""
+        self.others[process] = packed
+        self._sum()
+
+    def _sum(self) -> None:
         total = [[0, 0, 0, 0] for _ in self.remote]
-        for packed in others:
+        for packed in self.others.values():
             for i, row in enumerate(packed.split(";")[: len(total)]):
                 cells = total[i]
                 for j, value in enumerate(row.split(",")[:4]):
@@ -184,6 +208,7 @@ class SharedLoad:
         self.remote = [Load(*cells) for cells in total]
 
     def forget_others(self) -> None:
+        self.others.clear()
         self.remote = [Load()] * len(self.remote)
 
 
@@ -198,7 +223,7 @@ class RedisStore(MemoryStore):
         config: StoreConfig,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self.shared = SharedLoad(board, len(backends))
+        self.shared = SharedLoad(board, len(backends), self._announce_load)
         super().__init__(backends, settings, self.shared, jitter)
         assert config.redis_url is not None
         self.config = config
@@ -227,6 +252,7 @@ class RedisStore(MemoryStore):
         self._wake = asyncio.Event()
         self._scripts: dict[str, Any] = {}
         self._closing = False
+        self._announce = False  # a long prefill started or ended: tell the others now
 
     # ---- state -------------------------------------------------------------------------
 
@@ -349,15 +375,21 @@ class RedisStore(MemoryStore):
                 async with asyncio.timeout(publish_s if self._up else _RETRY_S):
                     await self._wake.wait()
 
+    def _announce_load(self) -> None:
+        self._announce = True
+        self._wake.set()
+
     async def _publish_load(self) -> None:
         ttl_ms = int(max(1000.0, 10 * self.config.load_publish_ms))
         script = self._script("load", _LOAD)
-        others = await self._call(
-            lambda: script(
-                keys=[self.load_key], args=[self.process_id, self.shared.packed(), ttl_ms]
-            )
-        )
-        self.shared.merge(others)
+        announce, self._announce = self._announce, False
+        args = [self.process_id, self.shared.packed(), ttl_ms, self.channel, int(announce)]
+        try:
+            reply = await self._call(lambda: script(keys=[self.load_key], args=args))
+        except BaseException:
+            self._announce = self._announce or announce
+            raise
+        self.shared.merge(reply)
 
     async def _flush(self) -> None:
         """Write local transitions and drains; take probe leases asked for."""
@@ -502,10 +534,14 @@ class RedisStore(MemoryStore):
         parts = data.split()
         if len(parts) < 2:
             return
+        kind = parts[0]
+        if kind == "load":  # "load <process id> <rows>"
+            if len(parts) == 3 and parts[1] != self.process_id:
+                self.shared.update(parts[1], parts[2])
+            return
         backend = self.index_of.get(parts[1])
         if backend is None:
             return  # another deployment's backend under the same prefix
-        kind = parts[0]
         if kind == "open" and len(parts) == 4:
             self._adopt_open(backend, int(parts[2]), int(parts[3]))
         elif kind == "close":

@@ -75,3 +75,20 @@ def test_bench_refuses_a_bad_workload_file_with_exit_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "unknown workload fields ['colour']" in proc.stderr.decode()
+
+
+def test_bench_spreads_load_over_replicas_sharing_a_redis(tmp_path: Path) -> None:
+    fleet, workload, out = tmp_path / "fleet.yaml", tmp_path / "w.yaml", tmp_path / "r.json"
+    fleet.write_text(FLEET)
+    workload.write_text(WORKLOAD)
+    proc = subprocess.run(
+        [sys.executable, "-m", "router", "bench", "--fleet", str(fleet), "--profile", "tiny",
+         "--workload", str(workload), "--replicas", "2", "--redis", "--json", str(out),
+         "--no-pin"],
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert (run["replicas"], run["redis"]) == (2, True)
+    assert run["short"]["ok"] + run["long"]["ok"] == run["requests"], run["errors"]
+    assert "2 replicas +redis" in proc.stdout.decode()

@@ -18,6 +18,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
+from router.config import parse_config
 from tests.fixtures.servers import free_port, wait_for_port
 
 CLI = [sys.executable, "-m", "router"]
@@ -111,6 +112,17 @@ def test_check_config_accepts_the_shipped_files() -> None:
             "pools:\n  - name: a\n    model: m\n    max_context_tokens: 1000\n    colour: red\n"
             "    backends: [{url: 'http://x'}]\n",
             "pools.0.colour: Extra inputs are not permitted",
+        ),
+        (
+            "pools:\n  - name: a\n    model: m\n    max_context_tokens: 1000\n"
+            "    backends: [{url: 'http://x:1'}]\nstore: {redis_url: 'http://r:6379'}\n",
+            "store.redis_url: must start with redis://",
+        ),
+        (
+            "pools:\n  - name: a\n    model: m\n    max_context_tokens: 1000\n"
+            "    backends: [{url: 'http://x:1'}]\n"
+            "breakers: {memory: {open_at: 0.8, close_below: 0.9}}\n",
+            "breakers.memory: close_below must not be above open_at",
         ),
     ],
 )
@@ -252,3 +264,13 @@ pools:
     max_context_tokens: 2048
     backends: [{{url: "http://127.0.0.1:{backend}"}}]
 """
+
+
+def test_the_redis_url_comes_from_the_environment_too() -> None:
+    config = parse_config(
+        {"pools": [{"name": "a", "model": "m", "max_context_tokens": 1000,
+                    "backends": [{"url": "http://x:1"}]}]},
+        environ={"CTXROUTE__STORE__REDIS_URL": "redis://cache:6380/2"},
+    )  # fmt: skip
+    assert config.store.redis_url == "redis://cache:6380/2"
+    assert config.store.key_prefix == "ctxroute" and config.store.timeout_ms == 100

@@ -233,6 +233,21 @@ async def test_replicas_see_each_others_load_and_a_dead_ones_share_vanishes(
     assert took < 2.0
 
 
+async def test_a_long_prefill_is_announced_at_once_not_at_the_next_publication(
+    make_redis_store: StoreFactory,
+) -> None:
+    prefix = uuid.uuid4().hex[:8]
+    a = await make_redis_store(2, prefix=prefix, load_publish_ms=2000.0)
+    b = await make_redis_store(2, prefix=prefix, load_publish_ms=2000.0)
+    await asyncio.sleep(0.1)
+    a.load.add(0, 1, 9000, 1, 9500)  # a long request dispatched on replica a
+    took = await until(lambda: b.load.fleet(0).long_pending == 1, within=1.0, step=0.001)
+    print(f"\nlong prefill seen by the other replica after {took * 1000:.1f} ms")
+    assert took < 0.5  # the periodic publication is 2 s away
+    a.load.add(0, 0, -9000, -1, 0)  # its first token: no longer pending
+    await until(lambda: b.load.fleet(0).long_pending == 0, within=0.5, step=0.001)
+
+
 async def test_a_redis_outage_leaves_every_replica_serving_and_they_reagree_after(
     make_redis_store: StoreFactory,
 ) -> None:
