@@ -20,17 +20,8 @@ log = logging.getLogger("ctxroute.breakers")
 
 
 def breaker_settings(config: BreakersConfig) -> br.BreakerSettings:
-    return br.BreakerSettings(
-        consecutive_failures=config.consecutive_failures,
-        failure_rate=config.failure_rate,
-        min_calls=config.min_calls,
-        window=config.window,
-        open_s=config.open_s,
-        growth=config.growth,
-        max_open_s=config.max_open_s,
-        jitter=config.jitter,
-        half_open_probes=config.half_open_probes,
-    )
+    # the config's fields are the state machine's settings, by name (memory has its own)
+    return br.BreakerSettings(**config.model_dump(exclude={"memory"}))
 
 
 class MemoryStore:
