@@ -129,37 +129,54 @@ async def test_three_replicas_under_load_send_the_configured_probes_and_no_more(
         assert all(status == 200 for batch in results for status in batch)
 
 
-async def test_redis_paused_under_load_is_no_client_error(
+async def test_redis_paused_then_killed_for_10s_each_under_load_is_no_client_error(
     make_sim: SimFactory, make_router: RouterFactory
 ) -> None:
     sims = [await make_sim(model="sim-model", max_model_len=1024, seed=i) for i in range(2)]
-    with run_redis_server() as own:
-        config = shared(sims, own.url, "outage")
-        routers = await started(make_router, config, 2)
-        statuses: list[int] = []
-        latencies: list[float] = []
-        stop = False
-        async with aiohttp.ClientSession() as s:
+    phases: dict[str, list[float]] = {"before": [], "paused": [], "killed": [], "after": []}
+    phase = "before"
+    statuses: list[int] = []
+    stop = False
+    session = aiohttp.ClientSession()
 
-            async def load(router: RunningRouter) -> None:
-                while not stop:
-                    start = time.monotonic()
-                    statuses.append(await post(s, router))
-                    latencies.append(time.monotonic() - start)
+    async def load(router: RunningRouter) -> None:
+        while not stop:
+            start = time.monotonic()
+            statuses.append(await post(session, router))
+            phases[phase].append(time.monotonic() - start)
 
+    try:
+        with run_redis_server() as first:
+            port = first.port
+            routers = await started(make_router, shared(sims, first.url, "outage"), 2)
             tasks = [asyncio.create_task(load(r)) for r in routers for _ in range(4)]
-            await asyncio.sleep(0.3)
-            os.kill(own.proc.pid, signal.SIGSTOP)
-            await asyncio.sleep(1.5)
-            assert not any(r.ctx.ledger.store.up for r in routers)
-            async with s.get(routers[0].url + "/status") as r:
-                assert (await r.json())["store"] == {"kind": "redis", "up": False}
-            os.kill(own.proc.pid, signal.SIGCONT)
             await asyncio.sleep(1.0)
-            assert all(r.ctx.ledger.store.up for r in routers)
+            phase = "paused"
+            os.kill(first.proc.pid, signal.SIGSTOP)
+            await asyncio.sleep(10.0)
+            async with session.get(routers[0].url + "/status") as r:
+                assert (await r.json())["store"] == {"kind": "redis", "up": False}
+            phase = "killed"
+            os.kill(first.proc.pid, signal.SIGKILL)
+            os.kill(first.proc.pid, signal.SIGCONT)
+            await asyncio.sleep(10.0)
+        assert not any(r.ctx.ledger.store.up for r in routers)
+        with run_redis_server(port):  # back where it was, empty
+            back = time.monotonic()
+            while not all(r.ctx.ledger.store.up for r in routers):
+                assert time.monotonic() - back < 1.0, "the replicas did not reconnect within 1 s"
+                await asyncio.sleep(0.01)
+            phase = "after"
+            await asyncio.sleep(1.0)
             stop = True
             await asyncio.gather(*tasks)
-    assert statuses and set(statuses) == {200}
-    latencies.sort()
-    print(f"\n{len(statuses)} requests through a Redis pause: p99 "
-          f"{latencies[int(0.99 * (len(latencies) - 1))] * 1000:.1f} ms")  # fmt: skip
+    finally:
+        stop = True
+        await session.close()
+    assert statuses and set(statuses) == {200}  # not one client-visible error
+    p99 = {name: sorted(v)[int(0.99 * (len(v) - 1))] for name, v in phases.items() if v}
+    shown = [f"{name} {len(phases[name])} / {ms * 1000:.1f} ms" for name, ms in p99.items()]
+    print("\nrequests and p99 by phase: " + ", ".join(shown))
+    # nothing on the request path waits on Redis: an outage adds less than its timeout
+    assert p99["paused"] < p99["before"] + 0.1 + 0.2
+    assert p99["killed"] < p99["before"] + 0.1 + 0.2
