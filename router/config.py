@@ -232,6 +232,8 @@ class RouterConfig(_Frozen):
     breakers: BreakersConfig = BreakersConfig()
     store: StoreConfig = StoreConfig()
     admin: AdminConfig = AdminConfig()
+    # model -> a smaller model to answer with while every backend of the first is unusable
+    fallback: dict[str, str] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     tokenizers: dict[str, TokenizerConfig] = Field(default_factory=dict)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -245,6 +247,13 @@ class RouterConfig(_Frozen):
         duplicates = sorted({u for u in urls if urls.count(u) > 1})
         if duplicates:
             raise ValueError(f"a backend may belong to one pool only: {', '.join(duplicates)}")
+        models = {p.model for p in self.pools}
+        for big, small in self.fallback.items():
+            unknown = [m for m in (big, small) if m not in models]
+            if unknown:
+                raise ValueError(f"fallback {big} -> {small}: no pool serves {', '.join(unknown)}")
+            if big == small or small in self.fallback:
+                raise ValueError(f"fallback {big} -> {small}: a fallback must not fall back again")
         return self
 
     def pools_by_window(self) -> tuple[PoolConfig, ...]:

@@ -24,6 +24,7 @@ from router.core.classify import eligible_pools
 from router.core.facts import read_facts
 from router.core.planner import plan
 from router.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, RouterError
+from router.model import RequestFacts, RoutePlan
 from router.proxy import forward
 
 log = logging.getLogger("ctxroute.handlers")
@@ -100,10 +101,38 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
         pools = fleet.by_model[facts.model]
         eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
         route = plan(facts, pools, eligibility, ctx.ledger.view_of, fleet.settings)
+        extra: tuple[tuple[str, str], ...] = ()
+        if not route.candidates and facts.model in config.fallback:
+            small = config.fallback[facts.model]
+            alternative = _fallback_route(ctx, facts, small)
+            if alternative is not None:
+                # the small model's servers know only their own name: the body says it
+                big = facts.model
+                facts, route = alternative
+                body["model"] = small
+                raw = orjson.dumps(body)
+                extra = (("x-ctxroute-fallback", f"{big}->{small}"),)
+                log.info("request %s: every backend of %s is unusable, answered by %s",
+                         request_id, big, small)  # fmt: skip
         return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts, route,
-                             request_id, ctx.forward_settings)  # fmt: skip
+                             request_id, ctx.forward_settings, extra)  # fmt: skip
 
     return complete
+
+
+def _fallback_route(ctx: RouterContext, facts: RequestFacts,
+                    small: str) -> tuple[RequestFacts, RoutePlan] | None:  # fmt: skip
+    """The request planned on the fallback model's pools, when one of them can take it
+    now; None when none can (then the first model's 503 stands)."""
+    fleet = ctx.fleet
+    pools = fleet.by_model[small]
+    facts = facts._replace(model=small)
+    try:
+        eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
+    except RouterError:
+        return None  # over the small model's window: no fallback for this request
+    route = plan(facts, pools, eligibility, ctx.ledger.view_of, fleet.settings)
+    return (facts, route) if route.candidates else None
 
 
 chat_completions = _completion_handler(chat=True, path="/v1/chat/completions")

@@ -88,7 +88,9 @@ async def forward(
     plan: RoutePlan,
     request_id: str,
     settings: ForwardSettings,
+    extra_headers: tuple[tuple[str, str], ...] = (),
 ) -> web.StreamResponse:
+    """``extra_headers`` go on the answer too (``x-ctxroute-fallback``)."""
     loop = asyncio.get_running_loop()
     request_line = f"POST {path} HTTP/1.1\r\n".encode()
     host_lines = fleet.host_lines
@@ -155,6 +157,7 @@ async def forward(
                 refusal = (status, resp.headers, first, backend)
                 continue
             headers = _response_headers(resp.headers, backend, request_id, len(ended) + 1)
+            headers += extra_headers
             if not streaming:
                 kind = OutcomeKind.SUCCESS if status < 400 else OutcomeKind.CLIENT_ERROR
                 outcome = Outcome(kind, status, ttft)
@@ -182,6 +185,7 @@ async def forward(
         # no larger window was left to try: the backend's own 400 is the answer
         status, upstream_headers, body, backend = refusal
         headers = _response_headers(upstream_headers, backend, request_id, len(ended))
+        headers += extra_headers
         return web.Response(status=status, body=body, headers=headers)
     backends = [b for pool in fleet.by_model[facts.model] for b in pool.backends]
     now = monotonic()

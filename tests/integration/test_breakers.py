@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from backends.simulator import Simulator
-from router.config import RouterConfig, parse_config
+from router.config import ConfigError, RouterConfig, parse_config
 from tests.conftest import SimFactory
 from tests.fixtures.router import RunningRouter
 
@@ -243,3 +243,62 @@ async def test_admin_errors_are_clear(sim: Simulator, make_router: RouterFactory
             assert r.status == status
             assert words in (await r.json())["error"]["message"]
         assert await send(s, router) == [200]  # and it keeps serving
+
+
+def fallback_config(big: Simulator, small: Simulator, fallback: bool = True) -> RouterConfig:
+    pools = [
+        {"name": name, "model": model, "max_context_tokens": 1024, "default_max_tokens": 16,
+         "backends": [{"url": sim.url, "max_in_flight": 64}]}
+        for name, model, sim in (("big", "big-model", big), ("small", "small-model", small))
+    ]  # fmt: skip
+    return parse_config(
+        {
+            "pools": pools,
+            "breakers": {"consecutive_failures": 3, "open_s": 5.0, "jitter": 0.0},
+            "fallback": {"big-model": "small-model"} if fallback else {},
+        },
+        environ={},
+    )
+
+
+@pytest.mark.parametrize("configured", [True, False])
+async def test_the_fallback_model_answers_only_while_the_big_one_is_unusable(
+    make_sim: SimFactory, make_router: RouterFactory, configured: bool
+) -> None:
+    big = await make_sim(model="big-model", max_model_len=1024)
+    small = await make_sim(model="small-model", max_model_len=1024)
+    router = await make_router(fallback_config(big, small, configured))
+    body = {"model": "big-model", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2}  # fmt: skip
+    async with aiohttp.ClientSession() as s:
+
+        async def ask() -> aiohttp.ClientResponse:
+            async with s.post(router.url + "/v1/chat/completions", json=body) as r:
+                await r.read()
+                return r
+
+        healthy = await ask()
+        assert healthy.status == 200 and "x-ctxroute-fallback" not in healthy.headers
+        await faults(s, big, burst_5xx=1000)
+        for _ in range(3):
+            await ask()
+        assert (await status_of(s, router, big))["breaker"]["error"] == "open"
+        received = small.received
+        async with s.post(router.url + "/v1/chat/completions", json=body) as r:
+            answer = await r.json()
+            if configured:
+                assert r.status == 200
+                assert r.headers["x-ctxroute-fallback"] == "big-model->small-model"
+                assert r.headers["x-ctxroute-backend"] == small.url
+                assert answer["model"] == "small-model"  # the body said so to the small one
+                assert small.received == received + 1
+            else:
+                assert r.status == 503 and r.headers["x-ctxroute-reject"] == "no_backend"
+                assert small.received == received
+
+
+def test_a_fallback_must_name_served_models() -> None:
+    pool = {"name": "a", "model": "m", "max_context_tokens": 1000,
+            "backends": [{"url": "http://x:1"}]}  # fmt: skip
+    with pytest.raises(ConfigError, match="no pool serves tiny"):
+        parse_config({"pools": [pool], "fallback": {"m": "tiny"}}, environ={})
