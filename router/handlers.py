@@ -126,7 +126,7 @@ def _fallback_route(ctx: RouterContext, facts: RequestFacts,
     now; None when none can (then the first model's 503 stands)."""
     fleet = ctx.fleet
     pools = fleet.by_model[small]
-    facts = facts._replace(model=small)
+    facts = RequestFacts(small, facts.prompt, facts.max_tokens, facts.stream, facts.hash_key)
     try:
         eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
     except RouterError:
