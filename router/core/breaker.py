@@ -102,6 +102,8 @@ def record(b: Breaker, failed: bool, probe: bool, now: float, settings: BreakerS
     if b.state is BreakerState.CLOSED:
         if probe:
             return b  # a probe of an episode already over: it changes nothing now
+        if not failed and len(b.recent) == settings.window and not any(b.recent):
+            return b  # healthy and full of successes: one more changes nothing (no copy)
         recent = (*b.recent, failed)[-settings.window :]
         consecutive = b.consecutive + 1 if failed else 0
         if failed and (

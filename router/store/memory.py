@@ -18,6 +18,9 @@ from router.model import Backend
 
 log = logging.getLogger("ctxroute.breakers")
 
+_CLOSED = br.BreakerState.CLOSED
+_GO = (True, False)  # allowed, not a probe
+
 
 def breaker_settings(config: BreakersConfig) -> br.BreakerSettings:
     # the config's fields are the state machine's settings, by name (memory has its own)
@@ -45,16 +48,18 @@ class MemoryStore:
     # ---- the request path: synchronous, local ----------------------------------------
 
     def usable(self, backend: int, now: float) -> bool:
-        return (
-            not self.drain[backend]
-            and not self.memory[backend]
-            and br.usable(self.breakers[backend], now, self.settings)
-        )
+        if self.drain[backend] or self.memory[backend]:
+            return False
+        b = self.breakers[backend]
+        return b.state is _CLOSED or br.usable(b, now, self.settings)
 
     def allow(self, backend: int, now: float) -> tuple[bool, bool]:
         if self.drain[backend] or self.memory[backend]:
             return False, False
-        allowed, probe, after = br.allow(self.breakers[backend], now, self.settings)
+        b = self.breakers[backend]
+        if b.state is _CLOSED:
+            return _GO  # the common case, without a call into the state machine
+        allowed, probe, after = br.allow(b, now, self.settings)
         self._set(backend, after, now)
         return allowed, probe
 
