@@ -84,7 +84,9 @@ class RoutePlan(NamedTuple):
     ``candidates``: usable backends by score, then the ones known down (a last resort
     for retries). ``waits_ms``: each candidate's estimated wait for its first token.
     ``why``: why the first candidate was chosen, as phrases; ``reason`` joins them (only
-    when someone reads it: most requests never need the sentence).
+    when someone reads it: most requests never need the sentence). ``pools``: the pools
+    that can hold the request (indices into the model's pools, smallest window first):
+    the backends a refusal speaks of.
     """
 
     preferred: str
@@ -92,6 +94,7 @@ class RoutePlan(NamedTuple):
     waits_ms: tuple[float, ...]
     budget: int
     why: tuple[str, ...]
+    pools: tuple[int, ...]
 
     @property
     def reason(self) -> str:

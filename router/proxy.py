@@ -187,7 +187,10 @@ async def forward(
         headers = _response_headers(upstream_headers, backend, request_id, len(ended))
         headers += extra_headers
         return web.Response(status=status, body=body, headers=headers)
-    backends = [b for pool in fleet.by_model[facts.model] for b in pool.backends]
+    # the backends that could hold it, not every backend of the model: a pool whose window
+    # is too small is no reason to refuse, and its breakers say nothing about when to retry
+    pools = fleet.by_model[facts.model]
+    backends = [b for i in plan.pools for b in pools[i].backends]
     now = monotonic()
     # when breakers keep every backend away, come back when the first may take a probe
     wait = ledger.store.retry_after(backends, now)

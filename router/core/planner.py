@@ -177,7 +177,8 @@ def plan(
     else:
         explained = (eligibility.reason, "no backend is usable: breakers, memory, drain or "
                      "max_in_flight")  # fmt: skip
-    return RoutePlan(preferred.name, candidates, waits, eligibility.budgets[0], explained)
+    return RoutePlan(preferred.name, candidates, waits, eligibility.budgets[0], explained,
+                     eligibility.pools)  # fmt: skip
 
 
 def _clean_backends(pools: Sequence[PoolView], view_of: Callable[[Backend], BackendView]) -> int:

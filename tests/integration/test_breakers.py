@@ -302,3 +302,31 @@ def test_a_fallback_must_name_served_models() -> None:
             "backends": [{"url": "http://x:1"}]}  # fmt: skip
     with pytest.raises(ConfigError, match="no pool serves tiny"):
         parse_config({"pools": [pool], "fallback": {"m": "tiny"}}, environ={})
+
+
+async def test_a_refusal_speaks_only_of_the_backends_that_could_hold_the_request(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    short = await make_sim(model="sim-model", max_model_len=1024)
+    long = await make_sim(model="sim-model", max_model_len=8192, num_blocks=2048)
+    pools = [
+        {"name": name, "model": "sim-model", "max_context_tokens": sim.profile.max_model_len,
+         "default_max_tokens": 16, "backends": [{"url": sim.url, "max_in_flight": 64}]}
+        for name, sim in (("short", short), ("long", long))
+    ]  # fmt: skip
+    config = parse_config(
+        {"pools": pools, "breakers": {"consecutive_failures": 3, "open_s": 3.0, "jitter": 0.0}},
+        environ={},
+    )
+    router = await make_router(config)
+    document = {"prompt": "abcd" * 1500, "max_tokens": 4}  # only the long pool holds it
+    async with aiohttp.ClientSession() as s:
+        await faults(s, long, burst_5xx=1000)
+        await send(s, router, 3, document)
+        async with s.post(router.url + COMPLETIONS, json=document) as r:
+            assert r.status == 503
+            assert 1 <= int(r.headers["Retry-After"]) <= 3
+            message = (await r.json())["error"]["message"]
+        assert long.url in message and "breaker open" in message
+        assert short.url not in message  # its window is too small: no reason to name it
+        assert await send(s, router) == [200]  # short requests still go to the short pool
