@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from router.config import RouterConfig
+from router.core.breaker import BreakerState, retry_after
 from router.core.tokens import TokenCounter
 from router.fleet import Fleet
 from router.ledger import Ledger
@@ -31,11 +32,10 @@ class RouterContext:
     counters: dict[str, TokenCounter]
     started: int
     forward_settings: ForwardSettings
-    readings: list[Reading] = field(default_factory=list)  # /metrics of each backend
+    readings: list[Reading] = field(init=False)  # the last /metrics of each backend
 
     def __post_init__(self) -> None:
-        if not self.readings:
-            self.readings = [Reading() for _ in self.fleet.backends]
+        self.readings = [Reading() for _ in self.fleet.backends]
 
     def ready(self) -> bool:
         """Every pool has a backend that is up."""
@@ -79,8 +79,8 @@ class RouterContext:
                 "error": breaker.state.value,
                 "memory": "open" if store.memory_open(i) else "closed",
                 "openings": breaker.openings,
-                "probe_in_s": round(max(0.0, breaker.open_until - now), 3)
-                if breaker.state.value == "open"
+                "probe_in_s": round(retry_after(breaker, now), 3)
+                if breaker.state is BreakerState.OPEN
                 else None,
             },
             "drained": store.drained(i),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from random import getrandbits
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -77,6 +78,15 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes") from None
 
 
+async def _read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
+    """The body, read once under ``limit``, and parsed once (400 when it is not JSON)."""
+    raw = await _read_body(request, limit)
+    try:
+        return raw, orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+
+
 def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
     """The handler of one completion endpoint (a closure rather than a shared coroutine
     called by two thin ones: one coroutine frame less per request)."""
@@ -84,11 +94,7 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
     async def complete(request: web.Request, request_id: str) -> web.StreamResponse:
         ctx = request.app[RouterContext.KEY]
         config = ctx.config
-        raw = await _read_body(request, config.max_body_bytes)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        raw, body = await _read_json(request, config.max_body_bytes)
         fleet = ctx.fleet
         facts = read_facts(
             body,
@@ -189,11 +195,7 @@ def _admin_drain(drained: bool) -> RouteHandler:
                 "admin requests are answered from loopback only "
                 "(set admin.allow_remote: true to allow other hosts)"
             )
-        raw = await _read_body(request, 64 * 1024)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        _, body = await _read_json(request, 64 * 1024)
         url = body.get("backend") if isinstance(body, dict) else None
         if not isinstance(url, str):
             raise BadRequest('expected {"backend": "http://host:port"}', "backend")
