@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.workload import Workload, plan_requests
 
@@ -45,24 +46,29 @@ def test_the_same_seed_plans_the_same_requests_and_the_mix_is_as_asked() -> None
     assert len({p.session for p in short}) > 100
 
 
-def test_bench_runs_both_targets_on_a_fleet_and_writes_json(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *flags: str) -> tuple[list[dict[str, Any]], str]:
+    """``ctxroute bench`` on the tiny fleet and workload above: its runs and its table."""
     fleet, workload, out = tmp_path / "fleet.yaml", tmp_path / "w.yaml", tmp_path / "r.json"
     fleet.write_text(FLEET)
     workload.write_text(WORKLOAD)
     proc = subprocess.run(
         [sys.executable, "-m", "router", "bench", "--fleet", str(fleet), "--profile", "tiny",
-         "--workload", str(workload), "--target", "both", "--json", str(out), "--no-pin"],
+         "--workload", str(workload), "--json", str(out), "--no-pin", *flags],
         capture_output=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    runs = json.loads(out.read_text())["runs"]
+    return json.loads(out.read_text())["runs"], proc.stdout.decode()
+
+
+def test_bench_runs_both_targets_on_a_fleet_and_writes_json(tmp_path: Path) -> None:
+    runs, table = run_bench(tmp_path, "--target", "both")
     assert [r["target"] for r in runs] == ["round-robin", "router"]
     for run in runs:
         total = run["short"]["n"] + run["long"]["n"]
         assert total == run["requests"] > 5
         assert run["short"]["ok"] + run["long"]["ok"] == total, run["errors"]
         assert run["preemptions"] is not None
-    assert "TTFT p50" in proc.stdout.decode()
+    assert "TTFT p50" in table
 
 
 def test_bench_refuses_a_bad_workload_file_with_exit_2(tmp_path: Path) -> None:
@@ -78,17 +84,7 @@ def test_bench_refuses_a_bad_workload_file_with_exit_2(tmp_path: Path) -> None:
 
 
 def test_bench_spreads_load_over_replicas_sharing_a_redis(tmp_path: Path) -> None:
-    fleet, workload, out = tmp_path / "fleet.yaml", tmp_path / "w.yaml", tmp_path / "r.json"
-    fleet.write_text(FLEET)
-    workload.write_text(WORKLOAD)
-    proc = subprocess.run(
-        [sys.executable, "-m", "router", "bench", "--fleet", str(fleet), "--profile", "tiny",
-         "--workload", str(workload), "--replicas", "2", "--redis", "--json", str(out),
-         "--no-pin"],
-        capture_output=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    (run,) = json.loads(out.read_text())["runs"]
+    (run,), table = run_bench(tmp_path, "--replicas", "2", "--redis")
     assert (run["replicas"], run["redis"]) == (2, True)
     assert run["short"]["ok"] + run["long"]["ok"] == run["requests"], run["errors"]
-    assert "2 replicas +redis" in proc.stdout.decode()
+    assert "2 replicas +redis" in table
