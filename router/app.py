@@ -13,6 +13,7 @@ from router.config import RouterConfig
 from router.context import RouterContext
 from router.core.tokens import TokenCounter
 from router.fleet import Fleet
+from router.gate import Gate, admission_settings
 from router.handlers import add_routes
 from router.ledger import Ledger
 from router.loadboard import LoadBoard, LoadView
@@ -55,21 +56,24 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
         session = make_probe_session(config)
         upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
         settings = ForwardSettings(config.routing.max_attempts, config.timeouts)
+        admission = admission_settings(config.admission, config.routing.long_prefill_tokens,
+                                       config.routing.keep_clean)  # fmt: skip
+        gate = Gate(fleet, ledger, admission, config.admission)
         ctx = RouterContext(
-            config, fleet, ledger, upstream, session, counters, int(time.time()), settings
+            config, fleet, ledger, upstream, session, counters, int(time.time()), settings, gate
         )
         app[RouterContext.KEY] = ctx
         await store.start()
-        probe_task = None
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(gate.watch_overload())]
         if probes:
-            probe_task = asyncio.get_running_loop().create_task(
-                probe_forever(session, fleet, ledger, ctx.readings, config)
-            )
+            tasks.append(loop.create_task(
+                probe_forever(session, fleet, ledger, ctx.readings, config)))  # fmt: skip
         yield
-        if probe_task is not None:
-            probe_task.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await probe_task
+                await task
         await store.close()
         await upstream.close()
         await session.close()

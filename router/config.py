@@ -217,6 +217,72 @@ class StoreConfig(_Frozen):
         return value
 
 
+class ClassAdmissionConfig(_Frozen):
+    deadline_s: float = Field(gt=0, description="wait at the router when the client sets no "
+                              "X-Request-Timeout")  # fmt: skip
+    max_wait_s: float = Field(gt=0, description="the longest wait at the router, any deadline")
+    codel_target_s: float = Field(gt=0, description="a standing queue's allowed wait")
+    codel_interval_s: float = Field(
+        gt=0, description="waits over the target this long in a row make a standing queue"
+    )
+
+
+class TierConfig(_Frozen):
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9_-]+$")
+    reserve: float = Field(
+        default=0.0, ge=0, lt=1, description="share of a pool's capacity lower tiers may not use"
+    )
+
+
+class OverloadConfig(_Frozen):
+    max_loop_lag_ms: float | None = Field(
+        default=250.0, gt=0, description="event-loop lag over this sheds the lowest tier"
+    )
+    max_rss_mb: float | None = Field(
+        default=None, gt=0, description="resident memory over this sheds the lowest tier"
+    )
+    check_interval_s: float = Field(default=0.5, gt=0)
+
+
+class AdmissionConfig(_Frozen):
+    enabled: bool = Field(
+        default=True, description="false: no queue and no holding; full means 503 at once"
+    )
+    max_queue: int = Field(default=512, ge=0, description="waiting requests per pool")
+    short: ClassAdmissionConfig = ClassAdmissionConfig(
+        deadline_s=30.0, max_wait_s=10.0, codel_target_s=0.25, codel_interval_s=1.0
+    )
+    long: ClassAdmissionConfig = ClassAdmissionConfig(
+        deadline_s=120.0, max_wait_s=60.0, codel_target_s=5.0, codel_interval_s=20.0
+    )
+    hold_long: bool = Field(
+        default=True, description="long requests wait while they would crowd out short ones"
+    )
+    tiers: tuple[TierConfig, ...] = Field(
+        default=(TierConfig(name="high"), TierConfig(name="normal"), TierConfig(name="low")),
+        min_length=1,
+        description="priority tiers, highest first",
+    )
+    default_tier: str = "normal"
+    priority_header: str = "X-Priority"
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="other X-Priority / body priority values -> a tier"
+    )
+    overload: OverloadConfig = OverloadConfig()
+
+    @model_validator(mode="after")
+    def _tiers_known(self) -> AdmissionConfig:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier names must be unique, got {names}")
+        for value in (self.default_tier, *self.aliases.values()):
+            if value not in names:
+                raise ValueError(f"{value!r} is not a tier (tiers: {', '.join(names)})")
+        if sum(t.reserve for t in self.tiers) >= 1:
+            raise ValueError("the tiers' reserves must add up to less than 1")
+        return self
+
+
 class AdminConfig(_Frozen):
     allow_remote: bool = Field(
         default=False, description="answer /admin/* from other hosts than loopback"
@@ -232,6 +298,7 @@ class RouterConfig(_Frozen):
     breakers: BreakersConfig = BreakersConfig()
     store: StoreConfig = StoreConfig()
     admin: AdminConfig = AdminConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     # model -> a smaller model to answer with while every backend of the first is unusable
     fallback: dict[str, str] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)

@@ -14,6 +14,7 @@ from router.config import RouterConfig
 from router.core.breaker import BreakerState, retry_after
 from router.core.tokens import TokenCounter
 from router.fleet import Fleet
+from router.gate import Gate
 from router.ledger import Ledger
 from router.probe import Reading
 from router.proxy import ForwardSettings
@@ -32,6 +33,7 @@ class RouterContext:
     counters: dict[str, TokenCounter]
     started: int
     forward_settings: ForwardSettings
+    gate: Gate
     readings: list[Reading] = field(init=False)  # the last /metrics of each backend
 
     def __post_init__(self) -> None:
@@ -49,6 +51,7 @@ class RouterContext:
             "pid": os.getpid(),  # which worker answered, under serve --workers
             "store": {"kind": store.kind, "up": store.up},
             "in_flight": sum(ledger.board.fleet(b.index).in_flight for b in self.fleet.backends),
+            "admission": self.gate.status(),
             "outcomes": {kind.value: n for kind, n in ledger.outcomes.items()},
             "pools": [
                 {

@@ -10,6 +10,9 @@
     +-- NotFound                     404  an admin request names no configured backend
     +-- Forbidden                    403  an admin request from another host than loopback
     +-- NoBackend                    503  every candidate failed or none is usable
+    +-- QueueFull                    429  the pool's queue is full, or a higher tier took the place
+    +-- DeadlineExceeded             429  it could not start before its deadline
+    +-- Overloaded                   503  the router itself is overloaded (event loop, memory)
     +-- UpstreamFailed               502  the backend broke after the answer began
 """
 
@@ -67,6 +70,24 @@ class NoBackend(RouterError):
     status = 503
     error_type = "ServiceUnavailableError"
     reject = "no_backend"
+
+
+class QueueFull(RouterError):
+    status = 429
+    error_type = "RateLimitError"
+    reject = "queue_full"
+
+
+class DeadlineExceeded(RouterError):
+    status = 429
+    error_type = "RateLimitError"
+    reject = "deadline"
+
+
+class Overloaded(RouterError):
+    status = 503
+    error_type = "ServiceUnavailableError"
+    reject = "overload"
 
 
 class UpstreamFailed(RouterError):

@@ -21,9 +21,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from router.context import RouterContext
-from router.core.classify import eligible_pools
+from router.core.classify import Eligibility, eligible_pools
 from router.core.facts import read_facts
-from router.core.planner import plan
+from router.core.planner import PoolView, plan
 from router.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, RouterError
 from router.model import RequestFacts, RoutePlan
 from router.proxy import forward
@@ -106,7 +106,8 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
         )
         pools = fleet.by_model[facts.model]
         eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
-        route = plan(facts, pools, eligibility, ctx.ledger.view_of, fleet.settings)
+        view_of = ctx.ledger.view_of
+        route = plan(facts, pools, eligibility, view_of, fleet.settings)
         extra: tuple[tuple[str, str], ...] = ()
         if not route.candidates and facts.model in config.fallback:
             small = config.fallback[facts.model]
@@ -114,20 +115,62 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
             if alternative is not None:
                 # the small model's servers know only their own name: the body says it
                 big = facts.model
-                facts, route = alternative
+                facts, pools, eligibility, route = alternative
                 body["model"] = small
                 raw = orjson.dumps(body)
                 extra = (("x-ctxroute-fallback", f"{big}->{small}"),)
                 log.info("request %s: every backend of %s is unusable, answered by %s",
                          request_id, big, small)  # fmt: skip
-        return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts, route,
-                             request_id, ctx.forward_settings, extra)  # fmt: skip
+        gate = ctx.gate
+        headers = request.headers
+        tier = gate.settings.tier_of(_priority(headers.get(config.admission.priority_header),
+                                               body.get("priority")))  # fmt: skip
+        timeout_s = _timeout(headers.get("X-Request-Timeout"))
+        long = facts.prompt.estimate >= fleet.settings.long_prefill_tokens
+        settings = fleet.settings
+
+        def replan() -> RoutePlan:
+            return plan(facts, pools, eligibility, view_of, settings)
+
+        ticket, route = await gate.enter(tier, long, timeout_s, route, replan)
+        try:
+            return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts,
+                                 route, request_id, ctx.forward_settings, extra)  # fmt: skip
+        finally:
+            ticket.release()
 
     return complete
 
 
-def _fallback_route(ctx: RouterContext, facts: RequestFacts,
-                    small: str) -> tuple[RequestFacts, RoutePlan] | None:  # fmt: skip
+def _priority(header: str | None, field: object) -> str | None:
+    """The request's priority: the header, else the body's ``priority`` (vLLM's own field,
+    an integer, passed on unchanged; a name is accepted too)."""
+    if header is not None:
+        return header
+    if field is None:
+        return None
+    if isinstance(field, bool) or not isinstance(field, int | str):
+        raise BadRequest("'priority' must be an integer or a tier name", "priority")
+    return str(field)
+
+
+def _timeout(header: str | None) -> float | None:
+    """``X-Request-Timeout``: seconds the client will wait for the request to start."""
+    if header is None:
+        return None
+    try:
+        value = float(header)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86_400:
+        raise BadRequest(f"X-Request-Timeout must be a number of seconds above 0 and below "
+                         f"86400, got {header[:40]!r}")  # fmt: skip
+    return value
+
+
+def _fallback_route(
+    ctx: RouterContext, facts: RequestFacts, small: str
+) -> tuple[RequestFacts, tuple[PoolView, ...], Eligibility, RoutePlan] | None:
     """The request planned on the fallback model's pools, when one of them can take it
     now; None when none can (then the first model's 503 stands)."""
     fleet = ctx.fleet
@@ -138,7 +181,7 @@ def _fallback_route(ctx: RouterContext, facts: RequestFacts,
     except RouterError:
         return None  # over the small model's window: no fallback for this request
     route = plan(facts, pools, eligibility, ctx.ledger.view_of, fleet.settings)
-    return (facts, route) if route.candidates else None
+    return (facts, pools, eligibility, route) if route.candidates else None
 
 
 chat_completions = _completion_handler(chat=True, path="/v1/chat/completions")

@@ -57,13 +57,18 @@ class Ledger:
         self.up = [True] * len(self.backends)
         self.learned = [b.prefill_tokens_per_s is None for b in self.backends]
         self.rates = [b.prefill_tokens_per_s or default_prefill_rate for b in self.backends]
+        # KV capacity in tokens: configured, else what the probe reads off vLLM
+        self.kv_tokens: list[int | None] = [b.kv_tokens for b in self.backends]
         self.hooks: list[OutcomeHook] = []
+        # called when a backend may take more (an attempt ended, a long prefill ended): the
+        # admission gate moves its queues on it
+        self.on_change: Callable[[], None] | None = None
         self.outcomes: Counter[OutcomeKind] = Counter()
 
     def view_of(self, backend: Backend) -> BackendView:
         i = backend.index
         return BackendView(backend, self.board.fleet(i), self.up[i], self.rates[i],
-                           self.store.usable(i, monotonic()))  # fmt: skip
+                           self.store.usable(i, monotonic()), self.kv_tokens[i])  # fmt: skip
 
     def begin(self, backend: Backend, prefill: int, budget: int, now: float) -> Attempt | None:
         """Count a request as dispatched to ``backend``; None when it is at max_in_flight
@@ -88,6 +93,8 @@ class Ledger:
             attempt.pending = False
             i = attempt.backend.index
             self.board.add(i, 0, -attempt.prefill, -1 if attempt.long else 0, 0)
+            if attempt.long and self.on_change is not None:
+                self.on_change()
             if self.learned[i] and attempt.ahead >= _LEARN_MIN_TOKENS and ttft > 0:
                 sample = min(max(attempt.ahead / ttft, _RATE_FLOOR), _RATE_CEILING)
                 self.rates[i] += _LEARN_WEIGHT * (sample - self.rates[i])
@@ -117,6 +124,8 @@ class Ledger:
             self.up[backend.index] = True  # it answered
         for hook in self.hooks:
             hook(backend, outcome)
+        if self.on_change is not None:
+            self.on_change()
 
     def set_up(self, backend: Backend, up: bool) -> bool:
         """Probe result; True when it changed."""

@@ -75,6 +75,7 @@ class BackendView(NamedTuple):
     up: bool
     prefill_tokens_per_s: float
     usable: bool = True
+    kv_tokens: int | None = None  # configured, else read from vLLM's cache_config_info
 
 
 class RoutePlan(NamedTuple):

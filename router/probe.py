@@ -5,6 +5,9 @@ The metrics text is parsed by prometheus-client's parser. KV cache usage is
 ``vllm:kv_cache_usage_perc`` (older vLLM: ``vllm:gpu_cache_usage_perc``), the highest over
 the server's engines (one full engine refuses work even when the others have room);
 ``vllm:num_requests_waiting`` and ``vllm:num_requests_running`` are summed over engines.
+The KV cache's size in tokens (``num_gpu_blocks`` x ``block_size`` of
+``vllm:cache_config_info``) becomes the backend's KV capacity unless the configuration
+sets one: admission holds long requests that would overfill it.
 A reading older than three intervals is unknown: it neither opens nor closes the memory
 breaker, and /status says so.
 
@@ -19,6 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,11 +53,28 @@ class Reading:
         return self.at is not None and now - self.at <= _STALE_INTERVALS * interval_s
 
 
-def parse_vllm_metrics(text: str) -> tuple[float | None, float | None, float | None]:
-    """(KV cache usage 0-1, requests waiting, requests running) from vLLM's /metrics."""
+class VllmMetrics(NamedTuple):
+    kv_usage: float | None  # 0-1, the fullest engine
+    waiting: float | None
+    running: float | None
+    kv_tokens: int | None  # the KV cache's size in tokens, per engine
+
+
+def _kv_tokens(labels: dict[str, str]) -> int | None:
+    try:
+        blocks = int(labels["num_gpu_blocks"])
+        size = int(labels["block_size"])
+    except (KeyError, ValueError):
+        return None  # "None" before the engine profiled its memory
+    return blocks * size if blocks > 0 and size > 0 else None
+
+
+def parse_vllm_metrics(text: str) -> VllmMetrics:
+    """What the router reads from vLLM's /metrics (None where a gauge is missing)."""
     usage: dict[str, float] = {}
     waiting: float | None = None
     running: float | None = None
+    kv_tokens: int | None = None
     for family in text_string_to_metric_families(text):
         # the parser drops a counter's _total, never a gauge's name: compare whole names
         name = family.name
@@ -64,8 +85,11 @@ def parse_vllm_metrics(text: str) -> tuple[float | None, float | None, float | N
             waiting = sum(s.value for s in family.samples)
         elif name == "vllm:num_requests_running":
             running = sum(s.value for s in family.samples)
+        elif name == "vllm:cache_config_info":
+            sizes = [t for t in (_kv_tokens(s.labels) for s in family.samples) if t]
+            kv_tokens = min(sizes) if sizes else None
     kv = usage.get(_KV[0], usage.get(_KV[1]))
-    return kv, waiting, running
+    return VllmMetrics(kv, waiting, running, kv_tokens)
 
 
 def make_probe_session(config: RouterConfig) -> aiohttp.ClientSession:
@@ -97,13 +121,13 @@ async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledge
         except (aiohttp.ClientError, OSError) as exc:
             return False, f"/health failed: {exc}"
 
-    async def metrics(url: str, reading: Reading) -> None:
+    async def metrics(backend: Backend, reading: Reading) -> None:
         try:
-            async with session.get(url + "/metrics", timeout=timeout) as resp:
+            async with session.get(backend.url + "/metrics", timeout=timeout) as resp:
                 if resp.status != 200:
                     raise ValueError(f"/metrics answered {resp.status}")
                 text = await resp.text()
-            kv, waiting, running = parse_vllm_metrics(text)
+            kv, waiting, running, kv_tokens = parse_vllm_metrics(text)
         except TimeoutError:
             reading.error = f"/metrics did not answer within {timeout_s:g}s"
             return
@@ -113,6 +137,8 @@ async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledge
         reading.kv_usage, reading.waiting, reading.running = kv, waiting, running
         reading.at = time.monotonic()
         reading.error = None if kv is not None else "/metrics has no KV cache usage gauge"
+        if backend.kv_tokens is None and kv_tokens is not None:
+            ledger.kv_tokens[backend.index] = kv_tokens
 
     settings = memory_settings(config)
     store = ledger.store
@@ -138,7 +164,7 @@ async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledge
                 log.warning("backend %s is down: %s", backend.url, why)
 
     async def check_memory(backend: Backend) -> None:
-        await metrics(backend.url, readings[backend.index])
+        await metrics(backend, readings[backend.index])
         judge_memory(backend)
 
     await asyncio.gather(

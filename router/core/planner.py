@@ -136,7 +136,7 @@ def plan(
             else:
                 cost += settings.affinity_tolerance_ms
                 why = "owner over its bounded load" if b.url == owner_url else "not the hash owner"
-            if b.kv_tokens is not None and load.budget_in_flight + need > b.kv_tokens:
+            if v.kv_tokens is not None and load.budget_in_flight + need > v.kv_tokens:
                 no_room.append(_Scored(cost, wait_ms, load.long_pending == 0, b,
                                        "no KV room for its budget"))  # fmt: skip
             else:

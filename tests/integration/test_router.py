@@ -375,14 +375,18 @@ async def test_a_non_streaming_answer_cut_after_its_first_byte_is_a_502_not_a_re
     assert served == 1  # not retried on the healthy backend
 
 
-async def test_backends_at_max_in_flight_are_never_exceeded_and_the_excess_gets_503(
-    make_sim: SimFactory, make_router: RouterFactory
+@pytest.mark.parametrize("admission", [True, False])
+async def test_backends_at_max_in_flight_are_never_exceeded_and_the_excess_waits_or_gets_503(
+    make_sim: SimFactory, make_router: RouterFactory, admission: bool
 ) -> None:
+    """With admission the excess waits at the router until its deadline (429 deadline);
+    without it, it gets 503 at once. Either way it never reaches a backend."""
     short = await make_sim(model="sim-model", max_model_len=1024)
     long = await make_sim(model="sim-model", max_model_len=8192, num_blocks=2048)
     config = two_pool_config([short], [long]).model_dump()
     for pool in config["pools"]:
         pool["backends"][0]["max_in_flight"] = 1
+    config["admission"] = {"enabled": admission}
     router = await make_router(parse_config(config, environ={}))
     await short.set_faults(hang_before_first_token=-1)
     await long.set_faults(hang_before_first_token=-1)
@@ -394,13 +398,22 @@ async def test_backends_at_max_in_flight_are_never_exceeded_and_the_excess_gets_
                 break
             await asyncio.sleep(0.005)
         assert router.in_flight() == 2  # one on each backend (spill)
-        async with s.post(router.url + COMPLETIONS, json=body) as r:
-            assert r.status == 503
-            assert r.headers["Retry-After"] == "1"
-            assert r.headers["x-ctxroute-reject"] == "no_backend"
+        received = short.received + long.received
+        async with s.post(router.url + COMPLETIONS, json=body,
+                          headers={"X-Request-Timeout": "0.3"}) as r:  # fmt: skip
             message = (await r.json())["error"]["message"]
-            assert message.startswith("no backend can take this request now")
-            assert message.count("at max_in_flight") == 2  # each backend, with its reason
+            if admission:
+                assert r.status == 429
+                assert r.headers["x-ctxroute-reject"] == "deadline"
+                assert "within its deadline" in message
+            else:
+                assert r.status == 503
+                assert r.headers["Retry-After"] == "1"
+                assert r.headers["x-ctxroute-reject"] == "no_backend"
+                assert message.startswith("no backend can take this request now")
+                assert message.count("at max_in_flight") == 2  # each backend, with its reason
+            assert int(r.headers["Retry-After"]) >= 1
+        assert short.received + long.received == received
         for task in held:
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)

@@ -1,0 +1,347 @@
+"""Admission: who is dispatched now, who waits at the router, who is refused. Pure: values
+and the clock come in, decisions go out; the asyncio side is ``router/gate.py``.
+
+A request that cannot start now waits in its preferred pool's bounded queue, ordered by
+priority tier (0 is the highest) then arrival. It leaves the queue in exactly one way:
+
+* dispatched, when a candidate backend has room (``verdict`` says ADMIT);
+* refused 429 ``queue_full`` when the queue is full and no lower tier waits to make room
+  for it, or when a higher tier arrives and it is the lowest, newest waiter (evicted);
+* refused 429 ``deadline`` when its deadline passed, it waited longer than its class
+  allows, or on arrival the queue ahead of it cannot drain before its deadline;
+* gone, when its client left (the gate removes it).
+
+Long requests (prompt at or over ``long_prefill_tokens``) are also *held*: they wait, within
+their deadline, while dispatching one would leave fewer than ``keep_clean`` backends of the
+model free of a long pending prefill (a short request behind a long prefill waits for all of
+it), or would put the chosen backend's KV budget in flight past its KV capacity (the
+engine would preempt). A long prefill in flight always ends, so a held request never waits
+on nothing: with no long prefill pending anywhere, a long request is admitted.
+
+The allowed wait shrinks when a standing queue forms (CoDel, Nichols and Jacobson 2012):
+once every request dispatched for ``interval`` had waited more than ``target``, waiters of
+that class may wait only ``target`` until one is dispatched faster again. So a queue that
+absorbs a burst is fine, and a queue that only adds delay is cut back.
+"""
+
+from __future__ import annotations
+
+import enum
+from bisect import insort
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from router.core.planner import PoolView
+from router.model import Backend, BackendView, RoutePlan
+
+
+class Verdict(enum.Enum):
+    ADMIT = "admit"
+    FULL = "full"  # no candidate has room (max_in_flight, memory pressure)
+    RESERVED = "reserved"  # room is left only for higher tiers
+    HOLD_CLEAN = "hold_clean"  # a long prefill now would leave no backend free of one
+    HOLD_KV = "hold_kv"  # no candidate has KV room for its budget
+    NO_BACKEND = "no_backend"  # nothing usable, and waiting would not change that soon
+
+    __hash__ = object.__hash__
+
+
+WAITS: Final = frozenset({Verdict.FULL, Verdict.RESERVED, Verdict.HOLD_CLEAN, Verdict.HOLD_KV})
+HOLDS: Final = frozenset({Verdict.HOLD_CLEAN, Verdict.HOLD_KV})
+
+
+@dataclass(frozen=True, slots=True)
+class ClassLimits:
+    """Per request class (short, long): how long a request may wait at the router."""
+
+    deadline_s: float  # default when the client sends no X-Request-Timeout
+    max_wait_s: float  # the longest wait in the queue, whatever the deadline
+    codel_target_s: float
+    codel_interval_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    reserve: float = 0.0  # share of a pool's capacity kept for this tier and higher ones
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    tiers: tuple[Tier, ...] = (Tier("high"), Tier("normal"), Tier("low"))  # highest first
+    default_tier: int = 1
+    aliases: Mapping[str, int] = field(default_factory=dict)  # header/body value -> tier
+    max_queue: int = 512  # per pool
+    short: ClassLimits = ClassLimits(30.0, 10.0, 0.25, 1.0)
+    long: ClassLimits = ClassLimits(120.0, 60.0, 5.0, 20.0)
+    hold_long: bool = True
+    keep_clean: int = 1
+    long_prefill_tokens: int = 4096
+
+    def tier_of(self, value: str | None) -> int:
+        """The tier a header or body value names (by name, alias or index); unknown values
+        and no value at all get the default tier."""
+        if value is None:
+            return self.default_tier
+        key = value.strip().lower()
+        for i, tier in enumerate(self.tiers):
+            if tier.name == key:
+                return i
+        return self.aliases.get(key, self.default_tier)
+
+    def allowed_share(self, tier: int) -> float:
+        """The share of capacity a tier may fill: what the tiers above it reserve is theirs."""
+        return 1.0 - sum(t.reserve for t in self.tiers[:tier])
+
+
+@dataclass(slots=True)
+class Waiter:
+    """A request waiting at the router. ``handle`` and ``replan`` belong to the gate (its
+    future, and how to plan it again)."""
+
+    tier: int
+    long: bool
+    arrived: float
+    deadline: float
+    seq: int
+    reason: Verdict = Verdict.FULL
+    handle: Any = None
+    replan: Any = None
+
+    def order(self) -> tuple[int, int]:
+        return (self.tier, self.seq)
+
+
+class Codel:
+    """The standing-queue detector of one queue class."""
+
+    __slots__ = ("above_since", "dropping", "interval", "target")
+
+    def __init__(self, target: float, interval: float) -> None:
+        self.target = target
+        self.interval = interval
+        self.above_since: float | None = None  # first dispatch over target in a row
+        self.dropping = False
+
+    def dispatched(self, waited: float, now: float) -> None:
+        """A waiter left the queue for a backend after ``waited`` seconds."""
+        if waited <= self.target:
+            self.above_since = None
+            self.dropping = False
+        elif self.above_since is None:
+            self.above_since = now
+        elif now - self.above_since >= self.interval:
+            self.dropping = True
+
+    def emptied(self) -> None:
+        self.above_since = None
+        self.dropping = False
+
+    def allowed_wait(self, limit: float) -> float:
+        return min(limit, self.target) if self.dropping else limit
+
+
+class DrainMeter:
+    """Dispatches per second over the last ``window_s`` seconds, in whole-second buckets:
+    how fast a queue empties, for an honest Retry-After."""
+
+    __slots__ = ("counts", "seconds", "window")
+
+    def __init__(self, window_s: int = 10) -> None:
+        self.window = window_s
+        self.counts = [0] * window_s
+        self.seconds = [-1] * window_s
+
+    def record(self, now: float) -> None:
+        second = int(now)
+        slot = second % self.window
+        if self.seconds[slot] != second:
+            self.seconds[slot] = second
+            self.counts[slot] = 0
+        self.counts[slot] += 1
+
+    def rate(self, now: float) -> float:
+        second = int(now)
+        total = sum(c for c, s in zip(self.counts, self.seconds, strict=True)
+                    if second - self.window < s <= second)  # fmt: skip
+        return total / self.window
+
+
+def retry_after(ahead: int, drain_per_s: float, floor: float = 1.0, ceiling: float = 60.0) -> float:
+    """Seconds until ``ahead`` requests have drained at the measured rate, bounded; the
+    ceiling when nothing drained lately (a client should not come back at once)."""
+    if drain_per_s <= 0:
+        return ceiling
+    return min(max((ahead + 1) / drain_per_s, floor), ceiling)
+
+
+class WaitQueue:
+    """One pool's bounded queue, in service order: tier, then arrival."""
+
+    __slots__ = ("codel", "drain", "limits", "max_depth", "waiters")
+
+    def __init__(self, max_depth: int, short: ClassLimits, long: ClassLimits) -> None:
+        self.max_depth = max_depth
+        self.waiters: list[Waiter] = []
+        self.limits = (short, long)
+        self.codel = (Codel(short.codel_target_s, short.codel_interval_s),
+                      Codel(long.codel_target_s, long.codel_interval_s))  # fmt: skip
+        self.drain = DrainMeter()
+
+    def __len__(self) -> int:
+        return len(self.waiters)
+
+    def __iter__(self) -> Iterator[Waiter]:
+        return iter(tuple(self.waiters))
+
+    def offer(self, waiter: Waiter) -> Waiter | None:
+        """Queue ``waiter``. Returns the one refused for lack of room: None when there was
+        room, the lowest-tier newest waiter when ``waiter`` is of a higher tier (evicted),
+        else ``waiter`` itself."""
+        if len(self.waiters) < self.max_depth:
+            insort(self.waiters, waiter, key=Waiter.order)
+            return None
+        last = self.waiters[-1]  # the lowest tier, newest of it
+        if last.tier <= waiter.tier:
+            return waiter
+        self.waiters.pop()
+        insort(self.waiters, waiter, key=Waiter.order)
+        return last
+
+    def remove(self, waiter: Waiter) -> bool:
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            return False
+        if not self.waiters:
+            for c in self.codel:
+                c.emptied()
+        return True
+
+    def dispatched(self, waiter: Waiter, now: float) -> None:
+        """``waiter`` leaves for a backend."""
+        self.codel[waiter.long].dispatched(now - waiter.arrived, now)
+        self.drain.record(now)
+        self.remove(waiter)
+
+    def expired(self, now: float) -> list[Waiter]:
+        """The waiters whose deadline passed or who waited longer than their class may
+        (``max_wait_s``, shrunk to the CoDel target while a standing queue lasts); they
+        are taken out of the queue."""
+        out = []
+        for w in self.waiters:
+            limits = self.limits[w.long]
+            allowed = self.codel[w.long].allowed_wait(limits.max_wait_s)
+            if now >= w.deadline or now - w.arrived >= allowed:
+                out.append(w)
+        for w in out:
+            self.waiters.remove(w)
+        if out and not self.waiters:
+            for c in self.codel:
+                c.emptied()
+        return out
+
+    def ahead_of(self, tier: int) -> int:
+        """Waiters served before a newcomer of ``tier``."""
+        return sum(1 for w in self.waiters if w.tier <= tier)
+
+    def blocks(self, tier: int, long: bool) -> bool:
+        """Whether a newcomer must queue behind someone rather than try at once: a waiter
+        of its tier or higher is waiting for room (held long requests block only long
+        ones: a short request is never held for them)."""
+        for w in self.waiters:
+            if w.tier > tier:
+                return False
+            if w.reason not in HOLDS or long:
+                return True
+        return False
+
+    def retry_after(self, tier: int, now: float) -> float:
+        return retry_after(self.ahead_of(tier), self.drain.rate(now))
+
+
+def verdict(
+    tier: int,
+    long: bool,
+    plan: RoutePlan,
+    pools: Sequence[PoolView],
+    view_of: Callable[[Backend], BackendView],
+    settings: AdmissionSettings,
+    transient: Callable[[Backend], bool],
+) -> Verdict:
+    """Whether a request of ``tier`` planned as ``plan`` over the model's ``pools`` may be
+    dispatched now. ``transient(b)``: ``b`` is kept from new requests for a reason that
+    passes by itself (memory pressure, max_in_flight), so waiting is worth it."""
+    candidates = plan.candidates
+    best = candidates[0] if candidates else None
+    if best is None or not view_of(best).up:
+        # nothing usable, or only backends known down (a last resort, tried anyway)
+        if best is not None:
+            return Verdict.ADMIT
+        for i in plan.pools:
+            if any(transient(b) for b in pools[i].backends):
+                return Verdict.FULL
+        return Verdict.NO_BACKEND
+    share = settings.allowed_share(tier)
+    if share < 1.0:
+        capacity = 0
+        in_flight = 0
+        for i in plan.pools:
+            for b in pools[i].backends:
+                v = view_of(b)
+                if v.usable and v.up:
+                    capacity += b.max_in_flight
+                    in_flight += v.load.in_flight
+        if in_flight + 1 > share * capacity:
+            return Verdict.RESERVED
+    if not long or not settings.hold_long:
+        return Verdict.ADMIT
+    clean = 0
+    long_pending = 0
+    for pool in pools:
+        for b in pool.backends:
+            v = view_of(b)
+            if not (v.up and v.usable):
+                continue
+            if v.load.long_pending:
+                long_pending += 1
+            elif v.load.in_flight < b.max_in_flight:
+                clean += 1
+    if long_pending == 0:
+        return Verdict.ADMIT  # nothing to wait for: holding would never end
+    first = view_of(best)
+    kv = first.kv_tokens
+    if kv is not None and first.load.budget_in_flight + plan.budget > kv:
+        return Verdict.HOLD_KV
+    if clean - (0 if first.load.long_pending else 1) < settings.keep_clean:
+        return Verdict.HOLD_CLEAN
+    return Verdict.ADMIT
+
+
+@dataclass(slots=True)
+class OverloadGuard:
+    """The router's own health: event-loop lag and resident memory against their limits.
+    Each check over a limit sheds one more tier, lowest first (never the highest); each
+    check under both limits sheds one fewer."""
+
+    tiers: int
+    max_lag_s: float | None
+    max_rss_bytes: int | None
+    level: int = 0  # how many of the lowest tiers are shed
+    lag_s: float = 0.0
+    rss_bytes: int = 0
+
+    def observe(self, lag_s: float, rss_bytes: int) -> None:
+        self.lag_s = lag_s
+        self.rss_bytes = rss_bytes
+        over = (self.max_lag_s is not None and lag_s > self.max_lag_s) or (
+            self.max_rss_bytes is not None and rss_bytes > self.max_rss_bytes
+        )
+        if over:
+            self.level = min(self.level + 1, self.tiers - 1)
+        elif self.level:
+            self.level -= 1
+
+    def sheds(self, tier: int) -> bool:
+        return tier >= self.tiers - self.level

@@ -1,0 +1,328 @@
+"""The asyncio edge of admission (``router/core/admission.py``): per-pool wait queues of
+futures, the wake-ups that move them, and the router's own overload guard.
+
+``Gate.enter`` either returns a ``Ticket`` and the plan to dispatch with, or raises the
+refusal (429 ``queue_full`` or ``deadline``, 503 ``overload``); a request whose plan has
+nothing usable at all goes on to the proxy, which answers the 503 ``no_backend`` with the
+breakers' Retry-After. The caller releases the ticket in ``finally``; a ticket released
+twice counts once.
+
+Waiters are moved by events, not by polling alone: the ledger calls ``Gate.changed`` when
+an attempt ends or a long prefill produces its first byte (a backend has room, or is
+clean again), and while anyone waits a timer every ``_TICK_S`` expires deadlines and
+picks up what events cannot tell (other replicas' load, a memory breaker that closed).
+One waiter per queue is woken at a time; it checks again when it runs, dispatches (the
+ledger counts it in the same step) and wakes the next: a woken waiter never finds its
+room taken by the one woken with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from time import monotonic
+from typing import Final
+
+from router.config import AdmissionConfig, ClassAdmissionConfig
+from router.core.admission import (
+    HOLDS,
+    AdmissionSettings,
+    ClassLimits,
+    OverloadGuard,
+    Tier,
+    Verdict,
+    Waiter,
+    WaitQueue,
+    verdict,
+)
+from router.core.breaker import BreakerState
+from router.core.planner import PoolView
+from router.errors import DeadlineExceeded, Overloaded, QueueFull, RouterError
+from router.fleet import Fleet
+from router.ledger import Ledger
+from router.model import Backend, RoutePlan
+
+log = logging.getLogger("ctxroute.gate")
+
+_TICK_S: Final = 0.01
+_PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+Replan = Callable[[], RoutePlan]
+
+
+def admission_settings(config: AdmissionConfig, long_prefill_tokens: int,
+                       keep_clean: int) -> AdmissionSettings:  # fmt: skip
+    names = [t.name for t in config.tiers]
+
+    def limits(c: ClassAdmissionConfig) -> ClassLimits:
+        return ClassLimits(c.deadline_s, c.max_wait_s, c.codel_target_s, c.codel_interval_s)
+
+    return AdmissionSettings(
+        tiers=tuple(Tier(t.name, t.reserve) for t in config.tiers),
+        default_tier=names.index(config.default_tier),
+        aliases={k.strip().lower(): names.index(v) for k, v in config.aliases.items()},
+        max_queue=config.max_queue,
+        short=limits(config.short),
+        long=limits(config.long),
+        hold_long=config.hold_long,
+        keep_clean=keep_clean,
+        long_prefill_tokens=long_prefill_tokens,
+    )
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Ticket:
+    """An admitted request; ``release`` once it has ended, in ``finally``."""
+
+    __slots__ = ("gate", "pool", "released", "tier")
+
+    def __init__(self, gate: Gate, pool: str, tier: int) -> None:
+        self.gate = gate
+        self.pool = pool
+        self.tier = tier
+        self.released = False
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.gate.admitted[self.pool][self.tier] -= 1
+
+
+class Gate:
+    def __init__(self, fleet: Fleet, ledger: Ledger, settings: AdmissionSettings,
+                 config: AdmissionConfig) -> None:  # fmt: skip
+        self.fleet = fleet
+        self.ledger = ledger
+        self.settings = settings
+        self.enabled = config.enabled
+        self.queues = {p.name: WaitQueue(settings.max_queue, settings.short, settings.long)
+                       for p in fleet.pools}  # fmt: skip
+        self.waking: dict[str, Waiter | None] = dict.fromkeys(self.queues)
+        self.admitted = {p.name: [0] * len(settings.tiers) for p in fleet.pools}
+        self.refused: dict[str, int] = {}  # x-ctxroute-reject reason -> count
+        self.waiting = 0
+        self.seq = 0
+        o = config.overload
+        self.guard = OverloadGuard(
+            len(settings.tiers),
+            None if o.max_loop_lag_ms is None else o.max_loop_lag_ms / 1000.0,
+            None if o.max_rss_mb is None else int(o.max_rss_mb * 1024 * 1024),
+        )
+        self.check_interval_s = o.check_interval_s
+        self._timer: asyncio.TimerHandle | None = None
+        ledger.on_change = self.changed
+
+    # -- the request path ------------------------------------------------------------
+
+    async def enter(self, tier: int, long: bool, timeout_s: float | None, plan: RoutePlan,
+                    replan: Replan) -> tuple[Ticket, RoutePlan]:  # fmt: skip
+        """``plan``: the request's plan now; ``replan``: plans it again (after a wait)."""
+        if self.guard.level and self.guard.sheds(tier):
+            raise self._refuse(Overloaded(
+                f"the router is overloaded (event-loop lag {self.guard.lag_s * 1000:.0f} ms, "
+                f"RSS {self.guard.rss_bytes >> 20} MiB): requests of priority "
+                f"'{self.settings.tiers[tier].name}' are shed first", retry_after=2.0))  # fmt: skip
+        pool = plan.preferred
+        if not self.enabled:
+            return self._admit(pool, tier), plan
+        queue = self.queues[pool]
+        view_of = self.ledger.view_of
+        pools = self._pools_of(pool)
+        if not queue.blocks(tier, long):
+            v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient)
+            if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
+                return self._admit(pool, tier), plan
+        else:
+            v = Verdict.FULL
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        limits = self.settings.long if long else self.settings.short
+        deadline = now + (limits.deadline_s if timeout_s is None else timeout_s)
+        name = self.settings.tiers[tier].name
+        ahead = queue.ahead_of(tier)
+        if ahead:
+            rate = queue.drain.rate(now)
+            if rate > 0 and ahead / rate > deadline - now:
+                raise self._refuse(DeadlineExceeded(
+                    f"{ahead} requests of priority '{name}' or higher wait for pool "
+                    f"'{pool}', which starts {rate:.1f} per second: this one could not "
+                    f"start within its deadline of {deadline - now:.1f}s",
+                    retry_after=queue.retry_after(tier, now)))  # fmt: skip
+        self.seq += 1
+        waiter = Waiter(tier, long, now, deadline, self.seq, v, None, replan)
+        refused = queue.offer(waiter)
+        if refused is waiter:
+            raise self._refuse(QueueFull(
+                f"the queue of pool '{pool}' is full ({queue.max_depth} requests of priority "
+                f"'{name}' or higher wait)", retry_after=queue.retry_after(tier, now)))  # fmt: skip
+        if refused is not None:
+            wait = queue.retry_after(refused.tier, now)
+            self._wake(refused, self._refuse(QueueFull(
+                f"the queue of pool '{pool}' is full and a request of higher priority took "
+                f"this one's place", retry_after=wait)))  # fmt: skip
+            self.waiting -= 1
+        self.waiting += 1
+        self._tick_soon()
+        try:
+            while True:
+                future: asyncio.Future[None] = loop.create_future()
+                waiter.handle = future
+                await future  # raises the refusal, when it is refused
+                if self.waking[pool] is waiter:
+                    self.waking[pool] = None
+                plan = replan()
+                v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient)
+                if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
+                    queue.dispatched(waiter, loop.time())
+                    self.waiting -= 1
+                    loop.call_soon(self.changed)  # the next one, once this one is dispatched
+                    return self._admit(pool, tier), plan
+                waiter.reason = v
+        except BaseException:
+            if queue.remove(waiter):
+                self.waiting -= 1  # the client left (cancelled) while it waited
+            if self.waking[pool] is waiter:
+                self.waking[pool] = None
+                loop.call_soon(self.changed)
+            raise
+
+    def _admit(self, pool: str, tier: int) -> Ticket:
+        self.admitted[pool][tier] += 1
+        return Ticket(self, pool, tier)
+
+    def _refuse(self, exc: RouterError) -> RouterError:
+        reason = exc.reject or "other"
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        return exc
+
+    def _pools_of(self, pool: str) -> tuple[PoolView, ...]:
+        return self.fleet.by_model[self.fleet.pool_named[pool].model]
+
+    def _transient(self, b: Backend) -> bool:
+        """Kept from new requests by something that passes by itself (max_in_flight,
+        memory pressure), not by a drain, a breaker that is not closed (an open one, or a
+        half-open one whose probe is out: its verdict may be another open time) or being
+        down."""
+        store = self.ledger.store
+        i = b.index
+        return (self.ledger.up[i] and not store.drained(i)
+                and store.breaker(i).state is BreakerState.CLOSED)  # fmt: skip
+
+    # -- moving the queues -----------------------------------------------------------
+
+    def changed(self) -> None:
+        """Something that may let a waiter go happened; cheap when nobody waits."""
+        if not self.waiting:
+            return
+        now = asyncio.get_running_loop().time()
+        for pool, queue in self.queues.items():
+            if not queue.waiters:
+                continue
+            for w in queue.expired(now):
+                self.waiting -= 1
+                waited = now - w.arrived
+                self._wake(w, self._refuse(DeadlineExceeded(
+                    f"waited {waited:.1f}s at the router for pool '{pool}' without a backend "
+                    f"able to start it within its deadline",
+                    retry_after=queue.retry_after(w.tier, now))))  # fmt: skip
+            if self.waking[pool] is not None:
+                continue
+            long_held = False
+            for w in queue:
+                if w.long and long_held:
+                    continue
+                handle = w.handle
+                if handle is None or handle.done():
+                    continue
+                v = verdict(w.tier, w.long, w.replan(), self._pools_of(pool),
+                            self.ledger.view_of, self.settings, self._transient)  # fmt: skip
+                w.reason = v
+                if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
+                    self.waking[pool] = w
+                    handle.set_result(None)
+                    break
+                if v in HOLDS:
+                    long_held = True
+                    continue
+                break  # no room: the ones behind it are of its tier or lower
+
+    def _wake(self, w: Waiter, exc: RouterError) -> None:
+        handle = w.handle
+        if handle is not None and not handle.done():
+            handle.set_exception(exc)
+
+    def _tick_soon(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.changed()
+        if self.waiting:
+            self._tick_soon()
+
+    # -- the router's own health -----------------------------------------------------
+
+    async def watch_overload(self) -> None:
+        """Measure event-loop lag and RSS every ``check_interval_s``; shed waiters of the
+        tiers the guard sheds."""
+        loop = asyncio.get_running_loop()
+        interval = self.check_interval_s
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval)
+            lag = max(0.0, loop.time() - start - interval)
+            before = self.guard.level
+            self.guard.observe(lag, rss_bytes())
+            level = self.guard.level
+            if level != before:
+                log.warning("overload guard: shedding the %d lowest priority tier(s) "
+                            "(event-loop lag %.0f ms, RSS %d MiB)", level, lag * 1000,
+                            self.guard.rss_bytes >> 20)  # fmt: skip
+            if level:
+                self._shed_queued(monotonic())
+
+    def _shed_queued(self, now: float) -> None:
+        for queue in self.queues.values():
+            for w in queue:
+                if self.guard.sheds(w.tier) and queue.remove(w):
+                    self.waiting -= 1
+                    self._wake(w, self._refuse(Overloaded(
+                        "the router is overloaded: requests of priority "
+                        f"'{self.settings.tiers[w.tier].name}' are shed first",
+                        retry_after=2.0)))  # fmt: skip
+
+    def status(self) -> dict[str, object]:
+        names = [t.name for t in self.settings.tiers]
+        now = asyncio.get_running_loop().time()
+        return {
+            "enabled": self.enabled,
+            "overload": {
+                "shed_tiers": names[len(names) - self.guard.level :] if self.guard.level else [],
+                "loop_lag_ms": round(self.guard.lag_s * 1000, 1),
+                "rss_mib": self.guard.rss_bytes >> 20,
+            },
+            "refused": dict(self.refused),
+            "pools": {
+                pool: {
+                    "waiting": {
+                        n: sum(1 for w in q.waiters if w.tier == i) for i, n in enumerate(names)
+                    },
+                    "held_long": sum(1 for w in q.waiters if w.reason in HOLDS),
+                    "admitted_in_flight": dict(zip(names, self.admitted[pool], strict=True)),
+                    "starts_per_s": round(q.drain.rate(now), 2),
+                    "standing_queue": {"short": q.codel[0].dropping, "long": q.codel[1].dropping},
+                }
+                for pool, q in self.queues.items()
+            },
+        }
