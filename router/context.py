@@ -95,6 +95,7 @@ class RouterContext:
             "pending_prefill_tokens": fleet.pending_prefill,
             "long_prefills_pending": fleet.long_pending,
             "budget_in_flight_tokens": fleet.budget_in_flight,
+            "kv_capacity_tokens": ledger.kv_tokens[i],
             "prefill_tokens_per_s": round(ledger.rates[i]),
             "prefill_rate": "learned" if ledger.learned[i] else "configured",
             "local": {

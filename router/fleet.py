@@ -62,6 +62,7 @@ class Fleet:
             load_factor=r.load_factor,
             keep_clean=r.keep_clean,
             long_wait_limit_ms=r.long_wait_limit_ms,
+            hold_long=config.admission.enabled and config.admission.hold_long,
         )
         return cls(tuple(views), {m: tuple(v) for m, v in by_model.items()}, tuple(backends),
                    settings, {v.name: v for v in views}, tuple(by_model),

@@ -95,7 +95,9 @@ class Ticket:
         if self.released:
             return
         self.released = True
-        self.gate.admitted[self.pool][self.tier] -= 1
+        gate = self.gate
+        gate.admitted[self.pool][self.tier] -= 1
+        gate.queues[self.pool].drain.record(monotonic())
 
 
 class Gate:
@@ -145,7 +147,7 @@ class Gate:
         else:
             v = Verdict.FULL
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = monotonic()
         limits = self.settings.long if long else self.settings.short
         deadline = now + (limits.deadline_s if timeout_s is None else timeout_s)
         name = self.settings.tiers[tier].name
@@ -183,8 +185,8 @@ class Gate:
                 plan = replan()
                 v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient)
                 if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
-                    queue.dispatched(waiter, loop.time())
-                    self.waiting -= 1
+                    if queue.dispatched(waiter, monotonic()):
+                        self.waiting -= 1  # (an expiry in the same step took it out already)
                     loop.call_soon(self.changed)  # the next one, once this one is dispatched
                     return self._admit(pool, tier), plan
                 waiter.reason = v
@@ -224,7 +226,7 @@ class Gate:
         """Something that may let a waiter go happened; cheap when nobody waits."""
         if not self.waiting:
             return
-        now = asyncio.get_running_loop().time()
+        now = monotonic()
         for pool, queue in self.queues.items():
             if not queue.waiters:
                 continue
@@ -304,7 +306,7 @@ class Gate:
 
     def status(self) -> dict[str, object]:
         names = [t.name for t in self.settings.tiers]
-        now = asyncio.get_running_loop().time()
+        now = monotonic()
         return {
             "enabled": self.enabled,
             "overload": {

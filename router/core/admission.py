@@ -12,15 +12,18 @@ priority tier (0 is the highest) then arrival. It leaves the queue in exactly on
 * gone, when its client left (the gate removes it).
 
 Long requests (prompt at or over ``long_prefill_tokens``) are also *held*: they wait, within
-their deadline, while dispatching one would leave fewer than ``keep_clean`` backends of the
-model free of a long pending prefill (a short request behind a long prefill waits for all of
-it), or would put the chosen backend's KV budget in flight past its KV capacity (the
-engine would preempt). A long prefill in flight always ends, so a held request never waits
-on nothing: with no long prefill pending anywhere, a long request is admitted.
+their deadline, while the best backend for them already has a long prefill pending (it
+would queue inside the engine, committed to it, instead of here, free to take the first
+backend that clears), while dispatching one would leave fewer than ``keep_clean`` backends
+of the model free of a long pending prefill (a short request behind a long prefill waits
+for all of it), or while it would put the chosen backend's KV budget in flight past its KV
+capacity (the engine would preempt). A long prefill in flight always ends, so a held
+request never waits on nothing: with no long prefill pending anywhere, it is admitted.
 
 The allowed wait shrinks when a standing queue forms (CoDel, Nichols and Jacobson 2012):
 once every request dispatched for ``interval`` had waited more than ``target``, waiters of
-that class may wait only ``target`` until one is dispatched faster again. So a queue that
+that class and of the lowest tier waiting may wait only ``target`` until one is dispatched
+faster again. So a queue that
 absorbs a burst is fine, and a queue that only adds delay is cut back.
 """
 
@@ -143,18 +146,22 @@ class Codel:
 
 
 class DrainMeter:
-    """Dispatches per second over the last ``window_s`` seconds, in whole-second buckets:
-    how fast a queue empties, for an honest Retry-After."""
+    """Requests finished per second over the last ``window_s`` seconds (or since the first,
+    when that is more recent), in whole-second buckets: how fast room is made, so how fast
+    a queue empties, for an honest Retry-After."""
 
-    __slots__ = ("counts", "seconds", "window")
+    __slots__ = ("counts", "first", "seconds", "window")
 
     def __init__(self, window_s: int = 10) -> None:
         self.window = window_s
         self.counts = [0] * window_s
         self.seconds = [-1] * window_s
+        self.first: int | None = None
 
     def record(self, now: float) -> None:
         second = int(now)
+        if self.first is None:
+            self.first = second
         slot = second % self.window
         if self.seconds[slot] != second:
             self.seconds[slot] = second
@@ -165,7 +172,9 @@ class DrainMeter:
         second = int(now)
         total = sum(c for c, s in zip(self.counts, self.seconds, strict=True)
                     if second - self.window < s <= second)  # fmt: skip
-        return total / self.window
+        if self.first is None:
+            return 0.0
+        return total / min(self.window, max(1, second - self.first + 1))
 
 
 def retry_after(ahead: int, drain_per_s: float, floor: float = 1.0, ceiling: float = 60.0) -> float:
@@ -219,20 +228,25 @@ class WaitQueue:
                 c.emptied()
         return True
 
-    def dispatched(self, waiter: Waiter, now: float) -> None:
-        """``waiter`` leaves for a backend."""
+    def dispatched(self, waiter: Waiter, now: float) -> bool:
+        """``waiter`` leaves for a backend; False when it had left the queue already."""
         self.codel[waiter.long].dispatched(now - waiter.arrived, now)
-        self.drain.record(now)
-        self.remove(waiter)
+        return self.remove(waiter)
 
     def expired(self, now: float) -> list[Waiter]:
-        """The waiters whose deadline passed or who waited longer than their class may
-        (``max_wait_s``, shrunk to the CoDel target while a standing queue lasts); they
-        are taken out of the queue."""
+        """The waiters whose deadline passed or who waited longer than their class may;
+        they are taken out of the queue. While a standing queue lasts, the allowed wait
+        shrinks to the CoDel target for the lowest tier waiting only: a higher tier is
+        never cut back while a lower one waits."""
+        if not self.waiters:
+            return []
+        lowest = self.waiters[-1].tier
         out = []
         for w in self.waiters:
             limits = self.limits[w.long]
-            allowed = self.codel[w.long].allowed_wait(limits.max_wait_s)
+            allowed = limits.max_wait_s
+            if w.tier == lowest:
+                allowed = self.codel[w.long].allowed_wait(allowed)
             if now >= w.deadline or now - w.arrived >= allowed:
                 out.append(w)
         for w in out:
@@ -314,7 +328,9 @@ def verdict(
     kv = first.kv_tokens
     if kv is not None and first.load.budget_in_flight + plan.budget > kv:
         return Verdict.HOLD_KV
-    if clean - (0 if first.load.long_pending else 1) < settings.keep_clean:
+    # the planner puts backends free of long prefill first for long requests: a long one
+    # never queues in an engine behind another long prefill, it waits here instead
+    if first.load.long_pending or clean - 1 < settings.keep_clean:
         return Verdict.HOLD_CLEAN
     return Verdict.ADMIT
 

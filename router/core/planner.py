@@ -23,7 +23,9 @@ request behind a long prefill waits for all of it (a 60k-token prefill holds an 
   none;
 * a long request leaves ``keep_clean`` backends of the fleet free of long prefill for the
   short ones while a backend that already has long work can start it within
-  ``long_wait_limit_ms``.
+  ``long_wait_limit_ms``; with ``hold_long`` (admission holds long work at the router
+  instead) it goes first to backends free of long prefill, and admission decides whether
+  it may go at all.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class PlannerSettings:
     load_factor: float = 1.25
     keep_clean: int = 1
     long_wait_limit_ms: float = 10_000.0
+    # admission holds long requests at the router (router/core/admission.py): a long one
+    # then goes only to a backend free of long prefill, never queues behind another
+    hold_long: bool = False
 
 
 class _Scored(NamedTuple):
@@ -153,7 +158,10 @@ def plan(
                 scored.sort(key=_cost)
         else:
             scored.sort(key=_cost)
-    if scored and not short:
+    if scored and not short and settings.hold_long:
+        scored.sort(key=_dirty_then_cost)
+        rule = "a backend free of long prefill first (long work waits at the router)"
+    elif scored and not short:
         clean_fleet = _clean_backends(pools, view_of)
         if clean_fleet <= settings.keep_clean and any(
             not s.clean and s.wait_ms <= settings.long_wait_limit_ms for s in scored

@@ -43,8 +43,9 @@ def route(pools: tuple[PoolView, ...], f: RequestFacts, loads: dict[int, Load] |
     loads = loads or {}
 
     def view_of(b: Backend) -> BackendView:
-        return BackendView(b, loads.get(b.index, IDLE), b.index not in down, RATE, True,
-                           b.kv_tokens)
+        return BackendView(
+            b, loads.get(b.index, IDLE), b.index not in down, RATE, True, b.kv_tokens
+        )
 
     e = eligible_pools(f.prompt, f.max_tokens, pools)
     return plan(f, pools, e, view_of, PlannerSettings(**settings))  # type: ignore[arg-type]

@@ -1,0 +1,217 @@
+"""The admission policy (router/core/admission.py), without I/O: queues, CoDel, drain rate,
+Retry-After, holding, reserves and the overload guard, against plain reference rules."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.core.admission import (
+    HOLDS,
+    AdmissionSettings,
+    ClassLimits,
+    Codel,
+    DrainMeter,
+    OverloadGuard,
+    Tier,
+    Verdict,
+    Waiter,
+    WaitQueue,
+    retry_after,
+    verdict,
+)
+from router.core.hashring import PoolRing
+from router.core.planner import PoolView
+from router.model import Backend, BackendView, Load, RoutePlan
+
+SHORT = ClassLimits(deadline_s=30.0, max_wait_s=10.0, codel_target_s=0.25, codel_interval_s=1.0)
+LONG = ClassLimits(deadline_s=120.0, max_wait_s=60.0, codel_target_s=5.0, codel_interval_s=20.0)
+
+# one step of a queue's life: (op, tier, long, dt, deadline after arrival)
+ops = st.lists(
+    st.tuples(st.sampled_from(["offer", "offer", "offer", "dispatch", "remove", "expire"]),
+              st.integers(0, 2), st.booleans(), st.floats(0, 3), st.floats(0.1, 40)),
+    max_size=80,
+)  # fmt: skip
+
+
+@given(st.integers(1, 6), ops)
+@settings(max_examples=300, deadline=None)
+def test_a_queue_stays_bounded_ordered_and_sheds_only_the_lowest_tier(depth: int, steps) -> None:  # type: ignore[no-untyped-def]
+    q = WaitQueue(depth, SHORT, LONG)
+    now = 0.0
+    seq = 0
+    inside: set[int] = set()
+    for op, tier, long, dt, life in steps:
+        now += dt
+        if op == "offer":
+            seq += 1
+            w = Waiter(tier, long, now, now + life, seq)
+            before = list(q.waiters)
+            refused = q.offer(w)
+            if refused is None:
+                assert len(before) < depth
+                inside.add(w.seq)
+            elif refused is w:
+                # full, and nobody of a lower tier (a larger number) was there to make room
+                assert len(before) == depth and all(b.tier <= tier for b in before)
+            else:
+                # a higher-tier newcomer took the place of the lowest tier's newest waiter
+                assert len(before) == depth and refused.tier > tier
+                assert refused.order() == max(b.order() for b in before)
+                inside.discard(refused.seq)
+                inside.add(w.seq)
+        elif op == "dispatch" and q.waiters:
+            w = q.waiters[0]
+            q.dispatched(w, now)
+            inside.discard(w.seq)
+        elif op == "remove" and q.waiters:
+            w = q.waiters[-1]
+            assert q.remove(w)
+            assert not q.remove(w)  # a second removal is a no-op
+            inside.discard(w.seq)
+        elif op == "expire":
+            lowest = max((w.tier for w in q.waiters), default=0)
+            gone = q.expired(now)
+            for w in gone:
+                limits = LONG if w.long else SHORT
+                allowed = limits.max_wait_s
+                if w.tier == lowest and q.codel[w.long].dropping:
+                    allowed = min(allowed, limits.codel_target_s)  # only the lowest tier
+                assert now >= w.deadline or now - w.arrived >= allowed
+                inside.discard(w.seq)
+            for w in q.waiters:
+                assert now < w.deadline
+        assert len(q) <= depth
+        assert [w.order() for w in q.waiters] == sorted(w.order() for w in q.waiters)
+        assert {w.seq for w in q.waiters} == inside
+
+
+@given(st.lists(st.tuples(st.floats(0, 2), st.floats(0, 1)), max_size=60))
+def test_codel_drops_only_after_a_whole_interval_over_target(waits) -> None:  # type: ignore[no-untyped-def]
+    c = Codel(target=0.25, interval=1.0)
+    now = 0.0
+    above_since: float | None = None
+    for waited, dt in waits:
+        now += dt
+        c.dispatched(waited, now)
+        if waited <= 0.25:
+            above_since = None
+        elif above_since is None:
+            above_since = now
+        assert c.dropping == (above_since is not None and now - above_since >= 1.0)
+        assert c.allowed_wait(10.0) == (0.25 if c.dropping else 10.0)
+    c.emptied()
+    assert not c.dropping
+
+
+@given(st.lists(st.floats(0, 0.7), max_size=200))
+def test_the_drain_meter_counts_the_last_window(gaps: list[float]) -> None:
+    meter = DrainMeter(window_s=10)
+    now = 1000.0
+    stamps = []
+    for gap in gaps:
+        now += gap
+        meter.record(now)
+        stamps.append(now)
+    second = int(now)
+    span = min(10, second - int(stamps[0]) + 1) if stamps else 1
+    expected = sum(1 for t in stamps if second - 10 < int(t) <= second) / span
+    assert meter.rate(now) == expected
+
+
+@given(st.integers(0, 10_000), st.floats(0, 1000))
+def test_retry_after_is_bounded_and_grows_with_the_queue(ahead: int, rate: float) -> None:
+    wait = retry_after(ahead, rate)
+    assert 1.0 <= wait <= 60.0
+    assert retry_after(ahead + 1, rate) >= wait
+    if rate == 0:
+        assert wait == 60.0
+
+
+def test_tiers_are_named_aliased_or_defaulted() -> None:
+    s = AdmissionSettings(aliases={"0": 0, "batch": 2})
+    assert [s.tier_of(v) for v in ("high", " Normal ", "LOW", "0", "batch")] == [0, 1, 2, 0, 2]
+    assert s.tier_of(None) == s.tier_of("urgent!") == s.tier_of("7") == 1
+
+
+# -- verdicts over a small fleet ------------------------------------------------------
+
+
+def _fleet(n: int, cap: int = 8, kv: int | None = None) -> tuple[PoolView, ...]:
+    backends = tuple(Backend(i, f"http://b{i}:1", "p", "m", f"b{i}", 1, cap, kv_tokens=kv)
+                     for i in range(n))  # fmt: skip
+    ring = PoolRing(((b.url, 1) for b in backends), 16)
+    return (PoolView("p", "m", 100_000, 64, ring, backends, {b.url: b for b in backends}),)
+
+
+loads = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2), st.integers(0, 90_000)),
+                 min_size=1, max_size=5)  # fmt: skip
+
+
+@given(loads, st.integers(0, 2), st.booleans(), st.integers(0, 2), st.integers(1, 60_000))
+@settings(max_examples=300)
+def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budget: int) -> None:  # type: ignore[no-untyped-def]
+    pools = _fleet(len(rows), kv=100_000)
+    backends = pools[0].backends
+    views = {b.index: BackendView(b, Load(r[0], r[1] * 5000, r[1], r[2]), True, 20_000.0, True,
+                                  b.kv_tokens)
+             for b, r in zip(backends, rows, strict=True)}  # fmt: skip
+    room = [b for b in backends if views[b.index].load.in_flight < b.max_in_flight]
+    # the planner's order is not under test here: the least loaded first
+    room.sort(key=lambda b: views[b.index].load.pending_prefill)
+    plan = RoutePlan("p", tuple(room), tuple(0.0 for _ in room), budget, (), (0,))
+    s = AdmissionSettings(tiers=(Tier("high"), Tier("normal", 0.25), Tier("low")), keep_clean=keep)
+    v = verdict(tier, long, plan, pools, lambda b: views[b.index], s, lambda b: True)
+    if not room:
+        assert v is Verdict.FULL  # they pass by themselves: wait
+        return
+    capacity = sum(b.max_in_flight for b in backends)
+    in_flight = sum(v_.load.in_flight for v_ in views.values())
+    share = 0.75 if tier == 2 else 1.0  # normal keeps 0.25 for itself and high
+    if in_flight + 1 > share * capacity:
+        assert v is Verdict.RESERVED
+        return
+    if not long:
+        assert v is Verdict.ADMIT  # a short request is never held
+        return
+    pending = sum(1 for v_ in views.values() if v_.load.long_pending)
+    if pending == 0:
+        assert v is Verdict.ADMIT  # nothing that would end: holding would never end
+        return
+    first = views[room[0].index]
+    clean = sum(1 for v_ in views.values()
+                if not v_.load.long_pending and v_.load.in_flight < 8)  # fmt: skip
+    if first.load.budget_in_flight + budget > 100_000:
+        assert v is Verdict.HOLD_KV
+    elif first.load.long_pending or clean - 1 < keep:
+        assert v is Verdict.HOLD_CLEAN
+    else:
+        assert v is Verdict.ADMIT
+    assert (v in HOLDS) <= long
+
+
+def test_nothing_usable_and_nothing_passing_is_no_backend() -> None:
+    pools = _fleet(2)
+    plan = RoutePlan("p", (), (), 100, (), (0,))
+    s = AdmissionSettings()
+
+    def view(b: Backend) -> BackendView:
+        return BackendView(b, Load(), True, 1.0, False)
+
+    assert verdict(1, False, plan, pools, view, s, lambda b: False) is Verdict.NO_BACKEND
+    assert verdict(1, False, plan, pools, view, s, lambda b: b.index == 1) is Verdict.FULL
+
+
+@given(st.integers(1, 5), st.lists(st.booleans(), max_size=30))
+def test_the_overload_guard_sheds_lowest_first_and_never_the_highest(tiers: int, overs) -> None:  # type: ignore[no-untyped-def]
+    g = OverloadGuard(tiers, max_lag_s=0.1, max_rss_bytes=None)
+    level = 0
+    for over in overs:
+        g.observe(0.5 if over else 0.01, 0)
+        level = min(level + 1, tiers - 1) if over else max(level - 1, 0)
+        assert g.level == level
+        shed = [g.sheds(t) for t in range(tiers)]
+        assert not shed[0]
+        assert shed == sorted(shed)  # a tier is shed only if every lower one is
+        assert sum(shed) == level
