@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -53,9 +53,12 @@ async def run_load(
     session_header: str = "X-Session-ID",
     grace_s: float = 60.0,
     progress: Callable[[int], None] | None = None,
+    deadlines: Mapping[str, str] | None = None,
 ) -> tuple[list[Result], float]:
     """Send every request at its time; wait for all, at most ``grace_s`` after the last
-    send: what is still running then is 'stuck'. Returns results and the run's length."""
+    send: what is still running then is 'stuck'. Returns results and the run's length.
+    ``deadlines``: class -> X-Request-Timeout to send (a client's own SLO)."""
+    deadlines = deadlines or {}
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -72,6 +75,8 @@ async def run_load(
             headers = {"Content-Type": "application/json"}
             if p.session is not None:
                 headers[session_header] = p.session
+            if p.kind in deadlines:
+                headers["X-Request-Timeout"] = deadlines[p.kind]
             try:
                 async with session.post(url + p.path, data=p.body, headers=headers) as resp:
                     r.status = resp.status

@@ -70,18 +70,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace", type=float, default=60.0, help="seconds to wait after the last send")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument(
+        "--rates",
+        type=_rates,
+        help="comma-separated request rates, each run in turn (e.g. 8,12,16); overrides --rate",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        choices=sorted(VARIANTS),
+        help="router admission variant, repeatable (default: admission): admission, no-hold "
+        "(queues but no holding of long work), no-admission (full means 503 at once)",
+    )
+    p.add_argument(
+        "--no-deadlines",
+        action="store_true",
+        help="do not send X-Request-Timeout (by default each request carries its class's SLO)",
+    )
+
+
+# config overlays of the router's admission, compared on the same traffic
+VARIANTS: dict[str, dict[str, Any]] = {
+    "admission": {},
+    "no-hold": {"hold_long": False},
+    "no-admission": {"enabled": False},
+}
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError("every rate must be above 0")
+    return rates
 
 
 @dataclass
 class ClassSummary:
     n: int
     ok: int
-    errors: int
+    errors: int  # failed, not counting quick refusals
     stuck: int
-    ttft_p50_ms: float
+    ttft_p50_ms: float  # over every request: one that did not finish counts as infinitely late
     ttft_p95_ms: float
     ttft_p99_ms: float
-    goodput: float
+    goodput: float  # share of requests finished within the SLO
+    refused: int = 0  # answered 429 or 503 by the router (shed, with Retry-After)
+    good_per_s: float = 0.0  # requests finished within the SLO, per second of arrivals
+    served_p99_ms: float = math.nan  # TTFT p99 of the requests that finished
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -91,22 +131,28 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def summarise(results: list[Result], kind: str, slo_s: float) -> ClassSummary:
+def summarise(results: list[Result], kind: str, slo_s: float,
+              duration_s: float = math.nan) -> ClassSummary:  # fmt: skip
     mine = [r for r in results if r.kind == kind]
     # a request that failed or never started has no TTFT: it counts as infinitely late
     ttfts = [r.ttft_s if (r.finished and r.ttft_s is not None) else math.inf for r in mine]
     stuck = sum(1 for r in mine if r.error and r.error.startswith("stuck"))
+    refused = sum(1 for r in mine if r.status in (429, 503))
     ok = sum(1 for r in mine if r.finished)
     good = sum(1 for r, t in zip(mine, ttfts, strict=True) if r.finished and t <= slo_s)
+    served = [t for t in ttfts if not math.isinf(t)]
     return ClassSummary(
         n=len(mine),
         ok=ok,
-        errors=len(mine) - ok - stuck,
+        errors=len(mine) - ok - stuck - refused,
         stuck=stuck,
         ttft_p50_ms=1e3 * _pct(ttfts, 0.50),
         ttft_p95_ms=1e3 * _pct(ttfts, 0.95),
         ttft_p99_ms=1e3 * _pct(ttfts, 0.99),
         goodput=good / len(mine) if mine else math.nan,
+        refused=refused,
+        good_per_s=good / duration_s if duration_s > 0 else math.nan,
+        served_p99_ms=1e3 * _pct(served, 0.99),
     )
 
 
@@ -246,10 +292,14 @@ class Fleet:
 
 
 def _run_one(args: argparse.Namespace, workload: Workload, target: str,
-             config: RouterConfig | None) -> dict[str, Any]:  # fmt: skip
+             config: RouterConfig | None, variant: str) -> dict[str, Any]:  # fmt: skip
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     planned = plan_requests(workload)
+    if config is not None and target == "router" and VARIANTS[variant]:
+        data = config.model_dump(mode="json", exclude_none=True)
+        data["admission"] = {**data.get("admission", {}), **VARIANTS[variant]}
+        config = RouterConfig.model_validate(data)
     fleet = Fleet(config, args.profile, not args.no_pin) if config is not None else None
     counters: dict[str, float] = {}
     try:
@@ -272,6 +322,8 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
             TimeElapsedColumn(), transient=True,
         ) as bar:  # fmt: skip
             task = bar.add_task(f"{target}, {workload.rate:g} req/s", total=len(planned))
+            slos = {"short": f"{args.short_slo_ms / 1e3:g}", "long": f"{args.long_slo_s:g}"}
+            deadlines = {} if args.no_deadlines else slos
             results, elapsed = asyncio.run(
                 run_load(
                     planned,
@@ -279,6 +331,7 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
                     session_header=session_header,
                     grace_s=args.grace,
                     progress=lambda n: bar.advance(task, n),
+                    deadlines=deadlines,
                 )
             )
         if fleet is not None:
@@ -286,8 +339,8 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
     finally:
         if fleet is not None:
             fleet.stop()
-    short = summarise(results, "short", args.short_slo_ms / 1e3)
-    long = summarise(results, "long", args.long_slo_s)
+    short = summarise(results, "short", args.short_slo_ms / 1e3, workload.duration_s)
+    long = summarise(results, "long", args.long_slo_s, workload.duration_s)
     errors: dict[str, int] = {}
     for r in results:
         if r.error:
@@ -296,6 +349,8 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
     hits, queries = counters.get("prefix_hits", 0.0), counters.get("prefix_queries", 0.0)
     return {
         "target": target,
+        "variant": variant if target == "router" else None,
+        "rate": workload.rate,
         "workers": args.workers if target == "router" else None,
         "replicas": args.replicas if target == "router" else None,
         "redis": bool(args.redis) if target == "router" else None,
@@ -322,11 +377,14 @@ def print_table(runs: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("target", "class", "n", "ok", "err", "stuck", "TTFT p50 ms", "p95 ms", "p99 ms",
-                "goodput", "preempt", "prefix hit"):  # fmt: skip
+    for col in ("target", "rate", "class", "n", "ok", "shed", "err", "stuck", "TTFT p50 ms",
+                "p95 ms", "p99 ms", "served p99", "goodput", "good/s", "preempt",
+                "prefix hit"):  # fmt: skip
         table.add_column(col, justify="right")
     for run in runs:
         name = run["target"]
+        if run.get("variant") not in ("admission", None):
+            name += f" {run['variant']}"
         if run.get("workers") not in (1, None):
             name += f" x{run['workers']}"
         if run.get("replicas") not in (1, None):
@@ -335,16 +393,29 @@ def print_table(runs: list[dict[str, Any]], title: str) -> None:
             s = run[kind]
             hit = run["prefix_cache_hit_rate"]
             table.add_row(
-                name if kind == "short" else "", kind, str(s["n"]), str(s["ok"]),
+                name if kind == "short" else "", f"{run['rate']:g}" if kind == "short" else "",
+                kind, str(s["n"]), str(s["ok"]), str(s["refused"]),
                 str(s["errors"]), str(s["stuck"]), _fmt_ms(s["ttft_p50_ms"]),
-                _fmt_ms(s["ttft_p95_ms"]), _fmt_ms(s["ttft_p99_ms"]), f"{s['goodput']:.3f}",
+                _fmt_ms(s["ttft_p95_ms"]), _fmt_ms(s["ttft_p99_ms"]),
+                _fmt_ms(s["served_p99_ms"]), f"{s['goodput']:.3f}", f"{s['good_per_s']:.2f}",
                 "" if kind == "long" or run["preemptions"] is None else f"{run['preemptions']:.0f}",
                 "" if kind == "long" or hit is None else f"{hit:.2f}",
             )  # fmt: skip
-    Console(width=max(132, shutil.get_terminal_size().columns)).print(table)
+    Console(width=max(170, shutil.get_terminal_size().columns)).print(table)
     for run in runs:
         if run["errors"]:
-            print(f"{run['target']}: errors by kind: {run['errors']}")
+            print(f"{run['target']} {run.get('variant') or ''} at {run['rate']:g} req/s: "
+                  f"errors by kind: {run['errors']}")  # fmt: skip
+    names = sorted({(r["target"], r.get("variant") or "") for r in runs})
+    if len({r["rate"] for r in runs}) > 1:
+        for target, variant in names:
+            mine = [
+                r for r in runs if r["target"] == target and (r.get("variant") or "") == variant
+            ]
+            good = [r["rate"] for r in mine
+                    if r["short"]["goodput"] >= 0.99 and r["long"]["goodput"] >= 0.99]  # fmt: skip
+            best = f"{max(good):g} req/s" if good else "below every rate tried"
+            print(f"capacity at SLO (goodput >= 0.99 in both classes), {target} {variant}: {best}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -378,10 +449,17 @@ def run(args: argparse.Namespace) -> int:
         print("ctxroute bench: --workers and --replicas must be at least 1", file=sys.stderr)
         return 2
     order = ["round-robin", "router"] if args.target == "both" else [args.target]
-    runs = [_run_one(args, workload, target, config) for target in order]
+    variants = args.variant or ["admission"]
+    runs = []
+    for rate in args.rates or [workload.rate]:
+        at_rate = replace(workload, rate=rate)
+        for target in order:
+            for variant in variants if target == "router" else ["admission"]:
+                runs.append(_run_one(args, at_rate, target, config, variant))
     where = args.fleet.name if args.fleet else args.url
+    rates = ", ".join(f"{r:g}" for r in (args.rates or [workload.rate]))
     title = (
-        f"{where}: {workload.rate:g} req/s for {workload.duration_s:g}s, seed {workload.seed}; "
+        f"{where}: {rates} req/s for {workload.duration_s:g}s, seed {workload.seed}; "
         f"SLO short {args.short_slo_ms:g} ms, long {args.long_slo_s:g} s"
     )
     print_table(runs, title)

@@ -56,8 +56,11 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
         session = make_probe_session(config)
         upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
         settings = ForwardSettings(config.routing.max_attempts, config.timeouts)
-        admission = admission_settings(config.admission, config.routing.long_prefill_tokens,
-                                       config.routing.keep_clean)  # fmt: skip
+        memory = config.breakers.memory
+        admission = admission_settings(
+            config.admission, config.routing.long_prefill_tokens, config.routing.keep_clean,
+            memory.close_below if memory.close_below is not None else 0.9 * memory.open_at,
+        )  # fmt: skip
         gate = Gate(fleet, ledger, admission, config.admission)
         ctx = RouterContext(
             config, fleet, ledger, upstream, session, counters, int(time.time()), settings, gate

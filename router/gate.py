@@ -51,8 +51,8 @@ _PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 Replan = Callable[[], RoutePlan]
 
 
-def admission_settings(config: AdmissionConfig, long_prefill_tokens: int,
-                       keep_clean: int) -> AdmissionSettings:  # fmt: skip
+def admission_settings(config: AdmissionConfig, long_prefill_tokens: int, keep_clean: int,
+                       kv_fill: float) -> AdmissionSettings:  # fmt: skip
     names = [t.name for t in config.tiers]
 
     def limits(c: ClassAdmissionConfig) -> ClassLimits:
@@ -68,6 +68,7 @@ def admission_settings(config: AdmissionConfig, long_prefill_tokens: int,
         hold_long=config.hold_long,
         keep_clean=keep_clean,
         long_prefill_tokens=long_prefill_tokens,
+        kv_fill=kv_fill,
     )
 
 

@@ -81,6 +81,9 @@ class AdmissionSettings:
     hold_long: bool = True
     keep_clean: int = 1
     long_prefill_tokens: int = 4096
+    # the share of a backend's KV cache that budgets in flight may fill: below the memory
+    # breaker's close threshold, so that admitted work alone never trips it
+    kv_fill: float = 0.79
 
     def tier_of(self, value: str | None) -> int:
         """The tier a header or body value names (by name, alias or index); unknown values
@@ -326,7 +329,7 @@ def verdict(
         return Verdict.ADMIT  # nothing to wait for: holding would never end
     first = view_of(best)
     kv = first.kv_tokens
-    if kv is not None and first.load.budget_in_flight + plan.budget > kv:
+    if kv is not None and first.load.budget_in_flight + plan.budget > kv * settings.kv_fill:
         return Verdict.HOLD_KV
     # the planner puts backends free of long prefill first for long requests: a long one
     # never queues in an engine behind another long prefill, it waits here instead

@@ -88,3 +88,24 @@ def test_bench_spreads_load_over_replicas_sharing_a_redis(tmp_path: Path) -> Non
     assert (run["replicas"], run["redis"]) == (2, True)
     assert run["short"]["ok"] + run["long"]["ok"] == run["requests"], run["errors"]
     assert "2 replicas +redis" in table
+
+
+def test_bench_compares_admission_variants_over_rates_and_names_the_capacity(
+    tmp_path: Path,
+) -> None:
+    runs, table = run_bench(tmp_path, "--rates", "3,6", "--variant", "admission",
+                            "--variant", "no-admission")  # fmt: skip
+    assert [(r["rate"], r["variant"]) for r in runs] == [
+        (3.0, "admission"), (3.0, "no-admission"), (6.0, "admission"), (6.0, "no-admission")
+    ]  # fmt: skip
+    for run in runs:
+        for kind in ("short", "long"):
+            s = run[kind]
+            assert s["ok"] + s["refused"] + s["errors"] + s["stuck"] == s["n"]
+            assert s["good_per_s"] >= 0
+    assert "capacity at SLO" in table and "no-admission" in table
+    bad = subprocess.run(
+        [sys.executable, "-m", "router", "bench", "--fleet", str(tmp_path / "fleet.yaml"),
+         "--rates", "3,x"], capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "expected numbers separated by commas" in bad.stderr.decode()

@@ -182,7 +182,7 @@ def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budge
     first = views[room[0].index]
     clean = sum(1 for v_ in views.values()
                 if not v_.load.long_pending and v_.load.in_flight < 8)  # fmt: skip
-    if first.load.budget_in_flight + budget > 100_000:
+    if first.load.budget_in_flight + budget > 100_000 * s.kv_fill:
         assert v is Verdict.HOLD_KV
     elif first.load.long_pending or clean - 1 < keep:
         assert v is Verdict.HOLD_CLEAN
