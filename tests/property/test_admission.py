@@ -72,11 +72,12 @@ def test_a_queue_stays_bounded_ordered_and_sheds_only_the_lowest_tier(depth: int
             inside.discard(w.seq)
         elif op == "expire":
             lowest = max((w.tier for w in q.waiters), default=0)
+            dropping = [c.dropping for c in q.codel]  # (emptying the queue resets them)
             gone = q.expired(now)
             for w in gone:
                 limits = LONG if w.long else SHORT
                 allowed = limits.max_wait_s
-                if w.tier == lowest and q.codel[w.long].dropping:
+                if w.tier == lowest and dropping[w.long]:
                     allowed = min(allowed, limits.codel_target_s)  # only the lowest tier
                 assert now >= w.deadline or now - w.arrived >= allowed
                 inside.discard(w.seq)
