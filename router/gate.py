@@ -146,7 +146,9 @@ class Gate:
             if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
                 return self._admit(pool, tier), plan
         else:
-            v = Verdict.FULL
+            # behind others: a long one waits in the long lane (held, and holding no short
+            # one back), a short one for room
+            v = Verdict.HOLD_CLEAN if long else Verdict.FULL
         loop = asyncio.get_running_loop()
         now = monotonic()
         limits = self.settings.long if long else self.settings.short

@@ -50,6 +50,7 @@ class Verdict(enum.Enum):
     __hash__ = object.__hash__
 
 
+_DOWN: Final = float("inf")
 WAITS: Final = frozenset({Verdict.FULL, Verdict.RESERVED, Verdict.HOLD_CLEAN, Verdict.HOLD_KV})
 HOLDS: Final = frozenset({Verdict.HOLD_CLEAN, Verdict.HOLD_KV})
 
@@ -84,6 +85,7 @@ class AdmissionSettings:
     # the share of a backend's KV cache that budgets in flight may fill: below the memory
     # breaker's close threshold, so that admitted work alone never trips it
     kv_fill: float = 0.79
+    shares: tuple[float, ...] = field(init=False, repr=False, default=())
 
     def tier_of(self, value: str | None) -> int:
         """The tier a header or body value names (by name, alias or index); unknown values
@@ -96,9 +98,13 @@ class AdmissionSettings:
                 return i
         return self.aliases.get(key, self.default_tier)
 
+    def __post_init__(self) -> None:
+        shares = tuple(1.0 - sum(t.reserve for t in self.tiers[:i]) for i in range(len(self.tiers)))
+        object.__setattr__(self, "shares", shares)
+
     def allowed_share(self, tier: int) -> float:
         """The share of capacity a tier may fill: what the tiers above it reserve is theirs."""
-        return 1.0 - sum(t.reserve for t in self.tiers[:tier])
+        return self.shares[tier]
 
 
 @dataclass(slots=True)
@@ -264,13 +270,13 @@ class WaitQueue:
         return sum(1 for w in self.waiters if w.tier <= tier)
 
     def blocks(self, tier: int, long: bool) -> bool:
-        """Whether a newcomer must queue behind someone rather than try at once: a waiter
-        of its tier or higher is waiting for room (held long requests block only long
-        ones: a short request is never held for them)."""
+        """Whether a newcomer must queue behind someone rather than try at once: a short
+        one behind short waiters of its tier or higher (a short request is never held
+        behind long ones), a long one behind any waiter of its tier or higher."""
         for w in self.waiters:
             if w.tier > tier:
                 return False
-            if w.reason not in HOLDS or long:
+            if long or not w.long:
                 return True
         return False
 
@@ -292,8 +298,9 @@ def verdict(
     passes by itself (memory pressure, max_in_flight), so waiting is worth it."""
     candidates = plan.candidates
     best = candidates[0] if candidates else None
-    if best is None or not view_of(best).up:
-        # nothing usable, or only backends known down (a last resort, tried anyway)
+    if best is None or plan.waits_ms[0] == _DOWN:
+        # nothing usable, or only backends known down (a last resort, tried anyway: the
+        # planner lists them last, with an infinite wait)
         if best is not None:
             return Verdict.ADMIT
         for i in plan.pools:

@@ -211,16 +211,17 @@ async def test_a_client_that_leaves_the_queue_never_reaches_a_backend(
 async def test_a_long_request_waits_while_it_would_leave_no_backend_clean(
     make_sim: SimFactory, make_router: RouterFactory, hold: bool
 ) -> None:
-    """Two backends; a long prompt's prefill takes ~2 s. A second long one is held at the
-    router (dispatching it would leave no backend free of a long prefill) while a short
-    one goes straight through; it is dispatched once the first produced its first token."""
+    """Two backends; a long prompt's prefill takes ~2 s. Two more long ones are held at
+    the router (dispatching one would leave no backend free of a long prefill) while a
+    short one goes straight past them; the second is dispatched once the first produced
+    its first token."""
     slow = {"prefill_tokens_per_ms": 0.5, "max_num_batched_tokens": 2048, "model": "sim-model"}
     sims = [await make_sim(**slow), await make_sim(**slow)]
     config = config_for(sims, max_in_flight=8, routing={"long_prefill_tokens": 256},
                         admission={"hold_long": hold})  # fmt: skip
     router = await make_router(config)
     long_bodies = [{"prompt": f"{name} " + "word " * 1000, "max_tokens": 2, "stream": True}
-                   for name in ("first", "second")]  # fmt: skip
+                   for name in ("first", "second", "third")]  # fmt: skip
     async with aiohttp.ClientSession() as s:
 
         async def send(body: dict[str, Any], session: str) -> tuple[int, float]:
@@ -236,15 +237,17 @@ async def test_a_long_request_waits_while_it_would_leave_no_backend_clean(
         first = asyncio.ensure_future(send(long_bodies[0], "a"))
         await asyncio.sleep(0.2)
         second = asyncio.ensure_future(send(long_bodies[1], "b"))
+        await asyncio.sleep(0.1)
+        third = asyncio.ensure_future(send(long_bodies[2], "d"))
         await asyncio.sleep(0.2)
         pool = (await admission_status(s, router))["pools"]["only"]
-        assert pool["held_long"] == (1 if hold else 0)
-        assert sum(sim.received for sim in sims) == (1 if hold else 2)
+        assert pool["held_long"] == (2 if hold else 0)
+        assert sum(sim.received for sim in sims) == (1 if hold else 3)
         sent = time.monotonic() - t0
         status, short_first = await send({"prompt": "hi", "max_tokens": 2, "stream": True}, "c")
         assert status == 200 and short_first - sent < 1.0  # the clean backend took it at once
-        (s1, first1), (s2, first2) = await first, await second
-        assert s1 == s2 == 200
+        (s1, first1), (s2, first2), (s3, _) = await first, await second, await third
+        assert s1 == s2 == s3 == 200
         if hold:
             # it started only after the first one's prefill, and took a whole one itself
             assert first2 > first1 + 1.5

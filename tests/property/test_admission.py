@@ -86,6 +86,11 @@ def test_a_queue_stays_bounded_ordered_and_sheds_only_the_lowest_tier(depth: int
         assert len(q) <= depth
         assert [w.order() for w in q.waiters] == sorted(w.order() for w in q.waiters)
         assert {w.seq for w in q.waiters} == inside
+        for t in range(3):
+            # a short newcomer queues only behind short waiters of its tier or higher (never
+            # behind long work held at the door); a long one behind anyone of those tiers
+            assert q.blocks(t, False) == any(not w.long and w.tier <= t for w in q.waiters)
+            assert q.blocks(t, True) == any(w.tier <= t for w in q.waiters)
 
 
 @given(st.lists(st.tuples(st.floats(0, 2), st.floats(0, 1)), max_size=60))
