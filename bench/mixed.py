@@ -79,8 +79,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--variant",
         action="append",
         choices=sorted(VARIANTS),
-        help="router admission variant, repeatable (default: admission): admission, no-hold "
-        "(queues but no holding of long work), no-admission (full means 503 at once)",
+        help="router variant, repeatable (default: admission): admission (as configured), "
+        "no-hold (queues, but long work is neither held at the router nor stacked in "
+        "engines: the plain token-work policy), stack (no holding at the router; long work "
+        "queues in engines that already have some, to keep one clean: the previous "
+        "release), no-admission (no queue: full means 503 at once)",
     )
     p.add_argument(
         "--no-deadlines",
@@ -89,11 +92,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-# config overlays of the router's admission, compared on the same traffic
-VARIANTS: dict[str, dict[str, Any]] = {
+# config overlays (section -> keys) of the router, compared on the same traffic
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "admission": {},
-    "no-hold": {"hold_long": False},
-    "no-admission": {"enabled": False},
+    "no-hold": {"admission": {"hold_long": False}, "routing": {"keep_clean": 0}},
+    "stack": {"admission": {"hold_long": False}},
+    "no-admission": {"admission": {"enabled": False}},
 }
 
 
@@ -298,7 +302,8 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
     planned = plan_requests(workload)
     if config is not None and target == "router" and VARIANTS[variant]:
         data = config.model_dump(mode="json", exclude_none=True)
-        data["admission"] = {**data.get("admission", {}), **VARIANTS[variant]}
+        for section, keys in VARIANTS[variant].items():
+            data[section] = {**data.get(section, {}), **keys}
         config = RouterConfig.model_validate(data)
     fleet = Fleet(config, args.profile, not args.no_pin) if config is not None else None
     counters: dict[str, float] = {}
