@@ -141,8 +141,11 @@ class Gate:
         queue = self.queues[pool]
         view_of = self.ledger.view_of
         pools = self._pools_of(pool)
+        limits = self.settings.long if long else self.settings.short
+        allowed_s = limits.deadline_s if timeout_s is None else timeout_s
         if not queue.blocks(tier, long):
-            v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient)
+            v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient,
+                        allowed_s * 1000.0)  # fmt: skip
             if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
                 return self._admit(pool, tier), plan
         else:
@@ -151,8 +154,7 @@ class Gate:
             v = Verdict.HOLD_CLEAN if long else Verdict.FULL
         loop = asyncio.get_running_loop()
         now = monotonic()
-        limits = self.settings.long if long else self.settings.short
-        deadline = now + (limits.deadline_s if timeout_s is None else timeout_s)
+        deadline = now + allowed_s
         name = self.settings.tiers[tier].name
         ahead = queue.ahead_of(tier)
         if ahead:
@@ -186,7 +188,9 @@ class Gate:
                 if self.waking[pool] is waiter:
                     self.waking[pool] = None
                 plan = replan()
-                v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient)
+                left_ms = (deadline - monotonic()) * 1000.0
+                v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient,
+                            left_ms)  # fmt: skip
                 if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
                     if queue.dispatched(waiter, monotonic()):
                         self.waiting -= 1  # (an expiry in the same step took it out already)
@@ -250,7 +254,8 @@ class Gate:
                 if handle is None or handle.done():
                     continue
                 v = verdict(w.tier, w.long, w.replan(), self._pools_of(pool),
-                            self.ledger.view_of, self.settings, self._transient)  # fmt: skip
+                            self.ledger.view_of, self.settings, self._transient,
+                            (w.deadline - now) * 1000.0)  # fmt: skip
                 w.reason = v
                 if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
                     self.waking[pool] = w
@@ -259,6 +264,8 @@ class Gate:
                 if v in HOLDS:
                     long_held = True
                     continue
+                if v is Verdict.LATE:
+                    continue  # one with more time left may still start in time
                 break  # no room: the ones behind it are of its tier or lower
 
     def _wake(self, w: Waiter, exc: RouterError) -> None:

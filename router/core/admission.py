@@ -45,13 +45,16 @@ class Verdict(enum.Enum):
     RESERVED = "reserved"  # room is left only for higher tiers
     HOLD_CLEAN = "hold_clean"  # a long prefill now would leave no backend free of one
     HOLD_KV = "hold_kv"  # no candidate has KV room for its budget
+    LATE = "late"  # the best backend would not start it before its deadline: wait for a better
     NO_BACKEND = "no_backend"  # nothing usable, and waiting would not change that soon
 
     __hash__ = object.__hash__
 
 
 _DOWN: Final = float("inf")
-WAITS: Final = frozenset({Verdict.FULL, Verdict.RESERVED, Verdict.HOLD_CLEAN, Verdict.HOLD_KV})
+WAITS: Final = frozenset(
+    {Verdict.FULL, Verdict.RESERVED, Verdict.HOLD_CLEAN, Verdict.HOLD_KV, Verdict.LATE}
+)
 HOLDS: Final = frozenset({Verdict.HOLD_CLEAN, Verdict.HOLD_KV})
 
 
@@ -292,10 +295,14 @@ def verdict(
     view_of: Callable[[Backend], BackendView],
     settings: AdmissionSettings,
     transient: Callable[[Backend], bool],
+    time_left_ms: float = _DOWN,
 ) -> Verdict:
     """Whether a request of ``tier`` planned as ``plan`` over the model's ``pools`` may be
     dispatched now. ``transient(b)``: ``b`` is kept from new requests for a reason that
-    passes by itself (memory pressure, max_in_flight), so waiting is worth it."""
+    passes by itself (memory pressure, max_in_flight), so waiting is worth it.
+    ``time_left_ms``: until the request's deadline; a request whose best backend is
+    estimated to start it later than that (behind a long prefill, say) waits for a better
+    one, and is refused at its deadline if none comes: what is admitted can start in time."""
     candidates = plan.candidates
     best = candidates[0] if candidates else None
     if best is None or plan.waits_ms[0] == _DOWN:
@@ -307,6 +314,8 @@ def verdict(
             if any(transient(b) for b in pools[i].backends):
                 return Verdict.FULL
         return Verdict.NO_BACKEND
+    if plan.waits_ms[0] > time_left_ms:
+        return Verdict.LATE
     share = settings.allowed_share(tier)
     if share < 1.0:
         capacity = 0

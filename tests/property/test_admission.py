@@ -221,3 +221,17 @@ def test_the_overload_guard_sheds_lowest_first_and_never_the_highest(tiers: int,
         assert not shed[0]
         assert shed == sorted(shed)  # a tier is shed only if every lower one is
         assert sum(shed) == level
+
+
+def test_a_request_the_best_backend_would_start_after_its_deadline_waits() -> None:
+    pools = _fleet(2)
+    a, b = pools[0].backends
+    plan = RoutePlan("p", (a, b), (900.0, 1200.0), 100, (), (0,))
+    s = AdmissionSettings()
+
+    def view(x: Backend) -> BackendView:
+        return BackendView(x, Load(1, 18_000, 1, 20_000), True, 20_000.0)
+
+    assert verdict(1, False, plan, pools, view, s, lambda x: True, 500.0) is Verdict.LATE
+    assert verdict(1, False, plan, pools, view, s, lambda x: True, 1000.0) is Verdict.ADMIT
+    assert verdict(1, False, plan, pools, view, s, lambda x: True) is Verdict.ADMIT
