@@ -127,9 +127,10 @@ class Gate:
 
     # -- the request path ------------------------------------------------------------
 
-    async def enter(self, tier: int, long: bool, timeout_s: float | None, plan: RoutePlan,
-                    replan: Replan) -> tuple[Ticket, RoutePlan]:  # fmt: skip
-        """``plan``: the request's plan now; ``replan``: plans it again (after a wait)."""
+    def admit_now(self, tier: int, long: bool, timeout_s: float | None,
+                  plan: RoutePlan) -> Ticket | None:  # fmt: skip
+        """The common case, without a coroutine: a ticket when the request may go now,
+        None when it must wait (then ``wait``); raises when the overload guard sheds it."""
         if self.guard.level and self.guard.sheds(tier):
             raise self._refuse(Overloaded(
                 f"the router is overloaded (event-loop lag {self.guard.lag_s * 1000:.0f} ms, "
@@ -137,21 +138,30 @@ class Gate:
                 f"'{self.settings.tiers[tier].name}' are shed first", retry_after=2.0))  # fmt: skip
         pool = plan.preferred
         if not self.enabled:
-            return self._admit(pool, tier), plan
+            return self._admit(pool, tier)
+        if self.queues[pool].blocks(tier, long):
+            return None
+        limits = self.settings.long if long else self.settings.short
+        allowed_s = limits.deadline_s if timeout_s is None else timeout_s
+        v = verdict(tier, long, plan, self._pools_of(pool), self.ledger.view_of, self.settings,
+                    self._transient, allowed_s * 1000.0)  # fmt: skip
+        if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
+            return self._admit(pool, tier)
+        return None
+
+    async def wait(self, tier: int, long: bool, timeout_s: float | None, plan: RoutePlan,
+                   replan: Replan) -> tuple[Ticket, RoutePlan]:  # fmt: skip
+        """Queue a request ``admit_now`` did not let go: returns its ticket and a fresh plan
+        once it may go, or raises its refusal. ``replan`` plans it again."""
+        pool = plan.preferred
         queue = self.queues[pool]
         view_of = self.ledger.view_of
         pools = self._pools_of(pool)
         limits = self.settings.long if long else self.settings.short
         allowed_s = limits.deadline_s if timeout_s is None else timeout_s
-        if not queue.blocks(tier, long):
-            v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient,
-                        allowed_s * 1000.0)  # fmt: skip
-            if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
-                return self._admit(pool, tier), plan
-        else:
-            # behind others: a long one waits in the long lane (held, and holding no short
-            # one back), a short one for room
-            v = Verdict.HOLD_CLEAN if long else Verdict.FULL
+        # behind others: a long one waits in the long lane (held, and holding no short one
+        # back), a short one for room
+        v = Verdict.HOLD_CLEAN if long else Verdict.FULL
         loop = asyncio.get_running_loop()
         now = monotonic()
         deadline = now + allowed_s

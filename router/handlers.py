@@ -123,16 +123,21 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
                          request_id, big, small)  # fmt: skip
         gate = ctx.gate
         headers = request.headers
-        tier = gate.settings.tier_of(_priority(headers.get(config.admission.priority_header),
-                                               body.get("priority")))  # fmt: skip
-        timeout_s = _timeout(headers.get("X-Request-Timeout"))
+        priority = headers.get(config.admission.priority_header)
+        field = body.get("priority")
+        tier = gate.settings.default_tier if priority is None and field is None else \
+            gate.settings.tier_of(_priority(priority, field))  # fmt: skip
+        timeout = headers.get("X-Request-Timeout")
+        timeout_s = None if timeout is None else _timeout(timeout)
         long = facts.prompt.estimate >= fleet.settings.long_prefill_tokens
-        settings = fleet.settings
+        ticket = gate.admit_now(tier, long, timeout_s, route)
+        if ticket is None:
+            settings = fleet.settings
 
-        def replan() -> RoutePlan:
-            return plan(facts, pools, eligibility, view_of, settings)
+            def replan() -> RoutePlan:
+                return plan(facts, pools, eligibility, view_of, settings)
 
-        ticket, route = await gate.enter(tier, long, timeout_s, route, replan)
+            ticket, route = await gate.wait(tier, long, timeout_s, route, replan)
         try:
             return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts,
                                  route, request_id, ctx.forward_settings, extra)  # fmt: skip
@@ -154,10 +159,8 @@ def _priority(header: str | None, field: object) -> str | None:
     return str(field)
 
 
-def _timeout(header: str | None) -> float | None:
+def _timeout(header: str) -> float:
     """``X-Request-Timeout``: seconds the client will wait for the request to start."""
-    if header is None:
-        return None
     try:
         value = float(header)
     except ValueError:
