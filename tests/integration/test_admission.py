@@ -164,12 +164,20 @@ async def test_a_higher_tier_takes_the_place_of_the_lowest_when_the_queue_is_ful
                               headers={"X-Priority": tier}) as r:  # fmt: skip
                 return r.status, r.headers.get("x-ctxroute-reject"), await r.text()
 
+        async def until_waiting(low: int) -> None:
+            for _ in range(200):
+                waiting = (await admission_status(s, router))["pools"]["only"]["waiting"]
+                if waiting["low"] == low:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting == {"high": 0, "normal": 0, "low": low}
+
         busy = asyncio.ensure_future(send("normal"))  # takes the one slot
         await asyncio.sleep(0.1)
-        lows = [asyncio.ensure_future(send("low")) for _ in range(2)]
-        await asyncio.sleep(0.1)
-        waiting = (await admission_status(s, router))["pools"]["only"]["waiting"]
-        assert waiting == {"high": 0, "normal": 0, "low": 2}
+        lows = []
+        for n in (1, 2):  # one after the other: the second is the newest
+            lows.append(asyncio.ensure_future(send("low")))
+            await until_waiting(n)
         high = asyncio.ensure_future(send("high"))
         evicted = await asyncio.wait_for(lows[1], 1.0)  # the newest low one
         assert evicted[:2] == (429, "queue_full")
@@ -194,7 +202,10 @@ async def test_a_client_that_leaves_the_queue_never_reaches_a_backend(
         await asyncio.sleep(0.1)
         received = sim.received
         leaving = asyncio.ensure_future(s.post(router.url + COMPLETIONS, json=body))
-        await asyncio.sleep(0.1)
+        for _ in range(200):
+            if (await admission_status(s, router))["pools"]["only"]["waiting"]["normal"] == 1:
+                break
+            await asyncio.sleep(0.01)
         assert (await admission_status(s, router))["pools"]["only"]["waiting"]["normal"] == 1
         leaving.cancel()
         await asyncio.gather(leaving, return_exceptions=True)
@@ -239,8 +250,13 @@ async def test_a_long_request_waits_while_it_would_leave_no_backend_clean(
         second = asyncio.ensure_future(send(long_bodies[1], "b"))
         await asyncio.sleep(0.1)
         third = asyncio.ensure_future(send(long_bodies[2], "d"))
-        await asyncio.sleep(0.2)
-        pool = (await admission_status(s, router))["pools"]["only"]
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            pool = (await admission_status(s, router))["pools"]["only"]
+            if pool["held_long"] == (2 if hold else 0) and sum(sim.received for sim in sims) == (
+                1 if hold else 3
+            ):
+                break
         assert pool["held_long"] == (2 if hold else 0)
         assert sum(sim.received for sim in sims) == (1 if hold else 3)
         sent = time.monotonic() - t0
