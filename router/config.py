@@ -242,6 +242,9 @@ class OverloadConfig(_Frozen):
         default=None, gt=0, description="resident memory over this sheds the lowest tier"
     )
     check_interval_s: float = Field(default=0.5, gt=0)
+    sustain: int = Field(
+        default=3, ge=1, description="checks in a row over a limit before one more tier is shed"
+    )
 
 
 class AdmissionConfig(_Frozen):

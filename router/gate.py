@@ -120,6 +120,7 @@ class Gate:
             len(settings.tiers),
             None if o.max_loop_lag_ms is None else o.max_loop_lag_ms / 1000.0,
             None if o.max_rss_mb is None else int(o.max_rss_mb * 1024 * 1024),
+            o.sustain,
         )
         self.check_interval_s = o.check_interval_s
         self._timer: asyncio.TimerHandle | None = None

@@ -357,15 +357,18 @@ def verdict(
 @dataclass(slots=True)
 class OverloadGuard:
     """The router's own health: event-loop lag and resident memory against their limits.
-    Each check over a limit sheds one more tier, lowest first (never the highest); each
-    check under both limits sheds one fewer."""
+    ``sustain`` checks in a row over a limit shed one more tier, lowest first (never the
+    highest); each check under both limits sheds one fewer. One slow check (the host busy
+    for a moment) sheds nothing."""
 
     tiers: int
     max_lag_s: float | None
     max_rss_bytes: int | None
+    sustain: int = 3
     level: int = 0  # how many of the lowest tiers are shed
     lag_s: float = 0.0
     rss_bytes: int = 0
+    over_in_a_row: int = 0
 
     def observe(self, lag_s: float, rss_bytes: int) -> None:
         self.lag_s = lag_s
@@ -374,9 +377,14 @@ class OverloadGuard:
             self.max_rss_bytes is not None and rss_bytes > self.max_rss_bytes
         )
         if over:
-            self.level = min(self.level + 1, self.tiers - 1)
-        elif self.level:
-            self.level -= 1
+            self.over_in_a_row += 1
+            if self.over_in_a_row >= self.sustain:
+                self.over_in_a_row = 0
+                self.level = min(self.level + 1, self.tiers - 1)
+        else:
+            self.over_in_a_row = 0
+            if self.level:
+                self.level -= 1
 
     def sheds(self, tier: int) -> bool:
         return tier >= self.tiers - self.level
