@@ -343,7 +343,7 @@ class Gate:
                     },
                     "held_long": sum(1 for w in q.waiters if w.reason in HOLDS),
                     "admitted_in_flight": dict(zip(names, self.admitted[pool], strict=True)),
-                    "starts_per_s": round(q.drain.rate(now), 2),
+                    "finished_per_s": round(q.drain.rate(now), 2),  # the drain rate
                     "standing_queue": {"short": q.codel[0].dropping, "long": q.codel[1].dropping},
                 }
                 for pool, q in self.queues.items()
