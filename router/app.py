@@ -18,7 +18,7 @@ from router.handlers import add_routes
 from router.ledger import Ledger
 from router.loadboard import LoadBoard, LoadView
 from router.model import Backend
-from router.probe import make_probe_session, probe_forever
+from router.probe import make_probe_session, memory_settings, probe_forever
 from router.proxy import ForwardSettings
 from router.store import Store
 from router.store.memory import MemoryStore, breaker_settings
@@ -56,10 +56,9 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
         session = make_probe_session(config)
         upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
         settings = ForwardSettings(config.routing.max_attempts, config.timeouts)
-        memory = config.breakers.memory
         admission = admission_settings(
             config.admission, config.routing.long_prefill_tokens, config.routing.keep_clean,
-            memory.close_below if memory.close_below is not None else 0.9 * memory.open_at,
+            memory_settings(config).close_at,
         )  # fmt: skip
         gate = Gate(fleet, ledger, admission, config.admission)
         ctx = RouterContext(
