@@ -142,8 +142,7 @@ class Gate:
             return self._admit(pool, tier)
         if self.queues[pool].blocks(tier, long):
             return None
-        limits = self.settings.long if long else self.settings.short
-        allowed_s = limits.deadline_s if timeout_s is None else timeout_s
+        allowed_s = self._allowed_s(long, timeout_s)
         v = verdict(tier, long, plan, self._pools_of(pool), self.ledger.view_of, self.settings,
                     self._transient, allowed_s * 1000.0)  # fmt: skip
         if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
@@ -158,8 +157,7 @@ class Gate:
         queue = self.queues[pool]
         view_of = self.ledger.view_of
         pools = self._pools_of(pool)
-        limits = self.settings.long if long else self.settings.short
-        allowed_s = limits.deadline_s if timeout_s is None else timeout_s
+        allowed_s = self._allowed_s(long, timeout_s)
         # behind others: a long one waits in the long lane (held, and holding no short one
         # back), a short one for room
         v = Verdict.HOLD_CLEAN if long else Verdict.FULL
@@ -216,6 +214,12 @@ class Gate:
                 loop.call_soon(self.changed)
             raise
 
+    def _allowed_s(self, long: bool, timeout_s: float | None) -> float:
+        """How long the request may take to start: its X-Request-Timeout, else its class's."""
+        if timeout_s is not None:
+            return timeout_s
+        return (self.settings.long if long else self.settings.short).deadline_s
+
     def _admit(self, pool: str, tier: int) -> Ticket:
         self.admitted[pool][tier] += 1
         return Ticket(self, pool, tier)
@@ -258,15 +262,16 @@ class Gate:
             if self.waking[pool] is not None:
                 continue
             long_held = False
+            pools = self._pools_of(pool)
             for w in queue:
                 if w.long and long_held:
                     continue
                 handle = w.handle
                 if handle is None or handle.done():
                     continue
-                v = verdict(w.tier, w.long, w.replan(), self._pools_of(pool),
-                            self.ledger.view_of, self.settings, self._transient,
-                            (w.deadline - now) * 1000.0)  # fmt: skip
+                left_ms = (w.deadline - now) * 1000.0
+                v = verdict(w.tier, w.long, w.replan(), pools, self.ledger.view_of,
+                            self.settings, self._transient, left_ms)  # fmt: skip
                 w.reason = v
                 if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
                     self.waking[pool] = w

@@ -52,9 +52,6 @@ class Verdict(enum.Enum):
 
 
 _DOWN: Final = float("inf")
-WAITS: Final = frozenset(
-    {Verdict.FULL, Verdict.RESERVED, Verdict.HOLD_CLEAN, Verdict.HOLD_KV, Verdict.LATE}
-)
 HOLDS: Final = frozenset({Verdict.HOLD_CLEAN, Verdict.HOLD_KV})
 
 
@@ -262,10 +259,7 @@ class WaitQueue:
             if now >= w.deadline or now - w.arrived >= allowed:
                 out.append(w)
         for w in out:
-            self.waiters.remove(w)
-        if out and not self.waiters:
-            for c in self.codel:
-                c.emptied()
+            self.remove(w)
         return out
 
     def ahead_of(self, tier: int) -> int:
