@@ -112,10 +112,15 @@ class ListenConfig(_Frozen):
 
 class TimeoutsConfig(_Frozen):
     connect_s: float = Field(default=2.0, gt=0)
-    ttfb_s: float = Field(default=30.0, gt=0, description="until the first body byte")
+    ttfb_s: float = Field(
+        default=30.0, gt=0, description="from sending a stream's request to its first body byte"
+    )
     idle_read_s: float = Field(default=60.0, gt=0, description="between two body reads")
     unary_s: float = Field(
-        default=600.0, gt=0, description="a non-streaming answer, which arrives whole at the end"
+        default=600.0,
+        gt=0,
+        description="from sending a non-streaming request to its whole answer (it arrives at "
+        "the end)",
     )
     keepalive_s: float = Field(
         default=4.0,

@@ -30,6 +30,7 @@ from router.core.admission import (
     HOLDS,
     AdmissionSettings,
     ClassLimits,
+    DrainMeter,
     OverloadGuard,
     Tier,
     Verdict,
@@ -84,11 +85,11 @@ def rss_bytes() -> int:
 class Ticket:
     """An admitted request; ``release`` once it has ended, in ``finally``."""
 
-    __slots__ = ("gate", "pool", "released", "tier")
+    __slots__ = ("admitted", "drain", "released", "tier")
 
-    def __init__(self, gate: Gate, pool: str, tier: int) -> None:
-        self.gate = gate
-        self.pool = pool
+    def __init__(self, admitted: list[int], drain: DrainMeter, tier: int) -> None:
+        self.admitted = admitted  # the pool's admitted count per tier
+        self.drain = drain  # the pool's
         self.tier = tier
         self.released = False
 
@@ -96,9 +97,8 @@ class Ticket:
         if self.released:
             return
         self.released = True
-        gate = self.gate
-        gate.admitted[self.pool][self.tier] -= 1
-        gate.queues[self.pool].drain.record(monotonic())
+        self.admitted[self.tier] -= 1
+        self.drain.record(monotonic())
 
 
 class Gate:
@@ -112,6 +112,10 @@ class Gate:
                        for p in fleet.pools}  # fmt: skip
         self.waking: dict[str, Waiter | None] = dict.fromkeys(self.queues)
         self.admitted = {p.name: [0] * len(settings.tiers) for p in fleet.pools}
+        # a pool's name -> every pool of its model (what a verdict looks over)
+        self.pools_of: dict[str, tuple[PoolView, ...]] = {
+            p.name: fleet.by_model[p.model] for p in fleet.pools
+        }
         self.refused: dict[str, int] = {}  # x-ctxroute-reject reason -> count
         self.waiting = 0
         self.seq = 0
@@ -138,16 +142,17 @@ class Gate:
                 f"RSS {self.guard.rss_bytes >> 20} MiB): requests of priority "
                 f"'{self.settings.tiers[tier].name}' are shed first", retry_after=2.0))  # fmt: skip
         pool = plan.preferred
-        if not self.enabled:
-            return self._admit(pool, tier)
-        if self.queues[pool].blocks(tier, long):
-            return None
-        allowed_s = self._allowed_s(long, timeout_s)
-        v = verdict(tier, long, plan, self._pools_of(pool), self.ledger.view_of, self.settings,
-                    self._transient, allowed_s * 1000.0)  # fmt: skip
-        if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
-            return self._admit(pool, tier)
-        return None
+        if self.enabled:
+            if self.queues[pool].waiters and self.queues[pool].blocks(tier, long):
+                return None
+            allowed_s = self._allowed_s(long, timeout_s)
+            v = verdict(tier, long, plan, self.pools_of[pool], self.ledger.view_of,
+                        self.settings, self._transient, allowed_s * 1000.0)  # fmt: skip
+            if v is not Verdict.ADMIT and v is not Verdict.NO_BACKEND:
+                return None
+        admitted = self.admitted[pool]
+        admitted[tier] += 1
+        return Ticket(admitted, self.queues[pool].drain, tier)
 
     async def wait(self, tier: int, long: bool, timeout_s: float | None, plan: RoutePlan,
                    replan: Replan) -> tuple[Ticket, RoutePlan]:  # fmt: skip
@@ -156,7 +161,7 @@ class Gate:
         pool = plan.preferred
         queue = self.queues[pool]
         view_of = self.ledger.view_of
-        pools = self._pools_of(pool)
+        pools = self.pools_of[pool]
         allowed_s = self._allowed_s(long, timeout_s)
         # behind others: a long one waits in the long lane (held, and holding no short one
         # back), a short one for room
@@ -221,16 +226,14 @@ class Gate:
         return (self.settings.long if long else self.settings.short).deadline_s
 
     def _admit(self, pool: str, tier: int) -> Ticket:
-        self.admitted[pool][tier] += 1
-        return Ticket(self, pool, tier)
+        admitted = self.admitted[pool]
+        admitted[tier] += 1
+        return Ticket(admitted, self.queues[pool].drain, tier)
 
     def _refuse(self, exc: RouterError) -> RouterError:
         reason = exc.reject or "other"
         self.refused[reason] = self.refused.get(reason, 0) + 1
         return exc
-
-    def _pools_of(self, pool: str) -> tuple[PoolView, ...]:
-        return self.fleet.by_model[self.fleet.pool_named[pool].model]
 
     def _transient(self, b: Backend) -> bool:
         """Kept from new requests by something that passes by itself (max_in_flight,
@@ -262,7 +265,7 @@ class Gate:
             if self.waking[pool] is not None:
                 continue
             long_held = False
-            pools = self._pools_of(pool)
+            pools = self.pools_of[pool]
             for w in queue:
                 if w.long and long_held:
                     continue

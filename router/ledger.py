@@ -8,7 +8,6 @@ attach to.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Final
@@ -63,7 +62,8 @@ class Ledger:
         # called when a backend may take more (an attempt ended, a long prefill ended): the
         # admission gate moves its queues on it
         self.on_change: Callable[[], None] | None = None
-        self.outcomes: Counter[OutcomeKind] = Counter()
+        # a plain dict with every kind: a Counter's += goes through its Python-level code
+        self.outcomes: dict[OutcomeKind, int] = dict.fromkeys(OutcomeKind, 0)
 
     def view_of(self, backend: Backend) -> BackendView:
         i = backend.index
@@ -95,10 +95,23 @@ class Ledger:
             self.board.add(i, 0, -attempt.prefill, -1 if attempt.long else 0, 0)
             if attempt.long and self.on_change is not None:
                 self.on_change()
-            if self.learned[i] and attempt.ahead >= _LEARN_MIN_TOKENS and ttft > 0:
-                sample = min(max(attempt.ahead / ttft, _RATE_FLOOR), _RATE_CEILING)
-                self.rates[i] += _LEARN_WEIGHT * (sample - self.rates[i])
+            self._learn(attempt, ttft)
         return ttft
+
+    def answered(self, attempt: Attempt, now: float) -> float:
+        """A whole answer came at once (not a stream): its TTFT, learned from like a first
+        byte; the load it leaves is settled by ``end``, which follows at once, in one
+        update rather than two."""
+        ttft = now - attempt.dispatched_at
+        if attempt.pending:
+            self._learn(attempt, ttft)
+        return ttft
+
+    def _learn(self, attempt: Attempt, ttft: float) -> None:
+        i = attempt.backend.index
+        if self.learned[i] and attempt.ahead >= _LEARN_MIN_TOKENS and ttft > 0:
+            sample = min(max(attempt.ahead / ttft, _RATE_FLOOR), _RATE_CEILING)
+            self.rates[i] += _LEARN_WEIGHT * (sample - self.rates[i])
 
     def end(self, attempt: Attempt, outcome: Outcome) -> None:
         """Record how the attempt ended: exactly once (a second call is a bug, ignored)."""

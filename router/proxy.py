@@ -18,11 +18,11 @@ aborts the request and frees its KV cache).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from time import monotonic
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 from router.config import TimeoutsConfig
 from router.core.breaker import BreakerState, retry_after
@@ -31,7 +31,7 @@ from router.errors import NoBackend, UpstreamFailed
 from router.fleet import Fleet
 from router.ledger import Ledger
 from router.model import Backend, Outcome, OutcomeKind, RequestFacts, RoutePlan
-from router.upstream.connection import ConnectFailed, UpstreamError
+from router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
 from router.upstream.pool import UpstreamPool, UpstreamResponse
 from router.upstream.relay import relay_stream
 
@@ -44,6 +44,7 @@ _HOP_BY_HOP = frozenset(
         "Expect",  # the router has the whole body already: no 100-continue upstream
     )
 )  # fmt: skip
+_HOP_BY_HOP_RAW = frozenset(h.encode() for h in _HOP_BY_HOP)
 _RESPONSE_DROP = _HOP_BY_HOP | {"date", "server"}
 _CONTEXT_400 = b"maximum context length"
 
@@ -54,14 +55,18 @@ class ForwardSettings:
     timeouts: TimeoutsConfig
 
 
-def request_head_tail(incoming: CIMultiDictProxy[str], request_id: str, body_length: int) -> bytes:
-    """The end-to-end headers sent upstream (the backend-specific lines are added per try)."""
-    lines = [f"Content-Length: {body_length}\r\nX-Request-ID: {request_id}\r\n"]
-    for name, value in incoming.items():
-        if name.lower() not in _HOP_BY_HOP:
-            lines.append(f"{name}: {value}\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1", "replace")
+def request_head_tail(incoming: Sequence[tuple[bytes, bytes]], request_id: str,
+                      body_length: int) -> bytes:  # fmt: skip
+    """The end-to-end headers sent upstream (the backend-specific lines are added per try),
+    from the client's header lines as they came (``request.raw_headers``): bytes in,
+    bytes out, nothing decoded and encoded again."""
+    parts = [b"Content-Length: %d\r\nX-Request-ID: %b\r\n"
+             % (body_length, request_id.encode("latin-1", "replace"))]  # fmt: skip
+    for name, value in incoming:
+        if name.lower() not in _HOP_BY_HOP_RAW:
+            parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _response_headers(upstream: list[tuple[str, str]], backend: Backend, request_id: str,
@@ -94,9 +99,10 @@ async def forward(
     loop = asyncio.get_running_loop()
     request_line = f"POST {path} HTTP/1.1\r\n".encode()
     host_lines = fleet.host_lines
-    tail = request_head_tail(request.headers, request_id, len(raw_body))
+    tail = request_head_tail(request.raw_headers, request_id, len(raw_body))
     timeouts = settings.timeouts
-    wait_s = timeouts.ttfb_s if facts.stream else timeouts.unary_s
+    # until a stream's first byte, or a whole answer: timed on the connection itself
+    deadline = (timeouts.ttfb_s, "first byte") if facts.stream else (timeouts.unary_s, "answer")
     prompt = facts.prompt.estimate
     ended: list[tuple[Backend, Outcome]] = []
     full = 0
@@ -118,23 +124,27 @@ async def forward(
         head = b"".join((request_line, host_lines[backend.index], tail, raw_body))
         try:
             try:
-                async with asyncio.timeout(wait_s):
-                    resp = await upstream.request((backend.host, backend.port), head)
-                    status = resp.status
-                    if status >= 500 or status == 429:
-                        detail = (await resp.read())[:200].decode(errors="replace")
-                        kind = (OutcomeKind.BACKPRESSURE if status in (429, 503)
-                                else OutcomeKind.UPSTREAM_5XX)  # fmt: skip
-                        outcome = Outcome(kind, status, detail=f"status {status}: {detail}")
-                        continue
-                    streaming = facts.stream and status == 200
-                    first = await (resp.next_data() if streaming else resp.read())
-                    if streaming and not first:
-                        detail = "the stream ended before its first byte"
-                        outcome = Outcome(OutcomeKind.BROKEN, status, detail=detail)
-                        continue
+                resp = await upstream.request((backend.host, backend.port), head,
+                                              deadline=deadline)  # fmt: skip
+                status = resp.status
+                if status >= 500 or status == 429:
+                    detail = (await resp.read())[:200].decode(errors="replace")
+                    kind = (OutcomeKind.BACKPRESSURE if status in (429, 503)
+                            else OutcomeKind.UPSTREAM_5XX)  # fmt: skip
+                    outcome = Outcome(kind, status, detail=f"status {status}: {detail}")
+                    continue
+                streaming = facts.stream and status == 200
+                first = await (resp.next_data() if streaming else resp.read())
+                resp.disarm()
+                if streaming and not first:
+                    detail = "the stream ended before its first byte"
+                    outcome = Outcome(OutcomeKind.BROKEN, status, detail=detail)
+                    continue
             except ConnectFailed as exc:
                 outcome = Outcome(OutcomeKind.CONNECT_ERROR, detail=str(exc))
+                continue
+            except UpstreamTimeout as exc:
+                outcome = Outcome(OutcomeKind.TIMEOUT, detail=str(exc))
                 continue
             except UpstreamError as exc:
                 outcome = Outcome(OutcomeKind.BROKEN, detail=str(exc))
@@ -145,11 +155,10 @@ async def forward(
                         f"backend {backend.url} broke while sending the answer: {exc}"
                     ) from None
                 continue
-            except TimeoutError:
-                what = "first byte" if facts.stream else "answer"
-                outcome = Outcome(OutcomeKind.TIMEOUT, detail=f"no {what} within {wait_s:g}s")
-                continue
-            ttft = ledger.first_byte(attempt, loop.time())
+            # a stream's prefill ends at its first byte; a whole answer's load is settled
+            # by end() in finally, in one update
+            now = loop.time()
+            ttft = ledger.first_byte(attempt, now) if streaming else ledger.answered(attempt, now)
             if status == 400 and _CONTEXT_400 in first:
                 outcome = Outcome(OutcomeKind.CONTEXT_REJECTED, status, ttft,
                                   "context length: trying a larger window")  # fmt: skip

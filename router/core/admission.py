@@ -169,10 +169,10 @@ class DrainMeter:
 
     def record(self, now: float) -> None:
         second = int(now)
-        if self.first is None:
-            self.first = second
         slot = second % self.window
-        if self.seconds[slot] != second:
+        if self.seconds[slot] != second:  # a new second (the first of all among them)
+            if self.first is None:
+                self.first = second
             self.seconds[slot] = second
             self.counts[slot] = 0
         self.counts[slot] += 1
@@ -310,7 +310,7 @@ def verdict(
         return Verdict.NO_BACKEND
     if plan.waits_ms[0] > time_left_ms:
         return Verdict.LATE
-    share = settings.allowed_share(tier)
+    share = settings.shares[tier]
     if share < 1.0:
         capacity = 0
         in_flight = 0

@@ -38,6 +38,7 @@ class MemoryStore:
         self.jitter = jitter
         count = len(self.backends)
         self.breakers: list[br.Breaker] = [br.CLOSED] * count
+        self._steady: list[br.Breaker | None] = [None] * count
         self.memory: list[bool] = [False] * count
         self.drain: list[bool] = [False] * count
 
@@ -65,10 +66,16 @@ class MemoryStore:
 
     def record(self, backend: int, failed: bool | None, probe: bool, now: float) -> None:
         before = self.breakers[backend]
+        if failed is False and before is self._steady[backend]:
+            return  # one more success of a healthy backend: the state machine said so before
         if failed is None:
             after = br.release(before, probe)
         else:
             after = br.record(before, failed, probe, now, self.settings, self.jitter())
+            if after is before and not failed and not probe:
+                # a success that changed nothing changes nothing until something else does
+                # (any change replaces the breaker, so this identity no longer matches)
+                self._steady[backend] = before
         self._set(backend, after, now)
 
     def _set(self, backend: int, after: br.Breaker, now: float) -> None:

@@ -55,6 +55,11 @@ class ConnectFailed(UpstreamError):
         super().__init__(message, reached=False, response_started=False)
 
 
+class UpstreamTimeout(UpstreamError):
+    """The backend did not answer within the attempt's deadline (``UpstreamResponse``'s
+    ``deadline_s``): the connection is closed, which makes vLLM abort the request."""
+
+
 class ConnState(enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
@@ -86,6 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self.uses = 0
+        self._timer: asyncio.TimerHandle | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._begin_exchange(head_only=False)
 
@@ -283,12 +289,12 @@ class UpstreamConnection(asyncio.Protocol):
                 return True
         return False
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, kind: type[UpstreamError] = UpstreamError) -> None:
         if self.complete or self.error is not None:
             return
         if self._batch:
             self._flush()  # what was sound before the failure is delivered, then the failure
-        error = UpstreamError(message, reached=True, response_started=self._got_bytes)
+        error = kind(message, reached=True, response_started=self._got_bytes)
         self.error = error
         for waiter in (self.head_waiter, self.data_waiter):
             if waiter is not None and not waiter.done():
@@ -328,6 +334,22 @@ class UpstreamConnection(asyncio.Protocol):
         transport.write(data)
         return waiter
 
+    def arm(self, seconds: float, what: str) -> None:
+        """Fail the exchange with ``UpstreamTimeout`` unless ``disarm`` comes within
+        ``seconds``: one timer handle, no task or context manager per request."""
+        self._timer = self.loop.call_later(seconds, self._expire, seconds, what)
+
+    def disarm(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+
+    def _expire(self, seconds: float, what: str) -> None:
+        self._timer = None
+        if self.state is ConnState.BUSY:
+            self._fail(f"no {what} within {seconds:g}s", UpstreamTimeout)
+
     def attach(self, sink: BodySink, on_end: EndCallback) -> None:
         for data in self.pending:
             sink(data)
@@ -353,6 +375,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Close at once (RST): for a connection in an unknown state, or a request to abort
         (vLLM aborts a request whose connection goes and frees its KV cache)."""
         self.detach()
+        self.disarm()
         transport = self.transport
         if self.state is ConnState.IDLE:
             self.state = ConnState.CLOSED
@@ -364,5 +387,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = ConnState.IDLE
         self.idle_since = now
         self.detach()
+        self.disarm()
         self.head_waiter = None
         self.data_waiter = None

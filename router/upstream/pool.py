@@ -24,6 +24,7 @@ from router.upstream.connection import (
     EndCallback,
     UpstreamConnection,
     UpstreamError,
+    UpstreamTimeout,
 )
 
 _IDLE_PER_ORIGIN: Final = 256
@@ -82,6 +83,10 @@ class UpstreamResponse:
         """Hand every further piece of body payload to ``sink`` as it arrives (inside the
         connection's ``data_received``: no task, no wake-up per chunk); ``on_end`` once."""
         self._conn.attach(sink, on_end)
+
+    def disarm(self) -> None:
+        """What the request's deadline waited for came: it no longer applies."""
+        self._conn.disarm()
 
     def pause(self) -> None:
         transport = self._conn.transport
@@ -172,13 +177,24 @@ class UpstreamPool:
         return len(self._idle.get(origin, ()))
 
     async def request(
-        self, origin: tuple[str, int], data: bytes, *, head_only: bool = False
+        self,
+        origin: tuple[str, int],
+        data: bytes,
+        *,
+        head_only: bool = False,
+        deadline: tuple[float, str] | None = None,
     ) -> UpstreamResponse:
         """Send ``data`` (request head and body) and return once the response head has
-        arrived. Raises ConnectFailed (never sent) or UpstreamError (may have been)."""
+        arrived. Raises ConnectFailed (never sent) or UpstreamError (may have been).
+
+        ``deadline`` (seconds, what is awaited): from the moment the request is sent (the
+        connect has its own ``connect_timeout``), the exchange fails with
+        ``UpstreamTimeout`` unless the response's ``disarm`` or ``close`` comes first."""
         conn = self._take_idle(origin)
         if conn is None:
             conn = await self._connect(origin)
+        if deadline is not None:
+            conn.arm(*deadline)
         waiter = conn.send(data, head_only=head_only)
         response = UpstreamResponse(conn)
         try:
@@ -197,4 +213,4 @@ class UpstreamPool:
         self._idle.clear()
 
 
-__all__ = ["ConnectFailed", "UpstreamError", "UpstreamPool", "UpstreamResponse"]
+__all__ = ["ConnectFailed", "UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout"]

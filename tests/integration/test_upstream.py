@@ -17,7 +17,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.upstream.connection import ConnectFailed, UpstreamError
+from router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
 from router.upstream.pool import UpstreamPool
 from tests.fixtures.servers import free_port
 
@@ -276,6 +276,43 @@ async def test_a_failure_on_a_reused_connection_is_not_resent(scripted, pool) ->
     assert info.value.reached and not info.value.response_started
     await asyncio.sleep(0.05)
     assert len(s.received) == 2  # each request once
+
+
+async def test_a_deadline_before_the_head_fails_the_exchange_and_closes_the_connection(
+    scripted, pool
+) -> None:  # type: ignore[no-untyped-def]
+    s = await scripted([0.5, OK])
+    with pytest.raises(UpstreamTimeout, match=r"no answer within 0\.1s") as info:
+        await pool.request(s.origin, REQUEST, deadline=(0.1, "answer"))
+    assert info.value.reached and not info.value.response_started
+    assert pool.idle_count(s.origin) == 0  # closed: the backend aborts the request
+
+
+async def test_a_deadline_in_the_middle_of_a_body_fails_the_read(scripted, pool) -> None:  # type: ignore[no-untyped-def]
+    s = await scripted([CHUNKED + b"2\r\nok\r\n", 0.5, b"0\r\n\r\n"])
+    resp = await pool.request(s.origin, REQUEST, deadline=(0.1, "answer"))
+    try:
+        with pytest.raises(UpstreamTimeout) as info:
+            await resp.read()
+        assert info.value.response_started
+    finally:
+        resp.close()
+    assert pool.idle_count(s.origin) == 0
+
+
+async def test_a_disarmed_deadline_never_fires_and_the_connection_is_reused(scripted, pool) -> None:  # type: ignore[no-untyped-def]
+    s = await scripted([CHUNKED + b"2\r\nok\r\n", 0.3, b"0\r\n\r\n"], [OK])
+    resp = await pool.request(s.origin, REQUEST, deadline=(0.1, "first byte"))
+    try:
+        assert await resp.next_data() == b"ok"
+        resp.disarm()  # the first byte came: the rest of the body has no deadline
+        assert await resp.read() == b""
+        assert resp.complete
+    finally:
+        resp.close()
+    assert pool.idle_count(s.origin) == 1
+    assert await fetch(pool, s.origin) == (200, b"ok")
+    assert s.connections == 1 and len(s.received) == 2
 
 
 # ---- the same bytes, split anywhere ----------------------------------------------------
