@@ -72,6 +72,14 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise PayloadTooLarge(
             f"request body of {request.content_length} bytes is over the limit of {limit} bytes"
         )
+    content = request.content
+    if content.is_eof():
+        # the whole body came with the head (the common case for a JSON body): taken in one
+        # call, without read()'s coroutine, its loop and its copy into a bytearray
+        body = content.read_nowait()
+        if len(body) > limit:  # a chunked body has no Content-Length to check beforehand
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        return body
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:

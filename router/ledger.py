@@ -25,6 +25,7 @@ _LEARN_MIN_TOKENS: Final = 1024
 _LEARN_WEIGHT: Final = 0.2
 _RATE_FLOOR: Final = 50.0
 _RATE_CEILING: Final = 1e7
+_SUCCESS: Final = OutcomeKind.SUCCESS
 
 
 class Attempt:
@@ -119,22 +120,26 @@ class Ledger:
             return
         attempt.ended = True
         backend = attempt.backend
+        i = backend.index
         if attempt.pending:  # no first byte came: its prefill is no longer pending either
             attempt.pending = False
-            self.board.add(backend.index, -1, -attempt.prefill, -1 if attempt.long else 0,
-                           -attempt.budget)  # fmt: skip
+            self.board.add(i, -1, -attempt.prefill, -1 if attempt.long else 0, -attempt.budget)
         else:
-            self.board.add(backend.index, -1, 0, 0, -attempt.budget)
+            self.board.add(i, -1, 0, 0, -attempt.budget)
         kind = outcome.kind
         self.outcomes[kind] += 1
         # the breakers hear failures and successes only: backpressure and neutral outcomes
         # (a 4xx, a client that left) give back a probe's slot and count for nothing
-        failed = True if kind in FAILURES else False if kind is OutcomeKind.SUCCESS else None
-        self.store.record(backend.index, failed, attempt.probe, monotonic())
-        if kind is OutcomeKind.CONNECT_ERROR:
-            self.up[backend.index] = False
-        elif outcome.status is not None:
-            self.up[backend.index] = True  # it answered
+        if kind is _SUCCESS:
+            self.store.record(i, False, attempt.probe, monotonic())
+            self.up[i] = True  # it answered
+        else:
+            failed = True if kind in FAILURES else None
+            self.store.record(i, failed, attempt.probe, monotonic())
+            if kind is OutcomeKind.CONNECT_ERROR:
+                self.up[i] = False
+            elif outcome.status is not None:
+                self.up[i] = True  # it answered
         for hook in self.hooks:
             hook(backend, outcome)
         if self.on_change is not None:

@@ -101,22 +101,30 @@ def plan(
     down: list[Backend] = []
     for pool_index, need in zip(eligibility.pools, eligibility.budgets, strict=True):
         pool = pools[pool_index]
-        owner_url = pool.ring.owner(key)
-        views: list[BackendView] = []
+        backends = pool.backends
         usable_budget = 0
-        usable = 0
         owner_budget = -1  # the owner's budget in flight, when it is usable
-        for b in pool.backends:
-            v = view_of(b)
-            views.append(v)
-            load = v.load
-            if v.up and v.usable and load.in_flight < b.max_in_flight:
-                usable += 1
-                usable_budget += load.budget_in_flight
-                if b.url == owner_url:
-                    owner_budget = load.budget_in_flight
+        if len(backends) == 1:
+            # a ring of one: it owns every key, and a lone backend is never over a cap of
+            # c x (its own load + this request)
+            owner_url = backends[0].url
+            views = [view_of(backends[0])]
+            usable = 1
+        else:
+            owner_url = pool.ring.owner(key)
+            views = []
+            usable = 0
+            for b in backends:
+                v = view_of(b)
+                views.append(v)
+                load = v.load
+                if v.up and v.usable and load.in_flight < b.max_in_flight:
+                    usable += 1
+                    usable_budget += load.budget_in_flight
+                    if b.url == owner_url:
+                        owner_budget = load.budget_in_flight
         owner_ok = True
-        if owner_budget >= 0:
+        if usable > 1 and owner_budget >= 0:
             # consistent hashing with bounded loads, on token work: the cap is c x the mean
             # with this request added, and never below the request plus one window (a ratio
             # of small loads says nothing: 650 tokens against 0 is not a hot spot)
