@@ -46,6 +46,10 @@ from router.ledger import Ledger
 from router.model import Backend, RoutePlan
 
 log = logging.getLogger("ctxroute.gate")
+# Enum members read on every request, as module globals: on Python 3.11 ``Enum.MEMBER``
+# goes through EnumType.__getattr__, about 8x the cost of a global read
+_ADMIT: Final = Verdict.ADMIT
+_NO_BACKEND: Final = Verdict.NO_BACKEND
 
 _TICK_S: Final = 0.01
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -129,6 +133,11 @@ class Gate:
         self.check_interval_s = o.check_interval_s
         self._timer: asyncio.TimerHandle | None = None
         ledger.on_change = self.changed
+        # bound once: admit_now runs for every request
+        self._view_of = ledger.view_of
+        self._is_transient = self._transient
+        self._short_deadline_s = settings.short.deadline_s
+        self._long_deadline_s = settings.long.deadline_s
 
     # -- the request path ------------------------------------------------------------
 
@@ -143,12 +152,14 @@ class Gate:
                 f"'{self.settings.tiers[tier].name}' are shed first", retry_after=2.0))  # fmt: skip
         pool = plan.preferred
         if self.enabled:
-            if self.queues[pool].waiters and self.queues[pool].blocks(tier, long):
+            queue = self.queues[pool]
+            if queue.waiters and queue.blocks(tier, long):
                 return None
-            allowed_s = self._allowed_s(long, timeout_s)
-            v = verdict(tier, long, plan, self.pools_of[pool], self.ledger.view_of,
-                        self.settings, self._transient, allowed_s * 1000.0)  # fmt: skip
-            if v is not Verdict.ADMIT and v is not Verdict.NO_BACKEND:
+            if timeout_s is None:
+                timeout_s = self._long_deadline_s if long else self._short_deadline_s
+            v = verdict(tier, long, plan, self.pools_of[pool], self._view_of, self.settings,
+                        self._is_transient, timeout_s * 1000.0)  # fmt: skip
+            if v is not _ADMIT and v is not _NO_BACKEND:
                 return None
         admitted = self.admitted[pool]
         admitted[tier] += 1
@@ -205,7 +216,7 @@ class Gate:
                 left_ms = (deadline - monotonic()) * 1000.0
                 v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient,
                             left_ms)  # fmt: skip
-                if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
+                if v is _ADMIT or v is _NO_BACKEND:
                     if queue.dispatched(waiter, monotonic()):
                         self.waiting -= 1  # (an expiry in the same step took it out already)
                     loop.call_soon(self.changed)  # the next one, once this one is dispatched
@@ -276,7 +287,7 @@ class Gate:
                 v = verdict(w.tier, w.long, w.replan(), pools, self.ledger.view_of,
                             self.settings, self._transient, left_ms)  # fmt: skip
                 w.reason = v
-                if v is Verdict.ADMIT or v is Verdict.NO_BACKEND:
+                if v is _ADMIT or v is _NO_BACKEND:
                     self.waking[pool] = w
                     handle.set_result(None)
                     break

@@ -20,6 +20,9 @@ from router.model import Load
 
 FIELDS: Final = 4  # in_flight, pending_prefill, long_pending, budget_in_flight
 _CELL: Final = 8
+# Load((a, b, c, d)) without the Python-level __new__ a NamedTuple call runs: these are
+# made for every backend the planner looks at, on every request
+_new_tuple = tuple.__new__
 
 
 class LoadView(Protocol):
@@ -74,7 +77,7 @@ class LoadBoard:
 
     def local(self, backend: int) -> Load:
         cells = self._mine[backend]
-        return Load(cells[0], cells[1], cells[2], cells[3])
+        return _new_tuple(Load, (cells[0], cells[1], cells[2], cells[3]))
 
     def fleet(self, backend: int) -> Load:
         f = p = lg = b = 0
@@ -83,7 +86,7 @@ class LoadBoard:
             p += cells[1]
             lg += cells[2]
             b += cells[3]
-        return Load(f, p, lg, b)
+        return _new_tuple(Load, (f, p, lg, b))
 
     def clear_row(self, row: int) -> None:
         """Forget a dead process's load (its requests died with it)."""

@@ -53,6 +53,9 @@ class Verdict(enum.Enum):
 
 _DOWN: Final = float("inf")
 HOLDS: Final = frozenset({Verdict.HOLD_CLEAN, Verdict.HOLD_KV})
+# Enum members read on every request, as module globals: on Python 3.11 ``Enum.MEMBER``
+# goes through EnumType.__getattr__, about 8x the cost of a global read
+_ADMIT: Final = Verdict.ADMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +306,7 @@ def verdict(
         # nothing usable, or only backends known down (a last resort, tried anyway: the
         # planner lists them last, with an infinite wait)
         if best is not None:
-            return Verdict.ADMIT
+            return _ADMIT
         for i in plan.pools:
             if any(transient(b) for b in pools[i].backends):
                 return Verdict.FULL
@@ -323,7 +326,7 @@ def verdict(
         if in_flight + 1 > share * capacity:
             return Verdict.RESERVED
     if not long or not settings.hold_long:
-        return Verdict.ADMIT
+        return _ADMIT
     clean = 0
     long_pending = 0
     for pool in pools:
@@ -336,7 +339,7 @@ def verdict(
             elif v.load.in_flight < b.max_in_flight:
                 clean += 1
     if long_pending == 0:
-        return Verdict.ADMIT  # nothing to wait for: holding would never end
+        return _ADMIT  # nothing to wait for: holding would never end
     first = view_of(best)
     kv = first.kv_tokens
     if kv is not None and first.load.budget_in_flight + plan.budget > kv * settings.kv_fill:
@@ -345,7 +348,7 @@ def verdict(
     # never queues in an engine behind another long prefill, it waits here instead
     if first.load.long_pending or clean - 1 < settings.keep_clean:
         return Verdict.HOLD_CLEAN
-    return Verdict.ADMIT
+    return _ADMIT
 
 
 @dataclass(slots=True)

@@ -84,18 +84,17 @@ def _exact(n: int) -> TokenBounds:
 
 
 def completion_bounds(prompt: Any, counter: TokenCounter | None) -> TokenBounds:
+    if isinstance(prompt, str):  # the common case first
+        if counter is not None:
+            return _exact(counter.count(prompt))
+        return _heuristic(len(prompt.encode()), 0)
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         # batched prompts: the longest one decides the window
         return max((completion_bounds(p, counter) for p in prompt), key=lambda b: b.upper)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
         n = len(prompt)  # token ids: the count is exact
         return _exact(n)
-    if not isinstance(prompt, str):
-        raise PromptShapeError("'prompt' must be a string, a list of strings or token ids")
-    if counter is not None:
-        n = counter.count(prompt)
-        return _exact(n)
-    return _heuristic(len(prompt.encode()), 0)
+    raise PromptShapeError("'prompt' must be a string, a list of strings or token ids")
 
 
 def chat_bounds(messages: Any, counter: TokenCounter | None, tools: Any = None) -> TokenBounds:
