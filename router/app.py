@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from aiohttp import web
 
 from router.config import RouterConfig
-from router.context import RouterContext
+from router.context import HandlerSettings, RouterContext
 from router.core.tokens import TokenCounter
 from router.fleet import Fleet
 from router.gate import Gate, admission_settings
@@ -55,15 +55,16 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = make_probe_session(config)
         upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
-        settings = ForwardSettings(config.routing.max_attempts, config.timeouts)
+        settings = ForwardSettings.of(config.routing.max_attempts, config.timeouts)
         admission = admission_settings(
             config.admission, config.routing.long_prefill_tokens, config.routing.keep_clean,
             memory_settings(config).close_at,
         )  # fmt: skip
         gate = Gate(fleet, ledger, admission, config.admission)
         ctx = RouterContext(
-            config, fleet, ledger, upstream, session, counters, int(time.time()), settings, gate
-        )
+            config, fleet, ledger, upstream, session, counters, int(time.time()), settings, gate,
+            HandlerSettings.of(config),
+        )  # fmt: skip
         app[RouterContext.KEY] = ctx
         await store.start()
         loop = asyncio.get_running_loop()

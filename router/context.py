@@ -21,6 +21,25 @@ from router.proxy import ForwardSettings
 from router.upstream.pool import UpstreamPool
 
 
+@dataclass(frozen=True, slots=True)
+class HandlerSettings:
+    """What a completion handler reads of the config on every request, copied out of the
+    pydantic models once (a pydantic field read costs about three plain attribute reads:
+    BaseModel defines ``__getattr__``)."""
+
+    max_body_bytes: int
+    session_header: str
+    prefix_chars: int
+    priority_header: str
+    fallback: dict[str, str]
+
+    @classmethod
+    def of(cls, config: RouterConfig) -> HandlerSettings:
+        return cls(config.max_body_bytes, config.routing.session_header,
+                   config.routing.prefix_chars, config.admission.priority_header,
+                   dict(config.fallback))  # fmt: skip
+
+
 @dataclass(slots=True)
 class RouterContext:
     KEY: ClassVar[web.AppKey[RouterContext]]
@@ -34,6 +53,7 @@ class RouterContext:
     started: int
     forward_settings: ForwardSettings
     gate: Gate
+    handler_settings: HandlerSettings
     readings: list[Reading] = field(init=False)  # the last /metrics of each backend
 
     def __post_init__(self) -> None:

@@ -101,24 +101,24 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
 
     async def complete(request: web.Request, request_id: str) -> web.StreamResponse:
         ctx = request.app[RouterContext.KEY]
-        config = ctx.config
-        raw, body = await _read_json(request, config.max_body_bytes)
+        opts = ctx.handler_settings
+        raw, body = await _read_json(request, opts.max_body_bytes)
         fleet = ctx.fleet
         facts = read_facts(
             body,
             chat=chat,
-            session=request.headers.get(config.routing.session_header),
+            session=request.headers.get(opts.session_header),
             models=fleet.models,
             counters=ctx.counters,
-            prefix_chars=config.routing.prefix_chars,
+            prefix_chars=opts.prefix_chars,
         )
         pools = fleet.by_model[facts.model]
         eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
         view_of = ctx.ledger.view_of
         route = plan(facts, pools, eligibility, view_of, fleet.settings)
         extra: tuple[tuple[str, str], ...] = ()
-        if not route.candidates and facts.model in config.fallback:
-            small = config.fallback[facts.model]
+        if not route.candidates and facts.model in opts.fallback:
+            small = opts.fallback[facts.model]
             alternative = _fallback_route(ctx, facts, small)
             if alternative is not None:
                 # the small model's servers know only their own name: the body says it
@@ -131,7 +131,7 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
                          request_id, big, small)  # fmt: skip
         gate = ctx.gate
         headers = request.headers
-        priority = headers.get(config.admission.priority_header)
+        priority = headers.get(opts.priority_header)
         field = body.get("priority")
         tier = gate.settings.default_tier if priority is None and field is None else \
             gate.settings.tier_of(_priority(priority, field))  # fmt: skip

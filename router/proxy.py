@@ -55,8 +55,17 @@ _SUCCESS: Final = OutcomeKind.SUCCESS
 
 @dataclass(frozen=True, slots=True)
 class ForwardSettings:
+    """The attempt loop's settings, copied out of the config once: a pydantic field read
+    costs about three plain attribute reads (BaseModel defines ``__getattr__``)."""
+
     max_attempts: int
-    timeouts: TimeoutsConfig
+    ttfb_s: float
+    unary_s: float
+    idle_read_s: float
+
+    @classmethod
+    def of(cls, max_attempts: int, timeouts: TimeoutsConfig) -> ForwardSettings:
+        return cls(max_attempts, timeouts.ttfb_s, timeouts.unary_s, timeouts.idle_read_s)
 
 
 def request_head_tail(incoming: Sequence[tuple[bytes, bytes]], request_id: str,
@@ -104,9 +113,8 @@ async def forward(
     request_line = f"POST {path} HTTP/1.1\r\n".encode()
     host_lines = fleet.host_lines
     tail = request_head_tail(request.raw_headers, request_id, len(raw_body))
-    timeouts = settings.timeouts
     # until a stream's first byte, or a whole answer: timed on the connection itself
-    deadline = (timeouts.ttfb_s, "first byte") if facts.stream else (timeouts.unary_s, "answer")
+    deadline = (settings.ttfb_s, "first byte") if facts.stream else (settings.unary_s, "answer")
     prompt = facts.prompt.estimate
     ended: list[tuple[Backend, Outcome]] = []
     full = 0
@@ -175,7 +183,7 @@ async def forward(
                 kind = _SUCCESS if status < 400 else OutcomeKind.CLIENT_ERROR
                 outcome = Outcome(kind, status, ttft)
                 return web.Response(status=status, body=first, headers=headers)
-            out, result = await relay_stream(request, resp, first, headers, timeouts.idle_read_s)
+            out, result = await relay_stream(request, resp, first, headers, settings.idle_read_s)
             if result.client_gone:
                 outcome = Outcome(OutcomeKind.CLIENT_GONE, status, ttft)
             elif result.upstream_error is not None:
