@@ -144,6 +144,7 @@ pools:
     max_context_tokens: 8192
     default_max_tokens: 64
     backends: [{{url: "http://127.0.0.1:{backend}", max_in_flight: 1024}}]
+probe: {{interval_s: 3600}}
 """
 
 

@@ -46,7 +46,7 @@ _HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 _HOP_BY_HOP_RAW = frozenset(h.encode() for h in _HOP_BY_HOP)
-_RESPONSE_DROP = _HOP_BY_HOP | {"date", "server"}
+_RESPONSE_DROP_RAW = frozenset(h.encode() for h in _HOP_BY_HOP | {"date", "server"})
 _CONTEXT_400 = b"maximum context length"
 # Enum members read on every request, as module globals: on Python 3.11 ``Enum.MEMBER``
 # goes through EnumType.__getattr__, about 8x the cost of a global read
@@ -82,10 +82,12 @@ def request_head_tail(incoming: Sequence[tuple[bytes, bytes]], request_id: str,
     return b"".join(parts)
 
 
-def _response_headers(upstream: list[tuple[str, str]], backend: Backend, request_id: str,
+def _response_headers(upstream: list[tuple[bytes, bytes]], backend: Backend, request_id: str,
                       attempts: int) -> list[tuple[str, str]]:  # fmt: skip
-    # pairs, not a CIMultiDict: aiohttp builds its own from them (it would copy ours)
-    out = [(name, value) for name, value in upstream if name.lower() not in _RESPONSE_DROP]
+    # pairs, not a CIMultiDict: aiohttp builds its own from them (it would copy ours); only
+    # the lines kept are decoded
+    out = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in upstream
+           if name.lower() not in _RESPONSE_DROP_RAW]  # fmt: skip
     out += (
         ("x-ctxroute-pool", backend.pool),
         ("x-ctxroute-backend", backend.url),
@@ -119,7 +121,7 @@ async def forward(
     ended: list[tuple[Backend, Outcome]] = []
     full = 0
     refused_window = 0  # after a context-length 400 from a window, only larger ones
-    refusal: tuple[int, list[tuple[str, str]], bytes, Backend] | None = None
+    refusal: tuple[int, list[tuple[bytes, bytes]], bytes, Backend] | None = None
     for backend in plan.candidates:
         if len(ended) >= settings.max_attempts:
             break

@@ -93,9 +93,10 @@ def read_facts(
                 raise BadRequest("'messages' is required", "messages")
             prompt = chat_bounds(body["messages"], counter, body.get("tools"))
         else:
-            if body.get("prompt") in (None, "", []):
+            text = body.get("prompt")
+            if text is None or (not text and isinstance(text, str | list)):
                 raise BadRequest("'prompt' is required and must not be empty", "prompt")
-            prompt = completion_bounds(body["prompt"], counter)
+            prompt = completion_bounds(text, counter)
     except PromptShapeError as exc:
         raise BadRequest(str(exc), "messages" if chat else "prompt") from None
     max_tokens = _optional_int(body, "max_completion_tokens") if chat else None

@@ -104,7 +104,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _begin_exchange(self, *, head_only: bool) -> None:
         self.head_only = head_only
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        # raw header lines: decoded (and filtered) by whoever uses them, not per line here
+        self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = False
         self.head_done = False
         self.complete = False
@@ -199,7 +200,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_done:
             self._trailer(name, value)
         else:
-            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            self.headers.append((name, value))
 
     def _trailer(self, name: bytes, value: bytes) -> None:
         # nothing a relay forwards, but bounded like a head: a backend cannot stream
@@ -289,8 +290,8 @@ class UpstreamConnection(asyncio.Protocol):
             return True
         for name, value in self.headers:
             lower = name.lower()
-            if lower == "content-length" or (
-                lower == "transfer-encoding" and "chunked" in value.lower()
+            if lower == b"content-length" or (
+                lower == b"transfer-encoding" and b"chunked" in value.lower()
             ):
                 return True
         return False

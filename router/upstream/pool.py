@@ -45,7 +45,8 @@ class UpstreamResponse:
         return self._conn.status
 
     @property
-    def headers(self) -> list[tuple[str, str]]:
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The head's lines as they came (latin-1 bytes, names in the backend's case)."""
         return self._conn.headers
 
     @property

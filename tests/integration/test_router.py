@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import openai
@@ -483,6 +483,48 @@ async def test_a_body_over_the_size_cap_is_refused_with_413(
         async with s.post(router.url + COMPLETIONS, json={"prompt": "x" * 10_000}) as r:
             assert r.status == 413
             assert "over the limit of 4096 bytes" in (await r.json())["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b'{"max_tokens":1}', "'prompt' is required"),
+        (b'{"prompt":"","max_tokens":1}', "must not be empty"),
+        (b'{"prompt":[],"max_tokens":1}', "must not be empty"),
+        (b'{"prompt":5,"max_tokens":1}', "a string, a list of strings or token ids"),
+        (b'{"prompt":[1,"a"],"max_tokens":1}', "a string, a list of strings or token ids"),
+    ],
+)
+async def test_a_missing_empty_or_malformed_prompt_is_a_400_naming_it(
+    router: RunningRouter, raw: bytes, fragment: str
+) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            router.url + COMPLETIONS, data=raw, headers={"content-type": "application/json"}
+        ) as r:
+            assert r.status == 400
+            err = (await r.json())["error"]
+    assert fragment in err["message"]
+    assert err["param"] == "prompt"
+
+
+async def test_a_chunked_body_over_the_size_cap_is_refused_with_413(
+    pools: tuple[list[Simulator], list[Simulator]], make_router: RouterFactory
+) -> None:
+    # no Content-Length to check up front: the cap applies to what arrives
+    router = await make_router(two_pool_config(*pools, max_body_bytes=4096))
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"prompt":"'
+        yield b"x" * 10_000
+        yield b'"}'
+
+    async with aiohttp.ClientSession() as s:
+        async with s.post(router.url + COMPLETIONS, data=body()) as r:
+            assert r.status == 413
+            assert "over the limit of 4096 bytes" in (await r.json())["error"]["message"]
+        async with s.post(router.url + COMPLETIONS, json={"prompt": "x", "max_tokens": 1}) as r:
+            assert r.status == 200
 
 
 async def test_models_health_ready_and_status(
