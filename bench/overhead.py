@@ -6,7 +6,10 @@ For non-streaming requests and for 64-token streams, at each concurrency, it pri
 latency p50/p99 (and time to first byte for streams), what the proxy adds over direct, and
 the proxy's own CPU time per request read from /proc around the run: the figure that
 holds on a noisy machine. ``bare`` is a minimal aiohttp proxy (bench/bare_proxy.py): the
-floor that shows what ctxroute's routing adds on top of moving bytes.
+floor that shows what ctxroute's routing adds on top of moving bytes. The routers run
+without health probes: a probe's cost is per second and per backend (about 4 ms of CPU per
+second for one simulator backend), not per request, and would be charged to whichever run
+lasts longest.
 
     python -m bench.overhead                      # full table (about 2 minutes)
     python -m bench.overhead --requests 400 --concurrency 32
