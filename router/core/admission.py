@@ -223,6 +223,8 @@ class WaitQueue:
         if len(self.waiters) < self.max_depth:
             insort(self.waiters, waiter, key=Waiter.order)
             return None
+        if not self.waiters:
+            return waiter  # max_queue 0: no queue at all, nobody to evict
         last = self.waiters[-1]  # the lowest tier, newest of it
         if last.tier <= waiter.tier:
             return waiter

@@ -35,7 +35,7 @@ ops = st.lists(
 )  # fmt: skip
 
 
-@given(st.integers(1, 6), ops)
+@given(st.integers(0, 6), ops)  # 0: max_queue 0, no queue at all
 @settings(max_examples=300, deadline=None)
 def test_a_queue_stays_bounded_ordered_and_sheds_only_the_lowest_tier(depth: int, steps) -> None:  # type: ignore[no-untyped-def]
     q = WaitQueue(depth, SHORT, LONG)
