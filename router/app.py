@@ -17,6 +17,7 @@ from router.gate import Gate, admission_settings
 from router.handlers import add_routes
 from router.ledger import Ledger
 from router.loadboard import LoadBoard, LoadView
+from router.metrics import Metrics
 from router.model import Backend
 from router.probe import make_probe_session, memory_settings, probe_forever
 from router.proxy import ForwardSettings
@@ -63,8 +64,9 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
         gate = Gate(fleet, ledger, admission, config.admission)
         ctx = RouterContext(
             config, fleet, ledger, upstream, session, counters, int(time.time()), settings, gate,
-            HandlerSettings.of(config),
+            HandlerSettings.of(config), Metrics(["", *(p.name for p in fleet.pools)]),
         )  # fmt: skip
+        ctx.metrics.watch(ctx)
         app[RouterContext.KEY] = ctx
         await store.start()
         loop = asyncio.get_running_loop()

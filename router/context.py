@@ -16,6 +16,7 @@ from router.core.tokens import TokenCounter
 from router.fleet import Fleet
 from router.gate import Gate
 from router.ledger import Ledger
+from router.metrics import Metrics
 from router.probe import Reading
 from router.proxy import ForwardSettings
 from router.upstream.pool import UpstreamPool
@@ -54,6 +55,7 @@ class RouterContext:
     forward_settings: ForwardSettings
     gate: Gate
     handler_settings: HandlerSettings
+    metrics: Metrics
     readings: list[Reading] = field(init=False)  # the last /metrics of each backend
 
     def __post_init__(self) -> None:

@@ -11,14 +11,17 @@ non-streaming request (bench/overhead), for the same behaviour.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from random import getrandbits
+from time import monotonic
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router.context import RouterContext
 from router.core.classify import Eligibility, eligible_pools
@@ -27,6 +30,7 @@ from router.core.planner import PoolView, plan
 from router.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, RouterError
 from router.model import RequestFacts, RoutePlan
 from router.proxy import forward
+from router.record import RequestRecord
 
 log = logging.getLogger("ctxroute.handlers")
 
@@ -101,56 +105,74 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
 
     async def complete(request: web.Request, request_id: str) -> web.StreamResponse:
         ctx = request.app[RouterContext.KEY]
-        opts = ctx.handler_settings
-        raw, body = await _read_json(request, opts.max_body_bytes)
-        fleet = ctx.fleet
-        facts = read_facts(
-            body,
-            chat=chat,
-            session=request.headers.get(opts.session_header),
-            models=fleet.models,
-            counters=ctx.counters,
-            prefix_chars=opts.prefix_chars,
-        )
-        pools = fleet.by_model[facts.model]
-        eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
-        view_of = ctx.ledger.view_of
-        route = plan(facts, pools, eligibility, view_of, fleet.settings)
-        extra: tuple[tuple[str, str], ...] = ()
-        if not route.candidates and facts.model in opts.fallback:
-            small = opts.fallback[facts.model]
-            alternative = _fallback_route(ctx, facts, small)
-            if alternative is not None:
-                # the small model's servers know only their own name: the body says it
-                big = facts.model
-                facts, pools, eligibility, route = alternative
-                body["model"] = small
-                raw = orjson.dumps(body)
-                extra = (("x-ctxroute-fallback", f"{big}->{small}"),)
-                log.info("request %s: every backend of %s is unusable, answered by %s",
-                         request_id, big, small)  # fmt: skip
-        gate = ctx.gate
-        headers = request.headers
-        priority = headers.get(opts.priority_header)
-        field = body.get("priority")
-        tier = gate.settings.default_tier if priority is None and field is None else \
-            gate.settings.tier_of(_priority(priority, field))  # fmt: skip
-        timeout = headers.get("X-Request-Timeout")
-        timeout_s = None if timeout is None else _timeout(timeout)
-        long = facts.prompt.estimate >= fleet.settings.long_prefill_tokens
-        ticket = gate.admit_now(tier, long, timeout_s, route)
-        if ticket is None:
-            settings = fleet.settings
-
-            def replan() -> RoutePlan:
-                return plan(facts, pools, eligibility, view_of, settings)
-
-            ticket, route = await gate.wait(tier, long, timeout_s, route, replan)
+        # what the request did, for its metrics (and its log line): read once at its end
+        record = RequestRecord(monotonic())
         try:
-            return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts,
-                                 route, request_id, ctx.forward_settings, extra)  # fmt: skip
+            opts = ctx.handler_settings
+            raw, body = await _read_json(request, opts.max_body_bytes)
+            fleet = ctx.fleet
+            facts = read_facts(
+                body,
+                chat=chat,
+                session=request.headers.get(opts.session_header),
+                models=fleet.models,
+                counters=ctx.counters,
+                prefix_chars=opts.prefix_chars,
+            )
+            record.prompt_tokens = facts.prompt.estimate  # the backend's usage replaces it
+            pools = fleet.by_model[facts.model]
+            eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
+            view_of = ctx.ledger.view_of
+            route = plan(facts, pools, eligibility, view_of, fleet.settings)
+            record.pool = route.preferred
+            extra: tuple[tuple[str, str], ...] = ()
+            if not route.candidates and facts.model in opts.fallback:
+                small = opts.fallback[facts.model]
+                alternative = _fallback_route(ctx, facts, small)
+                if alternative is not None:
+                    # the small model's servers know only their own name: the body says it
+                    big = facts.model
+                    facts, pools, eligibility, route = alternative
+                    body["model"] = small
+                    raw = orjson.dumps(body)
+                    extra = (("x-ctxroute-fallback", f"{big}->{small}"),)
+                    log.info("request %s: every backend of %s is unusable, answered by %s",
+                             request_id, big, small)  # fmt: skip
+            gate = ctx.gate
+            headers = request.headers
+            priority = headers.get(opts.priority_header)
+            field = body.get("priority")
+            tier = gate.settings.default_tier if priority is None and field is None else \
+                gate.settings.tier_of(_priority(priority, field))  # fmt: skip
+            timeout = headers.get("X-Request-Timeout")
+            timeout_s = None if timeout is None else _timeout(timeout)
+            record.tier = gate.settings.tiers[tier].name
+            long = facts.prompt.estimate >= fleet.settings.long_prefill_tokens
+            ticket = gate.admit_now(tier, long, timeout_s, route)
+            if ticket is None:
+                settings = fleet.settings
+
+                def replan() -> RoutePlan:
+                    return plan(facts, pools, eligibility, view_of, settings)
+
+                held = monotonic()
+                ticket, route = await gate.wait(tier, long, timeout_s, route, replan)
+                record.queued_s = monotonic() - held
+            try:
+                return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts,
+                                     route, request_id, ctx.forward_settings, record,
+                                     extra)  # fmt: skip
+            finally:
+                ticket.release()
+        except RouterError as exc:
+            record.status = exc.status
+            record.reject = exc.reject
+            raise
+        except asyncio.CancelledError:
+            record.client_gone = True
+            raise
         finally:
-            ticket.release()
+            ctx.metrics.observe(record, monotonic())
 
     return complete
 
@@ -264,6 +286,12 @@ def _admin_drain(drained: bool) -> RouteHandler:
     return handle
 
 
+async def metrics(request: web.Request, request_id: str) -> web.Response:
+    ctx = request.app[RouterContext.KEY]
+    return web.Response(body=generate_latest(ctx.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
+
+
 def add_routes(app: web.Application) -> None:
     add = app.router
     add.add_post("/v1/chat/completions", answers_errors(chat_completions))
@@ -272,5 +300,6 @@ def add_routes(app: web.Application) -> None:
     add.add_get("/healthz", answers_errors(healthz))
     add.add_get("/readyz", answers_errors(readyz))
     add.add_get("/status", answers_errors(status))
+    add.add_get("/metrics", answers_errors(metrics))
     add.add_post("/admin/drain", answers_errors(_admin_drain(True)))
     add.add_post("/admin/undrain", answers_errors(_admin_drain(False)))

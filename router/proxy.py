@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Final
 
+import orjson
 from aiohttp import web
 
 from router.config import TimeoutsConfig
@@ -32,6 +33,7 @@ from router.errors import NoBackend, UpstreamFailed
 from router.fleet import Fleet
 from router.ledger import Ledger
 from router.model import Backend, Outcome, OutcomeKind, RequestFacts, RoutePlan
+from router.record import RequestRecord
 from router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
 from router.upstream.pool import UpstreamPool, UpstreamResponse
 from router.upstream.relay import relay_stream
@@ -108,9 +110,12 @@ async def forward(
     plan: RoutePlan,
     request_id: str,
     settings: ForwardSettings,
+    record: RequestRecord,
     extra_headers: tuple[tuple[str, str], ...] = (),
 ) -> web.StreamResponse:
-    """``extra_headers`` go on the answer too (``x-ctxroute-fallback``)."""
+    """``extra_headers`` go on the answer too (``x-ctxroute-fallback``). ``record`` is
+    given what the attempts learned: the answering backend, attempts, first byte, tokens
+    and finish reason."""
     loop = asyncio.get_running_loop()
     request_line = f"POST {path} HTTP/1.1\r\n".encode()
     host_lines = fleet.host_lines
@@ -173,6 +178,13 @@ async def forward(
             # by end() in finally, in one update
             now = loop.time()
             ttft = ledger.first_byte(attempt, now) if streaming else ledger.answered(attempt, now)
+            record.first_byte_at = monotonic()
+            record.attempts = len(ended) + 1
+            record.pool = backend.pool
+            record.backend = backend.url
+            record.window = pool.max_context_tokens
+            record.budget = budget
+            record.status = status
             if status == 400 and _CONTEXT_400 in first:
                 outcome = Outcome(OutcomeKind.CONTEXT_REJECTED, status, ttft,
                                   "context length: trying a larger window")  # fmt: skip
@@ -184,8 +196,16 @@ async def forward(
             if not streaming:
                 kind = _SUCCESS if status < 400 else OutcomeKind.CLIENT_ERROR
                 outcome = Outcome(kind, status, ttft)
+                if status == 200:
+                    _read_usage(first, record)
                 return web.Response(status=status, body=first, headers=headers)
             out, result = await relay_stream(request, resp, first, headers, settings.idle_read_s)
+            summary = result.summary
+            record.finish_reason = summary.finish_reason
+            if summary.prompt_tokens is not None:
+                record.prompt_tokens = summary.prompt_tokens
+            record.completion_tokens = summary.completion_tokens
+            record.client_gone = result.client_gone
             if result.client_gone:
                 outcome = Outcome(OutcomeKind.CLIENT_GONE, status, ttft)
             elif result.upstream_error is not None:
@@ -196,6 +216,7 @@ async def forward(
         except asyncio.CancelledError:
             if outcome is None:
                 outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="the client left")
+            record.client_gone = True
             raise
         finally:
             if resp is not None:
@@ -207,6 +228,7 @@ async def forward(
     if refusal is not None:
         # no larger window was left to try: the backend's own 400 is the answer
         status, upstream_headers, body, backend = refusal
+        record.attempts = len(ended)
         headers = _response_headers(upstream_headers, backend, request_id, len(ended))
         headers += extra_headers
         return web.Response(status=status, body=body, headers=headers)
@@ -217,8 +239,28 @@ async def forward(
     now = monotonic()
     # when breakers keep every backend away, come back when the first may take a probe
     wait = ledger.store.retry_after(backends, now)
+    record.attempts = len(ended)
     raise NoBackend(_no_backend_message(plan, ended, full, ledger, backends, now),
                     retry_after=wait if wait else 1.0)  # fmt: skip
+
+
+def _read_usage(body: bytes, record: RequestRecord) -> None:
+    """finish_reason and token usage of a whole (non-streaming) answer: the one parse of
+    the answer's body the router makes."""
+    try:
+        answer = orjson.loads(body)
+        choice = answer["choices"][0]
+        usage = answer.get("usage") or {}
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return  # not an OpenAI answer: nothing to count
+    reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+    record.finish_reason = reason if isinstance(reason, str) else None
+    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    completion = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if isinstance(prompt, int):
+        record.prompt_tokens = prompt
+    if isinstance(completion, int):
+        record.completion_tokens = completion
 
 
 def _why_unusable(ledger: Ledger, backend: Backend, now: float) -> str:

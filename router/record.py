@@ -1,0 +1,45 @@
+"""What one request did, filled in along its way and read once at its end (metrics, logs).
+
+The handler makes it on arrival; the gate's wait, the attempt loop and the relay write
+what they learn; ``metrics.observe`` reads it in the handler's ``finally``. One small
+object per request, no per-chunk work.
+"""
+
+from __future__ import annotations
+
+
+class RequestRecord:
+    __slots__ = (
+        "arrived",
+        "attempts",
+        "backend",
+        "budget",
+        "client_gone",
+        "completion_tokens",
+        "finish_reason",
+        "first_byte_at",
+        "pool",
+        "prompt_tokens",
+        "queued_s",
+        "reject",
+        "status",
+        "tier",
+        "window",
+    )
+
+    def __init__(self, arrived: float) -> None:
+        self.arrived = arrived  # loop time the request reached the handler
+        self.pool = ""  # the pool of the backend that answered, else the preferred one
+        self.backend = ""  # the url of the backend that answered, if one did
+        self.attempts = 0
+        self.status = 0  # what the client got (0: nothing, the client left first)
+        self.first_byte_at: float | None = None  # loop time of the answer's first byte
+        self.queued_s = 0.0  # time held at the router by admission
+        self.prompt_tokens: int | None = None  # the backend's usage when it said, else ours
+        self.completion_tokens: int | None = None
+        self.finish_reason: str | None = None
+        self.budget = 0  # prompt + max_tokens, as routed
+        self.window = 0  # the answering pool's max_context_tokens
+        self.client_gone = False
+        self.tier = ""  # the priority tier's name, once known
+        self.reject: str | None = None  # the router's own refusal (x-ctxroute-reject)
