@@ -1,4 +1,4 @@
-"""The ``ctxroute`` command line: serve, demo, check-config, sim, bench."""
+"""The ``ctxroute`` command line: serve, demo, status, check-config, sim, bench."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a router YAML file and exit")
     check.add_argument("config", help="router YAML file")
+
+    status = sub.add_parser("status", help="a running router's /status as tables")
+    status.add_argument("url", help="the router's base URL, e.g. http://127.0.0.1:8080")
+    status.add_argument("--watch", type=float, nargs="?", const=2.0, default=None,
+                        metavar="SECONDS",
+                        help="redraw every SECONDS (default 2) until ^C")  # fmt: skip
 
     bench = sub.add_parser(
         "bench", help="the mixed workload against a fleet: TTFT, goodput, errors"
@@ -59,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.mixed import run as run_bench
 
         return run_bench(args)
+    if args.command == "status":
+        from router.status_view import run as run_status
+
+        if args.watch is not None and args.watch <= 0:
+            print("ctxroute status: --watch must be above 0 seconds", file=sys.stderr)
+            return 2
+        return run_status(args.url, args.watch)
     if args.command == "check-config":
         config = _load(args.config)
         if config is None:

@@ -1,0 +1,71 @@
+"""``ctxroute status URL`` against a running router and simulator: a real process reading
+a real /status, as an operator runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from backends.simulator import Simulator
+from router.config import parse_config
+from tests.fixtures.router import RunningRouter
+from tests.fixtures.servers import free_port
+
+RouterFactory = Callable[..., Awaitable[RunningRouter]]
+CLI = [sys.executable, "-m", "router"]
+
+
+async def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, [*CLI, "status", *args], capture_output=True, text=True, timeout=30,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
+async def test_status_shows_pools_backends_breakers_and_admission(
+    sim: Simulator, make_router: RouterFactory
+) -> None:
+    config = parse_config(
+        {
+            "pools": [
+                {
+                    "name": "chat",
+                    "model": "sim-model",
+                    "max_context_tokens": 2048,
+                    "backends": [{"url": sim.url}, {"url": "http://127.0.0.1:9"}],
+                }
+            ],
+            "timeouts": {"connect_s": 0.5},
+        },
+        environ={},
+    )
+    router = await make_router(config)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(router.url + "/admin/drain", json={"backend": sim.url}) as r:
+            assert r.status == 200
+    done = await status_cli(router.url)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "pool chat (sim-model, window 2,048)" in out
+    assert sim.url + " (drained)" in out
+    assert "http://127.0.0.1:9" in out
+    assert "closed" in out  # breaker states
+    assert "admission" in out and "normal:0" in out
+    assert "store memory up" in out
+
+
+async def test_status_of_nothing_listening_says_so_and_exits_1() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    done = await status_cli(url)
+    assert done.returncode == 1
+    assert f"cannot read {url}/status" in done.stderr
+
+
+async def test_status_watch_rejects_a_non_positive_interval() -> None:
+    done = await status_cli("http://127.0.0.1:1", "--watch", "0")
+    assert done.returncode == 2
+    assert "--watch must be above 0" in done.stderr
