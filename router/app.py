@@ -64,7 +64,8 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
         gate = Gate(fleet, ledger, admission, config.admission)
         ctx = RouterContext(
             config, fleet, ledger, upstream, session, counters, int(time.time()), settings, gate,
-            HandlerSettings.of(config), Metrics(["", *(p.name for p in fleet.pools)]),
+            HandlerSettings.of(config),
+            Metrics(["", *(p.name for p in fleet.pools)], [t.name for t in admission.tiers]),
         )  # fmt: skip
         ctx.metrics.watch(ctx)
         app[RouterContext.KEY] = ctx

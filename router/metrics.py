@@ -124,12 +124,18 @@ class PoolStats:
         self.wasted = 0
 
 
+SHED_REASONS: Final = ("queue_full", "deadline", "overload", "no_backend")
+
+
 class Metrics:
-    def __init__(self, pools: list[str]) -> None:
+    def __init__(self, pools: list[str], tiers: list[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.pools = {pool: PoolStats() for pool in pools}
-        # the router's own refusals: (pool, reason, tier) -> count
-        self.shed: dict[tuple[str, str, str], int] = {}
+        # the router's own refusals: (pool, reason, tier) -> count, every known combination
+        # present from the start (a rate() over a series that appears late misses its first)
+        self.shed: dict[tuple[str, str, str], int] = {
+            (pool, reason, tier): 0 for pool in pools for reason in SHED_REASONS for tier in tiers
+        }
 
     def watch(self, ctx: RouterContext) -> None:
         """Expose the per-request figures and ``ctx``'s state at scrape time."""
