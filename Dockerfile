@@ -1,0 +1,13 @@
+# The router image: `docker compose up` builds it from this checkout.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY router ./router
+COPY backends ./backends
+COPY bench ./bench
+RUN pip install --no-cache-dir .
+COPY config ./config
+EXPOSE 8080
+# SIGTERM: the router stops accepting, lets requests in flight finish, then exits
+STOPSIGNAL SIGTERM
+CMD ["ctxroute", "serve", "--config", "/app/config/router.yaml"]

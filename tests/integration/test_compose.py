@@ -1,0 +1,185 @@
+"""compose.yaml, checked without a Docker engine: the file validates (docker-compose
+``config``, when installed), everything it names exists and agrees with config/router.yaml,
+and the ``sim`` profile's services run as local processes, with their own commands and
+the router's own config, service names mapped to loopback ports: both routers come up
+ready, on Redis and the simulators, and answer through both pools."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.fixtures.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose.yaml"
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def router_config() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "config" / "router.yaml").read_text()))
+
+
+def hosts_of(services: dict[str, Any], profile: str) -> dict[str, str]:
+    """Host name -> the service that answers to it when ``profile`` is up."""
+    out = {}
+    for name, service in services.items():
+        profiles = service.get("profiles")
+        if profiles and profile not in profiles:
+            continue
+        out[name] = name
+        for alias in (service.get("networks") or {}).get("default", {}).get("aliases", []):
+            out[alias] = name
+    return out
+
+
+@pytest.mark.parametrize("profile", ["gpu", "sim"])
+def test_compose_validates(profile: str) -> None:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    done = subprocess.run([tool, "-f", str(COMPOSE), "--profile", profile, "config", "-q"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("profile", ["gpu", "sim"])
+def test_every_backend_redis_and_scrape_target_is_a_service(profile: str) -> None:
+    services = compose()["services"]
+    hosts = hosts_of(services, profile)
+    config = router_config()
+    for pool in config["pools"]:
+        for backend in pool["backends"]:
+            assert urlsplit(backend["url"]).hostname in hosts, (profile, backend["url"])
+    redis_url = services["router-1"]["environment"]["CTXROUTE__STORE__REDIS_URL"]
+    assert hosts.get(urlsplit(redis_url).hostname) == "redis"
+    scrape = yaml.safe_load((ROOT / "config" / "prometheus" / "prometheus.yml").read_text())
+    for job in scrape["scrape_configs"]:
+        for target in job["static_configs"][0]["targets"]:
+            assert target.split(":")[0] in hosts, (profile, target)
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+    # a GPU engine and a simulator never answer to the same name in one profile
+    for name in ("vllm-short-1", "vllm-long-1"):
+        assert name in hosts
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    procs: list[asyncio.subprocess.Process] = []
+    yield procs
+    for proc in procs:
+        if proc.returncode is None:
+            proc.terminate()
+    for proc in procs:
+        await asyncio.wait_for(proc.wait(), 20)
+
+
+def _local(command: list[str], ports: dict[str, int]) -> list[str]:
+    """A compose command run here: ``ctxroute`` is this checkout, /app is the repo root,
+    and a server listens on loopback at the port its service was given."""
+    out = [sys.executable, "-m", "router", *command[1:]] if command[0] == "ctxroute" else command
+    out = [arg.replace("/app/", str(ROOT) + "/") for arg in out]
+    return out
+
+
+async def _until_ok(url: str, seconds: float = 30.0) -> Any:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(int(seconds * 10)):
+            try:
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        text = await r.text()
+                        return yaml.safe_load(text)  # JSON, or the plain text of /readyz
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered 200")
+
+
+async def test_the_sim_profile_wires_up_as_local_processes(
+    processes: list[asyncio.subprocess.Process],
+) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    services = compose()["services"]
+    hosts = hosts_of(services, "sim")
+    ports = {name: free_port() for name in services}
+
+    def port_of(host: str) -> int:
+        return ports[hosts[host]]
+
+    async def run(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        processes.append(await asyncio.create_subprocess_exec(
+            *argv, cwd=ROOT, env={**os.environ, **(env or {})},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        ))  # fmt: skip
+
+    redis = services["redis"]["command"]
+    await run("redis", [*redis, "--port", str(ports["redis"]), "--bind", "127.0.0.1"])
+    for name, service in services.items():
+        if "sim" not in (service.get("profiles") or []):
+            continue
+        argv = _local(service["command"], ports)
+        argv[argv.index("--host") + 1] = "127.0.0.1"
+        argv[argv.index("--port") + 1] = str(ports[name])
+        await run(name, argv)
+    config = router_config()
+    routers = [n for n in services if n.startswith("router-")]
+    assert len(routers) == 2
+    for name in routers:
+        service = services[name]
+        env = {k: str(v) for k, v in service["environment"].items()}
+        redis_url = urlsplit(env["CTXROUTE__STORE__REDIS_URL"])
+        env["CTXROUTE__STORE__REDIS_URL"] = (
+            f"redis://127.0.0.1:{port_of(redis_url.hostname or '')}{redis_url.path}"
+        )
+        env["CTXROUTE__LISTEN__HOST"] = "127.0.0.1"
+        env["CTXROUTE__LISTEN__PORT"] = str(ports[name])
+        for p, pool in enumerate(config["pools"]):
+            for b, backend in enumerate(pool["backends"]):
+                host = urlsplit(backend["url"]).hostname or ""
+                env[f"CTXROUTE__POOLS__{p}__BACKENDS__{b}__URL"] = (
+                    f"http://127.0.0.1:{port_of(host)}"
+                )
+        await run(name, _local(service["command"], ports), env)
+
+    chat = {"model": config["pools"][0]["model"], "max_tokens": 4,
+            "messages": [{"role": "user", "content": "hello"}]}  # fmt: skip
+    for name in routers:
+        base = f"http://127.0.0.1:{ports[name]}"
+        await _until_ok(base + "/readyz")
+        for _ in range(100):  # redis-server may have come up after the router's first try
+            status = await _until_ok(base + "/status")
+            if status["store"]["up"]:
+                break
+            await asyncio.sleep(0.2)
+        assert status["store"] == {"kind": "redis", "up": True}
+        assert all(b["up"] for p in status["pools"] for b in p["backends"])
+        async with aiohttp.ClientSession() as s:
+            async with s.post(base + "/v1/chat/completions", json=chat) as r:
+                assert r.status == 200, await r.text()
+                assert r.headers["x-ctxroute-pool"] == "low-latency"
+            long = {**chat, "max_tokens": 16_000}  # over the low-latency window
+            async with s.post(base + "/v1/chat/completions", json=long) as r:
+                assert r.status == 200, await r.text()
+                assert r.headers["x-ctxroute-pool"] == "high-memory"
