@@ -357,6 +357,10 @@ class RedisStore(MemoryStore):
         publish_s = self.config.load_publish_ms / 1000.0
         next_resync = 0.0
         while not self._closing:
+            # cleared before the work, not after: a wake-up that comes while this round
+            # awaits Redis (a long prefill announced, a breaker transition) must start the
+            # next round at once, not wait for the next periodic one
+            self._wake.clear()
             now = time.monotonic()
             try:
                 if now >= next_resync or not self._up:
@@ -370,7 +374,6 @@ class RedisStore(MemoryStore):
                 next_resync = 0.0
             except Exception:
                 log.exception("store sync failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(publish_s if self._up else _RETRY_S):
                     await self._wake.wait()
