@@ -17,7 +17,7 @@ from router.gate import Gate, admission_settings
 from router.handlers import add_routes
 from router.ledger import Ledger
 from router.loadboard import LoadBoard, LoadView
-from router.metrics import Metrics
+from router.metrics import Metrics, MetricsShare
 from router.model import Backend
 from router.probe import make_probe_session, memory_settings, probe_forever
 from router.proxy import ForwardSettings
@@ -37,10 +37,11 @@ def make_store(config: RouterConfig, backends: Sequence[Backend], board: LoadVie
     return RedisStore(backends, settings, board, config.store)
 
 
-def create_app(config: RouterConfig, *, board: LoadView | None = None,
-               probes: bool = True) -> web.Application:  # fmt: skip
+def create_app(config: RouterConfig, *, board: LoadView | None = None, probes: bool = True,
+               metrics_share: MetricsShare | None = None) -> web.Application:  # fmt: skip
     """The router app. ``board``: the load view shared with other processes (``serve
-    --workers``); by default this process's own."""
+    --workers``); by default this process's own. ``metrics_share``: where this process
+    writes its metrics so that any worker's /metrics answers for all of them."""
     app = web.Application(client_max_size=config.max_body_bytes)
     counters: dict[str, TokenCounter] = dict(load_counters(config.tokenizers))
     fleet = Fleet.from_config(config)
@@ -64,14 +65,17 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
         gate = Gate(fleet, ledger, admission, config.admission)
         ctx = RouterContext(
             config, fleet, ledger, upstream, session, counters, int(time.time()), settings, gate,
-            HandlerSettings.of(config),
-            Metrics(["", *(p.name for p in fleet.pools)], [t.name for t in admission.tiers]),
+            HandlerSettings.of(config), Metrics.for_config(config),
         )  # fmt: skip
         ctx.metrics.watch(ctx)
+        if metrics_share is not None:
+            ctx.metrics.attach(metrics_share)
         app[RouterContext.KEY] = ctx
         await store.start()
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(gate.watch_overload())]
+        if metrics_share is not None:
+            tasks.append(loop.create_task(_flush_metrics_forever(ctx.metrics)))
         if probes:
             tasks.append(loop.create_task(
                 probe_forever(session, fleet, ledger, ctx.readings, config)))  # fmt: skip
@@ -87,6 +91,13 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None,
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
     return app
+
+
+async def _flush_metrics_forever(metrics: Metrics, every_s: float = 1.0) -> None:
+    """Other workers' scrapes read this worker's row: keep it at most ``every_s`` old."""
+    while True:
+        await asyncio.sleep(every_s)
+        metrics.flush()
 
 
 def make_runner(app: web.Application) -> web.AppRunner:

@@ -20,9 +20,11 @@ all come from the config or from enums, never from request content.
 
 from __future__ import annotations
 
+import mmap
 import time
+from array import array
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
@@ -39,6 +41,7 @@ from router.core.breaker import BreakerState
 from router.record import RequestRecord
 
 if TYPE_CHECKING:
+    from router.config import RouterConfig
     from router.context import RouterContext
 
 # 5 ms to 60 s: a short chat's first token and a 60k-token document's
@@ -124,23 +127,105 @@ class PoolStats:
         self.wasted = 0
 
 
-SHED_REASONS: Final = ("queue_full", "deadline", "overload", "no_backend")
+class MetricsShare:
+    """``rows`` rows of float64 cells in a mapping made before ``serve --workers`` forks:
+    each worker writes its own row (``Metrics.flush``), a scrape of any worker sums them."""
+
+    def __init__(self, shared: mmap.mmap, rows: int, row: int, size: int) -> None:
+        if len(shared) < rows * size * 8:
+            raise ValueError("the shared mapping is smaller than the metrics rows")
+        cells = memoryview(shared).cast("d")
+        self.size = size
+        self.rows = [cells[r * size : (r + 1) * size] for r in range(rows)]
+        self.mine = self.rows[row]
+
+    @staticmethod
+    def shared_memory(rows: int, size: int) -> mmap.mmap:
+        return mmap.mmap(-1, max(8, rows * size * 8))
+
+
+SHED_REASONS: Final = ("queue_full", "deadline", "overload", "no_backend", "other")
+_HISTOGRAM_ATTRS: Final = ("ttft", "latency", "queued", "prompt", "completion", "context")
 
 
 class Metrics:
     def __init__(self, pools: list[str], tiers: list[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.pool_names = list(pools)
+        self.tiers = list(tiers)
         self.pools = {pool: PoolStats() for pool in pools}
         # the router's own refusals: (pool, reason, tier) -> count, every known combination
         # present from the start (a rate() over a series that appears late misses its first)
         self.shed: dict[tuple[str, str, str], int] = {
             (pool, reason, tier): 0 for pool in pools for reason in SHED_REASONS for tier in tiers
         }
+        self.share: MetricsShare | None = None
+
+    @classmethod
+    def for_config(cls, config: RouterConfig) -> Metrics:
+        """The label values are the config's: pools (and "" for requests refused before
+        one was known) and priority tiers. Every process of a server agrees on them."""
+        return cls(["", *(p.name for p in config.pools)], [t.name for t in config.admission.tiers])
 
     def watch(self, ctx: RouterContext) -> None:
         """Expose the per-request figures and ``ctx``'s state at scrape time."""
         self.registry.register(_RequestCollector(self))
         self.registry.register(_StateCollector(ctx))
+
+    # ---- serve --workers N: every worker's figures in its row of a shared mapping --------
+
+    def vector(self) -> list[float]:
+        """Every per-request figure, in a fixed order (the layout of a shared row)."""
+        out: list[float] = []
+        for stats in self.pools.values():
+            for attr in _HISTOGRAM_ATTRS:
+                b: Buckets = getattr(stats, attr)
+                out += b.counts
+                out.append(b.total)
+            out += stats.status.values()
+            out += stats.finish.values()
+            out += (stats.retries, stats.disconnects, stats.wasted)
+        out += self.shed.values()
+        return out
+
+    def load(self, values: Sequence[float]) -> None:
+        """Set every figure from a vector laid out as ``vector`` makes it."""
+        it = iter(values)
+        for stats in self.pools.values():
+            for attr in _HISTOGRAM_ATTRS:
+                b = getattr(stats, attr)
+                b.counts = [int(next(it)) for _ in b.counts]
+                b.total = next(it)
+            stats.status = {k: int(next(it)) for k in stats.status}
+            stats.finish = {k: int(next(it)) for k in stats.finish}
+            stats.retries, stats.disconnects, stats.wasted = (int(next(it)) for _ in range(3))
+        self.shed = {k: int(next(it)) for k in self.shed}
+
+    def attach(self, share: MetricsShare) -> None:
+        """Write this process's figures to ``share`` from now on, starting from what its
+        row holds (a worker replacing a dead one carries its totals on: counters never go
+        back)."""
+        self.load(share.mine)
+        self.share = share
+
+    def flush(self) -> None:
+        if self.share is not None:
+            self.share.mine[:] = array("d", self.vector())
+
+    def summed(self) -> Metrics:
+        """Every process's figures added up (this one's written first); this process's
+        own when nothing is shared."""
+        share = self.share
+        if share is None:
+            return self
+        self.flush()
+        total = [0.0] * share.size
+        for row in share.rows:
+            for i, value in enumerate(row):
+                total[i] += value
+        out = Metrics(self.pool_names, self.tiers)
+        out.load(total)
+        return out
 
     def observe(self, record: RequestRecord, now: float) -> None:
         """The request is over: once, from the handler's ``finally``. (The ``Buckets``
@@ -186,7 +271,10 @@ class Metrics:
             stats.retries += record.attempts - 1
         if record.reject is not None:
             key = (record.pool, record.reject, record.tier)
-            self.shed[key] = self.shed.get(key, 0) + 1
+            if key not in self.shed:
+                key = (record.pool, "other", record.tier)
+            if key in self.shed:
+                self.shed[key] += 1
         if record.client_gone:
             stats.disconnects += 1
             stats.wasted += (prompt or 0) + (completion or 0)
@@ -215,7 +303,8 @@ class _RequestCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        pools = self.metrics.pools
+        metrics = self.metrics.summed()
+        pools = metrics.pools
         for name, attr, doc in _HISTOGRAMS:
             family = HistogramMetricFamily(name, doc, labels=["pool"])
             for pool, stats in pools.items():
@@ -260,7 +349,7 @@ class _RequestCollector(Collector):
             "deadline, overload, no_backend) and priority tier",
             labels=["pool", "reason", "tier"],
         )
-        for (pool, reason, tier), count in sorted(self.metrics.shed.items()):
+        for (pool, reason, tier), count in sorted(metrics.shed.items()):
             shed.add_metric([pool, reason, tier], count)
         yield from (requests, finish, retries, disconnects, wasted, shed)
 

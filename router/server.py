@@ -22,6 +22,7 @@ from router.app import create_app, make_runner
 from router.config import RouterConfig
 from router.fleet import Fleet
 from router.loadboard import LoadBoard, LoadView
+from router.metrics import Metrics, MetricsShare
 from router.runtime import run_async
 
 log = logging.getLogger("ctxroute.serve")
@@ -37,13 +38,14 @@ async def serve_until_stopped(
     reuse_port: bool = False,
     announce: bool = True,
     board: LoadView | None = None,
+    metrics_share: MetricsShare | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    runner = make_runner(create_app(config, board=board))
+    runner = make_runner(create_app(config, board=board, metrics_share=metrics_share))
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.listen.host, config.listen.port,
@@ -62,12 +64,14 @@ async def serve_until_stopped(
         await runner.cleanup()
 
 
-def _worker(config: RouterConfig, shared: mmap.mmap, backends: int, rows: int, row: int) -> None:
+def _worker(config: RouterConfig, shared: mmap.mmap, metrics: mmap.mmap, backends: int,
+            rows: int, row: int) -> None:  # fmt: skip
     # default signal handling in the child: the parent forwards SIGINT/SIGTERM
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     board = LoadBoard(backends, rows=rows, row=row, shared=shared)
-    run_async(serve_until_stopped(config, reuse_port=True, board=board))
+    share = MetricsShare(metrics, rows, row, len(Metrics.for_config(config).vector()))
+    run_async(serve_until_stopped(config, reuse_port=True, board=board, metrics_share=share))
 
 
 def describe_exit(code: int | None) -> str:
@@ -101,6 +105,8 @@ def _supervise(config: RouterConfig, workers: int) -> int:
     backends = len(Fleet.from_config(config).backends)
     shared = LoadBoard.shared_memory(backends, workers)
     board = LoadBoard(backends, rows=workers, row=0, shared=shared)
+    # each worker's metrics in its own row: a replaced worker carries its row's totals on
+    metrics = MetricsShare.shared_memory(workers, len(Metrics.for_config(config).vector()))
     mp = multiprocessing.get_context("fork")
     procs: dict[int, multiprocessing.process.BaseProcess] = {}
     started: dict[int, float] = {}
@@ -110,7 +116,7 @@ def _supervise(config: RouterConfig, workers: int) -> int:
 
     def start(row: int) -> None:
         proc = mp.Process(
-            target=_worker, args=(config, shared, backends, workers, row), daemon=False
+            target=_worker, args=(config, shared, metrics, backends, workers, row), daemon=False
         )
         proc.start()
         procs[row] = proc

@@ -274,3 +274,53 @@ def test_the_redis_url_comes_from_the_environment_too() -> None:
     )  # fmt: skip
     assert config.store.redis_url == "redis://cache:6380/2"
     assert config.store.key_prefix == "ctxroute" and config.store.timeout_ms == 100
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+def test_every_worker_answers_metrics_for_all_of_them(tmp_path: Path) -> None:
+    # 12 requests over separate connections reach both workers; a scrape of either one
+    # counts all 12 (within a flush interval), and the finish reasons with them
+    sim_port, port = free_port(), free_port()
+    sim = _sim(sim_port, 5.0)
+    path = write(tmp_path, ROUTER_FOR_SIM.format(port=port, backend=sim_port))
+    proc = subprocess.Popen([*CLI, "serve", "--config", str(path), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", sim_port, 20.0, sim)
+        wait_for_port("127.0.0.1", port, 20.0, proc)
+        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 2, "ignore_eos": True})
+        for _ in range(12):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
+                                             data=body.encode(),
+                                             headers={"content-type": "application/json",
+                                                      "connection": "close"})  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert r.status == 200
+        time.sleep(1.5)  # each worker writes its row at least once a second
+        pids = {_status(port)["pid"] for _ in range(20)}
+        assert len(pids) == 2, f"only one worker answered: {pids}"
+        counts, lengths = [], []
+        for _ in range(20):  # new connections: the kernel spreads them over both workers
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            counts.append(_metric(text, "ctxroute_requests_total", pool="only",
+                                  status_class="2xx"))  # fmt: skip
+            lengths.append(_metric(text, "ctxroute_finish_reason_total", pool="only",
+                                   reason="length"))  # fmt: skip
+        assert set(counts) == {12.0}, counts
+        assert set(lengths) == {12.0}, lengths
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+        sim.terminate()
+        sim.wait(10)
+    assert proc.returncode == 0
