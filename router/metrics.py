@@ -79,9 +79,10 @@ FINISH_REASONS: Final = ("stop", "length", "abort", "tool_calls", "error")
 
 
 class Buckets:
-    """A histogram's counts, kept as plain integers: observing is one ``bisect`` and two
-    additions (prometheus-client's ``Histogram.observe`` takes a lock per bucket it
-    touches, about 0.9 us, ten times this), exposed as a histogram family at scrape time."""
+    """A histogram's counts, kept as plain integers: ``Metrics.observe`` adds to them with
+    one ``bisect`` and two additions (prometheus-client's ``Histogram.observe`` takes a
+    lock per bucket it touches, about 0.9 us, ten times this); exposed as a histogram
+    family at scrape time."""
 
     __slots__ = ("bounds", "counts", "les", "total")
 
@@ -91,10 +92,6 @@ class Buckets:
         self.les = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
         self.counts = [0] * (len(bounds) + 1)  # the last one: above the largest bound
         self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
 
     def family_samples(self) -> tuple[list[tuple[str, float]], float]:
         """Cumulative buckets (``le``, count) ending with +Inf, and the sum."""
