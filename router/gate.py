@@ -155,10 +155,8 @@ class Gate:
             queue = self.queues[pool]
             if queue.waiters and queue.blocks(tier, long):
                 return None
-            if timeout_s is None:
-                timeout_s = self._long_deadline_s if long else self._short_deadline_s
             v = verdict(tier, long, plan, self.pools_of[pool], self._view_of, self.settings,
-                        self._is_transient, timeout_s * 1000.0)  # fmt: skip
+                        self._is_transient, self._allowed_s(long, timeout_s) * 1000.0)  # fmt: skip
             if v is not _ADMIT and v is not _NO_BACKEND:
                 return None
         admitted = self.admitted[pool]
@@ -234,7 +232,7 @@ class Gate:
         """How long the request may take to start: its X-Request-Timeout, else its class's."""
         if timeout_s is not None:
             return timeout_s
-        return (self.settings.long if long else self.settings.short).deadline_s
+        return self._long_deadline_s if long else self._short_deadline_s
 
     def _admit(self, pool: str, tier: int) -> Ticket:
         admitted = self.admitted[pool]
