@@ -28,9 +28,8 @@ def _state(value: str) -> Text:
     return Text(value, style=style.get(value, ""))
 
 
-def _yes(flag: bool, good: bool = True) -> Text:
-    ok = flag == good
-    return Text("yes" if flag else "no", style="green" if ok else "red")
+def _yes(flag: bool) -> Text:
+    return Text("yes" if flag else "no", style="green" if flag else "red")
 
 
 def render(status: dict[str, Any], url: str) -> RenderableType:

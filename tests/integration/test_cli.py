@@ -177,6 +177,14 @@ pools:
     assert out.count(b"ctxroute listening on") == 2
 
 
+def _stop(router: subprocess.Popen[bytes], sim: subprocess.Popen[bytes]) -> None:
+    """Stop ``serve`` the way an operator does (SIGTERM: a clean exit), then its backend."""
+    router.send_signal(signal.SIGTERM)
+    router.communicate(timeout=15)
+    sim.terminate()
+    sim.wait(10)
+
+
 def _sim(port: int, token_ms: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*CLI, "sim", "--profile", "tiny", "--port", str(port), "--model", "m",
@@ -221,10 +229,7 @@ async def test_workers_share_one_view_of_load(tmp_path: Path) -> None:
         assert len(seen) == 2, f"only one worker answered /status: {seen}"
         assert set(seen.values()) == {6}, seen
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=15)
-        sim.terminate()
-        sim.wait(10)
+        _stop(proc, sim)
     assert proc.returncode == 0
 
 
@@ -319,8 +324,5 @@ def test_every_worker_answers_metrics_for_all_of_them(tmp_path: Path) -> None:
         assert set(counts) == {12.0}, counts
         assert set(lengths) == {12.0}, lengths
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=15)
-        sim.terminate()
-        sim.wait(10)
+        _stop(proc, sim)
     assert proc.returncode == 0

@@ -94,9 +94,9 @@ async def processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
         await asyncio.wait_for(proc.wait(), 20)
 
 
-def _local(command: list[str], ports: dict[str, int]) -> list[str]:
-    """A compose command run here: ``ctxroute`` is this checkout, /app is the repo root,
-    and a server listens on loopback at the port its service was given."""
+def _local(command: list[str]) -> list[str]:
+    """A compose command run here: ``ctxroute`` is this checkout, /app is the repo root
+    (the caller sets the host and port its service was given)."""
     out = [sys.executable, "-m", "router", *command[1:]] if command[0] == "ctxroute" else command
     out = [arg.replace("/app/", str(ROOT) + "/") for arg in out]
     return out
@@ -139,7 +139,7 @@ async def test_the_sim_profile_wires_up_as_local_processes(
     for name, service in services.items():
         if "sim" not in (service.get("profiles") or []):
             continue
-        argv = _local(service["command"], ports)
+        argv = _local(service["command"])
         argv[argv.index("--host") + 1] = "127.0.0.1"
         argv[argv.index("--port") + 1] = str(ports[name])
         await run(name, argv)
@@ -161,7 +161,7 @@ async def test_the_sim_profile_wires_up_as_local_processes(
                 env[f"CTXROUTE__POOLS__{p}__BACKENDS__{b}__URL"] = (
                     f"http://127.0.0.1:{port_of(host)}"
                 )
-        await run(name, _local(service["command"], ports), env)
+        await run(name, _local(service["command"]), env)
 
     chat = {"model": config["pools"][0]["model"], "max_tokens": 4,
             "messages": [{"role": "user", "content": "hello"}]}  # fmt: skip
