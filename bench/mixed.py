@@ -254,6 +254,7 @@ class Fleet:
             for backend in pool["backends"]:
                 backend["url"] = next(urls)
         data["log_level"] = "warning"
+        data["log_requests"] = False  # a line per request would bury the results (warnings stay)
         if redis_url is not None:
             data.setdefault("store", {})["redis_url"] = redis_url
         started: list[str] = []

@@ -209,10 +209,11 @@ def main() -> None:
         wait_for_port("127.0.0.1", backend, 20, sim)
         router_port = free_port()
         (tmp / "router.yaml").write_text(ROUTER_CONF.format(port=router_port, backend=backend))
+        # each router's log (a line per request: part of its cost) goes to a file in tmp
         router = subprocess.Popen(
             [*pin_proxy, PY, "-m", "router", "serve", "--config", str(tmp / "router.yaml")],
-            stdout=subprocess.DEVNULL,
-        )
+            stdout=subprocess.DEVNULL, stderr=(tmp / "router.log").open("wb"),
+        )  # fmt: skip
         procs.append(router)
         wait_for_port("127.0.0.1", router_port, 20, router)
         targets["ctxroute"] = (f"http://127.0.0.1:{router_port}", [router.pid])
@@ -222,6 +223,7 @@ def main() -> None:
             base = subprocess.Popen(
                 [*pin_proxy, PY, "-m", "router", "serve", "--config", str(tmp / "base.yaml")],
                 stdout=subprocess.DEVNULL,
+                stderr=(tmp / "base.log").open("wb"),
                 cwd=args.baseline,
                 env={**os.environ, "PYTHONPATH": str(args.baseline.resolve())},
             )

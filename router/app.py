@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -17,6 +20,7 @@ from router.gate import Gate, admission_settings
 from router.handlers import add_routes
 from router.ledger import Ledger
 from router.loadboard import LoadBoard, LoadView
+from router.logs import RequestLog
 from router.metrics import Metrics, MetricsShare
 from router.model import Backend
 from router.probe import make_probe_session, memory_settings, probe_forever
@@ -38,10 +42,12 @@ def make_store(config: RouterConfig, backends: Sequence[Backend], board: LoadVie
 
 
 def create_app(config: RouterConfig, *, board: LoadView | None = None, probes: bool = True,
-               metrics_share: MetricsShare | None = None) -> web.Application:  # fmt: skip
+               metrics_share: MetricsShare | None = None,
+               log_stream: BinaryIO | None = None) -> web.Application:  # fmt: skip
     """The router app. ``board``: the load view shared with other processes (``serve
     --workers``); by default this process's own. ``metrics_share``: where this process
-    writes its metrics so that any worker's /metrics answers for all of them."""
+    writes its metrics so that any worker's /metrics answers for all of them.
+    ``log_stream``: where request lines go (default: stderr)."""
     app = web.Application(client_max_size=config.max_body_bytes)
     counters: dict[str, TokenCounter] = dict(load_counters(config.tokenizers))
     fleet = Fleet.from_config(config)
@@ -63,9 +69,15 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None, probes: b
             memory_settings(config).close_at,
         )  # fmt: skip
         gate = Gate(fleet, ledger, admission, config.admission)
+        request_log = None
+        stream = log_stream or getattr(sys.stderr, "buffer", None)
+        if config.log_requests and stream is not None:
+            request_log = RequestLog(stream,
+                                     level=logging.getLevelName(config.log_level.upper()),
+                                     form=config.log_format)  # fmt: skip
         ctx = RouterContext(
             config, fleet, ledger, upstream, session, counters, int(time.time()), settings, gate,
-            HandlerSettings.of(config), Metrics.for_config(config),
+            HandlerSettings.of(config), Metrics.for_config(config), request_log,
         )  # fmt: skip
         ctx.metrics.watch(ctx)
         if metrics_share is not None:
@@ -84,6 +96,8 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None, probes: b
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if request_log is not None:
+            request_log.flush()
         await store.close()
         await upstream.close()
         await session.close()

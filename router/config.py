@@ -66,7 +66,8 @@ class BackendConfig(_Frozen):
 
 
 class PoolConfig(_Frozen):
-    name: str = Field(min_length=1)
+    # it goes in response headers and metric labels as it is
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     model: str = Field(min_length=1, description="model name clients ask for")
     max_context_tokens: int = Field(ge=16, description="the backends' max_model_len")
     default_max_tokens: int = Field(default=512, ge=1)
@@ -312,6 +313,12 @@ class RouterConfig(_Frozen):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     tokenizers: dict[str, TokenizerConfig] = Field(default_factory=dict)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line; text: one readable line"
+    )
+    log_requests: bool = Field(
+        default=True, description="one line per completion request (info; warning when 5xx)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:

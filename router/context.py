@@ -16,6 +16,7 @@ from router.core.tokens import TokenCounter
 from router.fleet import Fleet
 from router.gate import Gate
 from router.ledger import Ledger
+from router.logs import RequestLog
 from router.metrics import Metrics
 from router.probe import Reading
 from router.proxy import ForwardSettings
@@ -56,6 +57,7 @@ class RouterContext:
     gate: Gate
     handler_settings: HandlerSettings
     metrics: Metrics
+    request_log: RequestLog | None  # None: request lines are off
     readings: list[Reading] = field(init=False)  # the last /metrics of each backend
 
     def __post_init__(self) -> None:

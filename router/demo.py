@@ -19,6 +19,7 @@ from aiohttp import web
 from backends.simulator import PROFILES, SimConfig, Simulator
 from router.app import create_app, make_runner
 from router.config import load_config
+from router.logs import setup_logging
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 DEMO_PROFILES = {"low-latency": "l4-1b", "high-memory": "h100-8b"}
@@ -26,6 +27,7 @@ DEMO_PROFILES = {"low-latency": "l4-1b", "high-memory": "h100-8b"}
 
 async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG) -> None:
     config = load_config(config_path)  # config.py is the one reader of configuration files
+    setup_logging(config.log_level, config.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -75,7 +77,10 @@ async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG)
               f"-d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":"
               f"\"hello\"}}],\"max_tokens\":16}}' -i")  # fmt: skip
         print(f"  curl -s {router_url}/status")
-        print("  (the x-ctxroute-pool and x-ctxroute-backend headers say where a request went)")
+        print(
+            "  (the x-ctxroute-route header says where a request went and why; each request"
+            " is logged below)"
+        )
         print("\nCtrl-C stops everything.", flush=True)
         await stop.wait()
     finally:

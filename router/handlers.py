@@ -100,13 +100,15 @@ async def _read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
 
 
 def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
+    endpoint = "chat" if chat else "completions"
+
     """The handler of one completion endpoint (a closure rather than a shared coroutine
     called by two thin ones: one coroutine frame less per request)."""
 
     async def complete(request: web.Request, request_id: str) -> web.StreamResponse:
         ctx = request.app[RouterContext.KEY]
         # what the request did, for its metrics (and its log line): read once at its end
-        record = RequestRecord(monotonic())
+        record = RequestRecord(monotonic(), request_id, endpoint)
         try:
             opts = ctx.handler_settings
             raw, body = await _read_json(request, opts.max_body_bytes)
@@ -120,11 +122,14 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
                 prefix_chars=opts.prefix_chars,
             )
             record.prompt_tokens = facts.prompt.estimate  # the backend's usage replaces it
+            record.model = facts.model
+            record.stream = facts.stream
             pools = fleet.by_model[facts.model]
             eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
             view_of = ctx.ledger.view_of
             route = plan(facts, pools, eligibility, view_of, fleet.settings)
             record.pool = route.preferred
+            record.plan = route
             extra: tuple[tuple[str, str], ...] = ()
             if not route.candidates and facts.model in opts.fallback:
                 small = opts.fallback[facts.model]
@@ -158,6 +163,7 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
                 held = monotonic()
                 ticket, route = await gate.wait(tier, long, timeout_s, route, replan)
                 record.queued_s = monotonic() - held
+                record.plan = route
             try:
                 return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts,
                                      route, request_id, ctx.forward_settings, record,
@@ -172,7 +178,10 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
             record.client_gone = True
             raise
         finally:
-            ctx.metrics.observe(record, monotonic())
+            now = monotonic()
+            ctx.metrics.observe(record, now)
+            if ctx.request_log is not None:
+                ctx.request_log.write(record, now)
 
     return complete
 

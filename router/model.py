@@ -87,7 +87,10 @@ class RoutePlan(NamedTuple):
     ``why``: why the first candidate was chosen, as phrases; ``reason`` joins them (only
     when someone reads it: most requests never need the sentence). ``pools``: the pools
     that can hold the request (indices into the model's pools, smallest window first):
-    the backends a refusal speaks of.
+    the backends a refusal speaks of. ``owner``: the preferred pool's hash owner (the
+    affinity choice); ``bypass``: why the first candidate is not it ("" when it is): its
+    estimated wait, "bounded load", "no KV room", "long prefill pending", "unusable"
+    (a breaker, memory pressure or a drain), "down", "max_in_flight".
     """
 
     preferred: str
@@ -96,6 +99,8 @@ class RoutePlan(NamedTuple):
     budget: int
     why: tuple[str, ...]
     pools: tuple[int, ...]
+    owner: str = ""
+    bypass: str = ""
 
     @property
     def reason(self) -> str:

@@ -29,6 +29,7 @@ from aiohttp import web
 from router.config import TimeoutsConfig
 from router.core.breaker import BreakerState, retry_after
 from router.core.classify import budget as pool_budget
+from router.core.explain import owner_note, route_line
 from router.errors import NoBackend, UpstreamFailed
 from router.fleet import Fleet
 from router.ledger import Ledger
@@ -85,7 +86,7 @@ def request_head_tail(incoming: Sequence[tuple[bytes, bytes]], request_id: str,
 
 
 def _response_headers(upstream: list[tuple[bytes, bytes]], backend: Backend, request_id: str,
-                      attempts: int) -> list[tuple[str, str]]:  # fmt: skip
+                      attempts: int, route: str) -> list[tuple[str, str]]:  # fmt: skip
     # pairs, not a CIMultiDict: aiohttp builds its own from them (it would copy ours); only
     # the lines kept are decoded
     out = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in upstream
@@ -94,9 +95,26 @@ def _response_headers(upstream: list[tuple[bytes, bytes]], backend: Backend, req
         ("x-ctxroute-pool", backend.pool),
         ("x-ctxroute-backend", backend.url),
         ("x-ctxroute-attempts", str(attempts)),
+        ("x-ctxroute-route", route),
         ("X-Request-ID", request_id),
     )
     return out
+
+
+def _explain(plan: RoutePlan, position: int, backend: Backend, facts: RequestFacts,
+             record: RequestRecord, ledger: Ledger, fleet: Fleet) -> str:  # fmt: skip
+    """The request's route line (``router/core/explain.py``), kept on its record for its
+    log line. ``position``: the answering backend's place among the plan's candidates."""
+    unusable = ""
+    if plan.bypass == "unusable":
+        owner = fleet.by_url.get(plan.owner)
+        if owner is not None:
+            unusable = _why_unusable(ledger, owner, monotonic())
+    line = route_line(plan, backend.pool, record.budget, facts.prompt.exact, record.window,
+                      plan.waits_ms[position], owner_note(plan, backend.url, unusable),
+                      record.queued_s, record.attempts)  # fmt: skip
+    record.route = line
+    return line
 
 
 async def forward(
@@ -126,8 +144,8 @@ async def forward(
     ended: list[tuple[Backend, Outcome]] = []
     full = 0
     refused_window = 0  # after a context-length 400 from a window, only larger ones
-    refusal: tuple[int, list[tuple[bytes, bytes]], bytes, Backend] | None = None
-    for backend in plan.candidates:
+    refusal: tuple[int, list[tuple[bytes, bytes]], bytes, Backend, int] | None = None
+    for position, backend in enumerate(plan.candidates):
         if len(ended) >= settings.max_attempts:
             break
         pool = fleet.pool_named[backend.pool]
@@ -189,9 +207,10 @@ async def forward(
                 outcome = Outcome(OutcomeKind.CONTEXT_REJECTED, status, ttft,
                                   "context length: trying a larger window")  # fmt: skip
                 refused_window = pool.max_context_tokens
-                refusal = (status, resp.headers, first, backend)
+                refusal = (status, resp.headers, first, backend, position)
                 continue
-            headers = _response_headers(resp.headers, backend, request_id, len(ended) + 1)
+            route = _explain(plan, position, backend, facts, record, ledger, fleet)
+            headers = _response_headers(resp.headers, backend, request_id, len(ended) + 1, route)
             headers += extra_headers
             if not streaming:
                 kind = _SUCCESS if status < 400 else OutcomeKind.CLIENT_ERROR
@@ -227,9 +246,10 @@ async def forward(
             ended.append((backend, outcome))
     if refusal is not None:
         # no larger window was left to try: the backend's own 400 is the answer
-        status, upstream_headers, body, backend = refusal
+        status, upstream_headers, body, backend, position = refusal
         record.attempts = len(ended)
-        headers = _response_headers(upstream_headers, backend, request_id, len(ended))
+        route = _explain(plan, position, backend, facts, record, ledger, fleet)
+        headers = _response_headers(upstream_headers, backend, request_id, len(ended), route)
         headers += extra_headers
         return web.Response(status=status, body=body, headers=headers)
     # the backends that could hold it, not every backend of the model: a pool whose window

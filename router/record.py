@@ -7,6 +7,8 @@ object per request, no per-chunk work.
 
 from __future__ import annotations
 
+from router.model import RoutePlan
+
 
 class RequestRecord:
     __slots__ = (
@@ -16,19 +18,30 @@ class RequestRecord:
         "budget",
         "client_gone",
         "completion_tokens",
+        "endpoint",
         "finish_reason",
         "first_byte_at",
+        "model",
+        "plan",
         "pool",
         "prompt_tokens",
         "queued_s",
         "reject",
+        "request_id",
+        "route",
         "status",
+        "stream",
         "tier",
         "window",
     )
 
-    def __init__(self, arrived: float) -> None:
+    def __init__(self, arrived: float, request_id: str, endpoint: str) -> None:
         self.arrived = arrived  # loop time the request reached the handler
+        self.request_id = request_id
+        self.endpoint = endpoint  # "chat" or "completions"
+        self.model = ""  # as the client asked, once the body is read
+        self.stream = False
+        self.plan: RoutePlan | None = None  # the route it was dispatched on (or refused on)
         self.pool = ""  # the pool of the backend that answered, else the preferred one
         self.backend = ""  # the url of the backend that answered, if one did
         self.attempts = 0
@@ -43,3 +56,4 @@ class RequestRecord:
         self.client_gone = False
         self.tier = ""  # the priority tier's name, once known
         self.reject: str | None = None  # the router's own refusal (x-ctxroute-reject)
+        self.route = ""  # why it went where it went (x-ctxroute-route), once answered

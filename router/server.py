@@ -22,6 +22,7 @@ from router.app import create_app, make_runner
 from router.config import RouterConfig
 from router.fleet import Fleet
 from router.loadboard import LoadBoard, LoadView
+from router.logs import setup_logging
 from router.metrics import Metrics, MetricsShare
 from router.runtime import run_async
 
@@ -86,8 +87,7 @@ def describe_exit(code: int | None) -> str:
 
 
 def serve(config: RouterConfig, workers: int = 1) -> int:
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")  # fmt: skip
+    setup_logging(config.log_level, config.log_format)
     if workers <= 1:
         run_async(serve_until_stopped(config))
         return 0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 import uvloop
@@ -63,8 +63,9 @@ async def make_router() -> AsyncIterator[Callable[..., Awaitable[RunningRouter]]
     """Start routers in-process on free ports; all are stopped after the test."""
     started: list[RunningRouter] = []
 
-    async def factory(config: RouterConfig, *, probes: bool = False) -> RunningRouter:
-        router = await start_router(config, probes=probes)
+    async def factory(config: RouterConfig, *, probes: bool = False,
+                      log_stream: BinaryIO | None = None) -> RunningRouter:  # fmt: skip
+        router = await start_router(config, probes=probes, log_stream=log_stream)
         started.append(router)
         return router
 

@@ -99,6 +99,8 @@ def plan(
     scored: list[_Scored] = []
     no_room: list[_Scored] = []
     down: list[Backend] = []
+    owner = ""  # the preferred pool's hash owner: the affinity choice
+    owner_left = ""  # why the owner is not among the scored candidates, when it is not
     for pool_index, need in zip(eligibility.pools, eligibility.budgets, strict=True):
         pool = pools[pool_index]
         backends = pool.backends
@@ -132,15 +134,23 @@ def plan(
             cap = max(settings.load_factor * mean, float(need + pool.max_context_tokens))
             owner_ok = owner_budget + need <= cap
         away = 0.0 if pool is preferred else settings.pool_tolerance_ms
+        if pool is preferred:
+            owner = owner_url
         for v in views:
             b = v.backend
             if not v.usable:
+                if b.url == owner:
+                    owner_left = "unusable"
                 continue  # a breaker, memory pressure or a drain: not even a last resort
             if not v.up:
+                if b.url == owner:
+                    owner_left = "down"
                 down.append(b)
                 continue
             load = v.load
             if load.in_flight >= b.max_in_flight:
+                if b.url == owner:
+                    owner_left = "max_in_flight"
                 continue
             wait_ms = (load.pending_prefill + prompt) * 1000.0 / v.prefill_tokens_per_s
             cost = wait_ms + away
@@ -182,8 +192,11 @@ def plan(
     candidates = tuple([s.backend for s in scored] + down)
     waits = tuple([s.wait_ms for s in scored] + [float("inf")] * len(down))
     explained: tuple[str, ...]
+    bypass = ""
     if scored:
         best = scored[0]
+        if best.backend.url != owner:
+            bypass = owner_left or _bypass(owner, scored, best, rule)
         where = best.backend.pool
         place = "preferred pool" if where == preferred.name else "spill to " + where
         explained = (eligibility.reason, place, best.why, rule) if rule else \
@@ -194,7 +207,22 @@ def plan(
         explained = (eligibility.reason, "no backend is usable: breakers, memory, drain or "
                      "max_in_flight")  # fmt: skip
     return RoutePlan(preferred.name, candidates, waits, eligibility.budgets[0], explained,
-                     eligibility.pools)  # fmt: skip
+                     eligibility.pools, owner, bypass)  # fmt: skip
+
+
+def _bypass(owner: str, scored: list[_Scored], best: _Scored, rule: str) -> str:
+    """Why the hash owner, a scored candidate, is not the first one (computed only then):
+    its KV room, its bounded load, a long-prefill rule, or its estimated wait."""
+    for s in scored:
+        if s.backend.url == owner:
+            if s.why == "no KV room for its budget":
+                return "no KV room"
+            if s.why == "owner over its bounded load":
+                return "bounded load"
+            if rule and s.clean != best.clean:
+                return "long prefill pending" if not s.clean else "kept free for short work"
+            return f"wait {s.wait_ms:.0f}ms"
+    return "not a candidate"
 
 
 def _clean_backends(pools: Sequence[PoolView], view_of: Callable[[Backend], BackendView]) -> int:

@@ -73,11 +73,15 @@ def test_demo_routes_through_the_router_and_stops_cleanly_on_ctrl_c() -> None:
             assert r.status == 200
             assert r.headers["x-ctxroute-pool"] == "low-latency"
             assert json.loads(r.read())["usage"]["completion_tokens"] == 4
+            route = r.headers["x-ctxroute-route"]
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, rest
     assert b"stopped" in rest
+    # the demo logs each request as one readable line, with the route the header gave
+    (logged,) = [line for line in rest.decode().splitlines() if " 200 chat demo-model " in line]
+    assert logged.endswith(f"[{route}]") and "-> low-latency http://" in logged
 
 
 def write(tmp_path: Path, text: str) -> Path:

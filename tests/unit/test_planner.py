@@ -141,6 +141,25 @@ def test_a_backend_without_kv_room_for_the_budget_comes_after_the_others() -> No
     assert p.candidates[0] is pool.backends[1]
 
 
+def test_the_plan_names_the_hash_owner_and_why_it_was_passed_over() -> None:
+    (pool,) = make_pools(("p", 3, 8192))
+    owner = pool.by_url[pool.ring.owner("k")]
+    kept = route((pool,), facts("k"))
+    assert (kept.owner, kept.bypass) == (owner.url, "")
+    # each way of losing the owner gives its own reason, and the owner is never first
+    cases = {
+        "wait 103ms": route((pool,), facts("k"), {owner.index: Load(1, 3500, 0, 3600)}),
+        "bounded load": route((pool,), facts("k"), {owner.index: Load(40, 350, 0, 200_000)}),
+        "max_in_flight": route((pool,), facts("k"), {owner.index: Load(256, 0, 0, 0)}),
+        "down": route((pool,), facts("k"), down=frozenset({owner.index})),
+        "long prefill pending": route((pool,), facts("k"), {owner.index: Load(1, 0, 1, 100)}),
+    }
+    for why, p in cases.items():
+        assert p.owner == owner.url
+        assert p.candidates[0] is not owner, why
+        assert p.bypass == why
+
+
 def _with_kv(b: Backend, kv: int) -> Backend:
     return Backend(b.index, b.url, b.pool, b.model, b.host, b.port, b.max_in_flight, b.weight,
                    kv_tokens=kv)  # fmt: skip
