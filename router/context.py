@@ -69,6 +69,7 @@ class RouterContext:
         return all(any(up[b.index] for b in pool.backends) for pool in self.fleet.pools)
 
     def status(self) -> dict[str, object]:
+        now = time.monotonic()
         ledger = self.ledger
         store = ledger.store
         return {
@@ -82,6 +83,7 @@ class RouterContext:
                     "name": pool.name,
                     "model": pool.model,
                     "max_context_tokens": pool.max_context_tokens,
+                    "ttft_recent": self.metrics.recent_ttft(pool.name, now),
                     "backends": [self.status_of(b.index) for b in pool.backends],
                 }
                 for pool in self.fleet.pools

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from random import getrandbits
 from time import monotonic
 from typing import Any
@@ -295,6 +296,21 @@ def _admin_drain(drained: bool) -> RouteHandler:
     return handle
 
 
+_DASHBOARD = (Path(__file__).resolve().parent / "static" / "dashboard.html").read_bytes()
+# the page loads nothing from elsewhere, and this says so to the browser
+_DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'",
+    "Cache-Control": "no-cache",
+}
+
+
+async def dashboard(request: web.Request, request_id: str) -> web.Response:
+    """``/dashboard``: the live status page (plain HTML and JS polling ``/status``)."""
+    return web.Response(body=_DASHBOARD, content_type="text/html", charset="utf-8",
+                        headers=_DASHBOARD_HEADERS)  # fmt: skip
+
+
 async def metrics(request: web.Request, request_id: str) -> web.Response:
     ctx = request.app[RouterContext.KEY]
     return web.Response(body=generate_latest(ctx.metrics.registry),
@@ -310,5 +326,6 @@ def add_routes(app: web.Application) -> None:
     add.add_get("/readyz", answers_errors(readyz))
     add.add_get("/status", answers_errors(status))
     add.add_get("/metrics", answers_errors(metrics))
+    add.add_get("/dashboard", answers_errors(dashboard))
     add.add_post("/admin/drain", answers_errors(_admin_drain(True)))
     add.add_post("/admin/undrain", answers_errors(_admin_drain(False)))

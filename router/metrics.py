@@ -24,6 +24,7 @@ import mmap
 import time
 from array import array
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -104,14 +105,34 @@ class Buckets:
         return out, self.total
 
 
+RECENT_ANSWERS = 512
+RECENT_S = 60.0
+
+
+def recent_ttft(stats: PoolStats, now: float) -> dict[str, float | int | None]:
+    """TTFT percentiles (ms) of the pool's answers that ended in the last ``RECENT_S``."""
+    values = sorted(v for t, v in stats.recent if now - t <= RECENT_S)
+    n = len(values)
+    if not n:
+        return {"answers": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None}
+
+    def at(q: float) -> float:
+        return round(values[min(n - 1, int(q * n))] * 1000, 1)
+
+    return {"answers": n, "p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99)}
+
+
 class PoolStats:
     """One pool's per-request figures (its label value is the pool's name)."""
 
     __slots__ = ("completion", "context", "disconnects", "finish", "latency", "prompt",
-                 "queued", "retries", "status", "ttft", "wasted")  # fmt: skip
+                 "queued", "recent", "retries", "status", "ttft", "wasted")  # fmt: skip
 
     def __init__(self) -> None:
         self.ttft = Buckets(SECONDS)
+        # (end time, TTFT) of the last answers, for /status and the dashboard: this
+        # process's own, never summed or exported (Prometheus has the histogram)
+        self.recent: deque[tuple[float, float]] = deque(maxlen=RECENT_ANSWERS)
         self.latency = Buckets(SECONDS)
         self.queued = Buckets(SECONDS)
         self.prompt = Buckets(TOKENS)
@@ -163,6 +184,10 @@ class Metrics:
         """The label values are the config's: pools (and "" for requests refused before
         one was known) and priority tiers. Every process of a server agrees on them."""
         return cls(["", *(p.name for p in config.pools)], [t.name for t in config.admission.tiers])
+
+    def recent_ttft(self, pool: str, now: float) -> dict[str, float | int | None]:
+        """The pool's recent TTFT percentiles, as answered by this process."""
+        return recent_ttft(self.pools[pool], now)
 
     def watch(self, ctx: RouterContext) -> None:
         """Expose the per-request figures and ``ctx``'s state at scrape time."""
@@ -245,6 +270,7 @@ class Metrics:
             value = record.first_byte_at - record.arrived
             b.counts[bisect_left(b.bounds, value)] += 1
             b.total += value
+            stats.recent.append((now, value))
         if record.window:
             b = stats.context
             value = record.budget / record.window
