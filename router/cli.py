@@ -1,4 +1,5 @@
-"""The ``ctxroute`` command line: serve, demo, status, check-config, sim, bench."""
+"""The ``ctxroute`` command line: serve, demo, status, check-config, sim, bench, vllm-args,
+capacity."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(bench)
 
+    from backends.vllm.cli import add_args_arguments, add_capacity_arguments
+
+    add_args_arguments(sub.add_parser("vllm-args", help="a pool's vLLM engine arguments"))
+    capacity_help = "KV tokens, sequences per context length and router limits of a pool"
+    add_capacity_arguments(sub.add_parser("capacity", help=capacity_help))
+
     sim = sub.add_parser("sim", help="run one simulated vLLM server")
     from backends.simulator.cli import add_arguments
 
@@ -61,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from backends.simulator.cli import run
 
         return run(args)
+    if args.command in ("vllm-args", "capacity"):
+        from backends.vllm.cli import run_args, run_capacity
+
+        return run_args(args) if args.command == "vllm-args" else run_capacity(args)
     if args.command == "bench":
         from bench.mixed import run as run_bench
 
