@@ -109,19 +109,6 @@ RECENT_ANSWERS = 512
 RECENT_S = 60.0
 
 
-def recent_ttft(stats: PoolStats, now: float) -> dict[str, float | int | None]:
-    """TTFT percentiles (ms) of the pool's answers that ended in the last ``RECENT_S``."""
-    values = sorted(v for t, v in stats.recent if now - t <= RECENT_S)
-    n = len(values)
-    if not n:
-        return {"answers": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None}
-
-    def at(q: float) -> float:
-        return round(values[min(n - 1, int(q * n))] * 1000, 1)
-
-    return {"answers": n, "p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99)}
-
-
 class PoolStats:
     """One pool's per-request figures (its label value is the pool's name)."""
 
@@ -186,8 +173,17 @@ class Metrics:
         return cls(["", *(p.name for p in config.pools)], [t.name for t in config.admission.tiers])
 
     def recent_ttft(self, pool: str, now: float) -> dict[str, float | int | None]:
-        """The pool's recent TTFT percentiles, as answered by this process."""
-        return recent_ttft(self.pools[pool], now)
+        """TTFT percentiles (ms) of the pool's answers through this process that ended in
+        the last ``RECENT_S``."""
+        values = sorted(v for t, v in self.pools[pool].recent if now - t <= RECENT_S)
+        n = len(values)
+        if not n:
+            return {"answers": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None}
+
+        def at(q: float) -> float:
+            return round(values[min(n - 1, int(q * n))] * 1000, 1)
+
+        return {"answers": n, "p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99)}
 
     def watch(self, ctx: RouterContext) -> None:
         """Expose the per-request figures and ``ctx``'s state at scrape time."""
