@@ -14,7 +14,7 @@ import pytest
 
 from backends.simulator import Simulator
 from tests.conftest import SimFactory
-from tests.fixtures.router import RunningRouter, two_pool_config
+from tests.fixtures.router import RunningRouter, two_pool_config, two_pools
 
 RouterFactory = Callable[..., Awaitable[RunningRouter]]
 COMPLETIONS = "/v1/completions"
@@ -24,10 +24,7 @@ PROMPT_MARK = "zebra-umbrella-prompt-text"
 
 @pytest.fixture
 async def pools(make_sim: SimFactory) -> tuple[list[Simulator], list[Simulator]]:
-    short = [await make_sim(model="sim-model", max_model_len=1024, seed=i) for i in range(2)]
-    long = [await make_sim(model="sim-model", max_model_len=8192, num_blocks=2048, seed=10 + i)
-            for i in range(2)]  # fmt: skip
-    return short, long
+    return await two_pools(make_sim)
 
 
 def route_fields(header: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from backends.simulator import Simulator
 from router.config import parse_config
 from tests.conftest import SimFactory
 from tests.fixtures.metrics import metric
-from tests.fixtures.router import RunningRouter, two_pool_config
+from tests.fixtures.router import RunningRouter, two_pool_config, two_pools
 from tests.fixtures.sse import parse_stream
 
 RouterFactory = Callable[..., Awaitable[RunningRouter]]
@@ -30,12 +30,7 @@ async def requests_seen(sim: Simulator) -> int:
 
 @pytest.fixture
 async def pools(make_sim: SimFactory) -> tuple[list[Simulator], list[Simulator]]:
-    short = [await make_sim(model="sim-model", max_model_len=1024, seed=i) for i in range(2)]
-    long = [
-        await make_sim(model="sim-model", max_model_len=8192, num_blocks=2048, seed=10 + i)
-        for i in range(2)
-    ]
-    return short, long
+    return await two_pools(make_sim)
 
 
 @pytest.fixture
