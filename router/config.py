@@ -154,6 +154,12 @@ class RoutingConfig(_Frozen):
     long_wait_limit_ms: float = Field(
         default=10_000.0, gt=0, description="how long a long request may queue to keep them so"
     )
+    step_ms_per_ktok: float = Field(
+        default=0.045,
+        ge=0,
+        description="how much each 1,000 tokens in flight on a backend lengthen its engine "
+        "steps (every decode step reads their KV); 0.045 for an 8B Llama on an H100",
+    )
     default_prefill_tokens_per_s: float = Field(
         default=20_000.0, gt=0, description="starting point of the learned prefill rate"
     )

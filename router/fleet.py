@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from router.config import RouterConfig
+from router.core.breaker import MemorySettings
 from router.core.hashring import PoolRing
 from router.core.planner import PlannerSettings, PoolView
 from router.model import Backend
@@ -55,6 +56,7 @@ class Fleet:
         for view in views:
             by_model.setdefault(view.model, []).append(view)
         r = config.routing
+        m = config.breakers.memory  # budgets in flight stay under its close threshold
         settings = PlannerSettings(
             long_prefill_tokens=r.long_prefill_tokens,
             pool_tolerance_ms=r.pool_tolerance_ms,
@@ -62,6 +64,8 @@ class Fleet:
             load_factor=r.load_factor,
             keep_clean=r.keep_clean,
             long_wait_limit_ms=r.long_wait_limit_ms,
+            step_ms_per_ktok=r.step_ms_per_ktok,
+            kv_fill=MemorySettings(m.open_at, m.close_below).close_at,
             hold_long=config.admission.enabled and config.admission.hold_long,
         )
         return cls(tuple(views), {m: tuple(v) for m, v in by_model.items()}, tuple(backends),

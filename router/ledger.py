@@ -84,7 +84,7 @@ class Ledger:
             return None
         long = prefill >= self.long_prefill_tokens
         ahead = load.pending_prefill + prefill
-        self.board.add(i, 1, prefill, 1 if long else 0, budget)
+        self.board.add(i, 1, prefill, 1 if long else 0, budget, 1 if long else 0)
         return Attempt(backend, prefill, budget, long, ahead, now, probe)
 
     def first_byte(self, attempt: Attempt, now: float) -> float:
@@ -123,9 +123,10 @@ class Ledger:
         i = backend.index
         if attempt.pending:  # no first byte came: its prefill is no longer pending either
             attempt.pending = False
-            self.board.add(i, -1, -attempt.prefill, -1 if attempt.long else 0, -attempt.budget)
+            self.board.add(i, -1, -attempt.prefill, -1 if attempt.long else 0, -attempt.budget,
+                           -1 if attempt.long else 0)  # fmt: skip
         else:
-            self.board.add(i, -1, 0, 0, -attempt.budget)
+            self.board.add(i, -1, 0, 0, -attempt.budget, -1 if attempt.long else 0)
         kind = outcome.kind
         self.outcomes[kind] += 1
         # the breakers hear failures and successes only: backpressure and neutral outcomes

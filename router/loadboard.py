@@ -18,7 +18,7 @@ from typing import Final, Protocol
 
 from router.model import Load
 
-FIELDS: Final = 4  # in_flight, pending_prefill, long_pending, budget_in_flight
+FIELDS: Final = 5  # in_flight, pending_prefill, long_pending, budget_in_flight, long_in_flight
 _CELL: Final = 8
 # Load((a, b, c, d)) without the Python-level __new__ a NamedTuple call runs: these are
 # made for every backend the planner looks at, on every request
@@ -26,7 +26,8 @@ _new_tuple = tuple.__new__
 
 
 class LoadView(Protocol):
-    def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int) -> None: ...
+    def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int,
+            long_flight: int = 0) -> None: ...  # fmt: skip
     def local(self, backend: int) -> Load: ...
     def fleet(self, backend: int) -> Load: ...
 
@@ -68,25 +69,29 @@ class LoadBoard:
         """An anonymous MAP_SHARED mapping for ``rows`` processes: make it before forking."""
         return mmap.mmap(-1, max(1, rows * backends * FIELDS * _CELL))
 
-    def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int) -> None:
+    def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int,
+            long_flight: int = 0) -> None:  # fmt: skip
         cells = self._mine[backend]
         cells[0] += in_flight
         cells[1] += pending
         cells[2] += long
         cells[3] += budget
+        if long_flight:
+            cells[4] += long_flight
 
     def local(self, backend: int) -> Load:
         cells = self._mine[backend]
-        return _new_tuple(Load, (cells[0], cells[1], cells[2], cells[3]))
+        return _new_tuple(Load, (cells[0], cells[1], cells[2], cells[3], cells[4]))
 
     def fleet(self, backend: int) -> Load:
-        f = p = lg = b = 0
+        f = p = lg = b = lf = 0
         for cells in self._columns[backend]:
             f += cells[0]
             p += cells[1]
             lg += cells[2]
             b += cells[3]
-        return _new_tuple(Load, (f, p, lg, b))
+            lf += cells[4]
+        return _new_tuple(Load, (f, p, lg, b, lf))
 
     def clear_row(self, row: int) -> None:
         """Forget a dead process's load (its requests died with it)."""

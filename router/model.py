@@ -52,13 +52,14 @@ class Backend:
 class Load(NamedTuple):
     """Token work on a backend, as this process sees it (its own plus, where shared, the
     other processes'): requests in flight, prompt tokens sent that have not produced a
-    first byte yet, how many of those prompts are long, and prompt + max_tokens of every
-    request in flight."""
+    first byte yet, how many of those prompts are long, prompt + max_tokens of every
+    request in flight, and how many long requests are in flight (prefilling or decoding)."""
 
     in_flight: int = 0
     pending_prefill: int = 0
     long_pending: int = 0
     budget_in_flight: int = 0
+    long_in_flight: int = 0
 
 
 IDLE = Load()

@@ -16,9 +16,13 @@ their deadline, while the best backend for them already has a long prefill pendi
 would queue inside the engine, committed to it, instead of here, free to take the first
 backend that clears), while dispatching one would leave fewer than ``keep_clean`` backends
 of the model free of a long pending prefill (a short request behind a long prefill waits
-for all of it), or while it would put the chosen backend's KV budget in flight past its KV
-capacity (the engine would preempt). A long prefill in flight always ends, so a held
-request never waits on nothing: with no long prefill pending anywhere, it is admitted.
+for all of it), while it would put the chosen backend's KV budget in flight past its KV
+capacity (the engine would preempt), or while the only backend free for it is one kept
+light for short requests (the planner's ``reserved_for_short``) and a busy one with KV room
+will soon be free (a long document decodes for seconds after its prefill, slowing every
+step of its engine: long work stays on the others while they can carry it). A long
+prefill in flight always ends, so a held request never waits on nothing: with no long
+prefill pending anywhere, it is admitted.
 
 The allowed wait shrinks when a standing queue forms (CoDel, Nichols and Jacobson 2012):
 once every request dispatched for ``interval`` had waited more than ``target``, waiters of
@@ -35,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from router.core.planner import PoolView
+from router.core.planner import PoolView, reserved_for_short
 from router.model import Backend, BackendView, RoutePlan
 
 
@@ -350,7 +354,23 @@ def verdict(
     # never queues in an engine behind another long prefill, it waits here instead
     if first.load.long_pending or clean - 1 < settings.keep_clean:
         return Verdict.HOLD_CLEAN
+    if best.index in reserved_for_short(pools, view_of, settings.keep_clean):
+        # the planner puts backends kept light for short requests last: this one is first,
+        # so every other one is busy with a long prefill or lacks KV room. Wait for a busy
+        # one with room rather than bring long work to a light one; none: the fleet needs it
+        for pool in pools:
+            for b in pool.backends:
+                v = view_of(b)
+                load = v.load
+                if (v.up and v.usable and load.long_pending and b is not best
+                        and load.in_flight < b.max_in_flight
+                        and _kv_room(v, plan.budget, settings.kv_fill)):  # fmt: skip
+                    return Verdict.HOLD_CLEAN
     return _ADMIT
+
+
+def _kv_room(v: BackendView, budget: int, fill: float) -> bool:
+    return v.kv_tokens is None or v.load.budget_in_flight + budget <= v.kv_tokens * fill
 
 
 @dataclass(slots=True)

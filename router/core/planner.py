@@ -8,7 +8,9 @@ whose KV cache (when its size is known) cannot hold the request's budget next to
 in flight on it comes after the rest. The others are ordered by an explicit score, in milliseconds:
 
     estimated wait for the first token   (pending prefill ahead of it + its own prompt,
-                                          at the backend's prefill rate)
+                                          at the backend's prefill rate, + two engine
+                                          steps: the one under way and its own, each
+                                          reading the KV of every request in flight there)
   + pool_tolerance_ms                    if the backend is outside the preferred pool
   + affinity_tolerance_ms                if it is not the request's hash owner in its pool
                                           (or the owner carries more than load_factor x
@@ -25,7 +27,14 @@ request behind a long prefill waits for all of it (a 60k-token prefill holds an 
   short ones while a backend that already has long work can start it within
   ``long_wait_limit_ms``; with ``hold_long`` (admission holds long work at the router
   instead) it goes first to backends free of long prefill, and admission decides whether
-  it may go at all.
+  it may go at all. Then, because a long document keeps decoding for seconds after its
+  prefill and every step of its engine reads its KV (a short request's first token waits
+  for two such steps), long work is kept off the ``keep_clean`` backends of the model
+  that carry the least of it (``reserved_for_short``): they are its last resort, and
+  stay light for short requests.
+
+A backend whose KV cache (when its size is known) cannot hold the request's budget next
+to what is in flight on it, up to ``kv_fill`` of it, comes after the rest.
 """
 
 from __future__ import annotations
@@ -61,6 +70,11 @@ class PlannerSettings:
     # admission holds long requests at the router (router/core/admission.py): a long one
     # then goes only to a backend free of long prefill, never queues behind another
     hold_long: bool = False
+    # how much each 1,000 tokens in flight on a backend lengthen its engine steps (a
+    # decode step reads the KV of every sequence): 0.045 for an 8B Llama on an H100
+    step_ms_per_ktok: float = 0.0
+    # the share of a backend's KV cache that budgets in flight may fill (admission's too)
+    kv_fill: float = 1.0
 
 
 class _Scored(NamedTuple):
@@ -69,6 +83,30 @@ class _Scored(NamedTuple):
     clean: bool  # no long prefill pending on it
     backend: Backend
     why: str
+    reserved: bool = False  # kept light for short requests (long work's last resort)
+
+
+def _long_order(s: _Scored) -> tuple[bool, bool, float]:
+    return (not s.clean, s.reserved, s.cost)
+
+
+def reserved_for_short(pools: Sequence[PoolView], view_of: Callable[[Backend], BackendView],
+                       keep: int) -> frozenset[int]:  # fmt: skip
+    """The indices of the ``keep`` usable backends of the model carrying the least long
+    work (then the least work, then the first): long requests go there last. Because they
+    get none while others can take it, what long work they had drains, and they stay the
+    ones: short requests find engines whose steps are not slowed by long decodes."""
+    if keep <= 0:
+        return frozenset()
+    ranked = []
+    for pool in pools:
+        for b in pool.backends:
+            v = view_of(b)
+            if v.up and v.usable:
+                load = v.load
+                ranked.append((load.long_in_flight, load.budget_in_flight, b.index))
+    ranked.sort()
+    return frozenset(index for _, _, index in ranked[:keep])
 
 
 def _cost(s: _Scored) -> float:
@@ -95,6 +133,12 @@ def plan(
     short = prompt < settings.long_prefill_tokens
     preferred = pools[eligibility.pools[0]]
     key = facts.hash_key
+    # the first token waits for the step under way and its own: two steps' KV reads
+    step_ms_per_token = 2.0 * settings.step_ms_per_ktok / 1000.0
+    kv_fill = settings.kv_fill
+    reserved = frozenset[int]()
+    if not short and settings.hold_long:
+        reserved = reserved_for_short(pools, view_of, settings.keep_clean)
 
     scored: list[_Scored] = []
     no_room: list[_Scored] = []
@@ -152,18 +196,19 @@ def plan(
                 if b.url == owner:
                     owner_left = "max_in_flight"
                 continue
-            wait_ms = (load.pending_prefill + prompt) * 1000.0 / v.prefill_tokens_per_s
+            wait_ms = ((load.pending_prefill + prompt) * 1000.0 / v.prefill_tokens_per_s
+                       + load.budget_in_flight * step_ms_per_token)  # fmt: skip
             cost = wait_ms + away
             if b.url == owner_url and owner_ok:
                 why = "hash owner"
             else:
                 cost += settings.affinity_tolerance_ms
                 why = "owner over its bounded load" if b.url == owner_url else "not the hash owner"
-            if v.kv_tokens is not None and load.budget_in_flight + need > v.kv_tokens:
-                no_room.append(_Scored(cost, wait_ms, load.long_pending == 0, b,
-                                       "no KV room for its budget"))  # fmt: skip
+            s = _Scored(cost, wait_ms, load.long_pending == 0, b, why, b.index in reserved)
+            if v.kv_tokens is not None and load.budget_in_flight + need > v.kv_tokens * kv_fill:
+                no_room.append(s._replace(why="no KV room for its budget"))
             else:
-                scored.append(_Scored(cost, wait_ms, load.long_pending == 0, b, why))
+                scored.append(s)
 
     rule = ""
     if len(scored) > 1:
@@ -177,8 +222,9 @@ def plan(
         else:
             scored.sort(key=_cost)
     if scored and not short and settings.hold_long:
-        scored.sort(key=_dirty_then_cost)
-        rule = "a backend free of long prefill first (long work waits at the router)"
+        scored.sort(key=_long_order)
+        rule = ("a backend free of long prefill first (long work waits at the router), "
+                "not one kept light for short work")  # fmt: skip
     elif scored and not short:
         clean_fleet = _clean_backends(pools, view_of)
         if clean_fleet <= settings.keep_clean and any(
@@ -221,6 +267,8 @@ def _bypass(owner: str, scored: list[_Scored], best: _Scored, rule: str) -> str:
                 return "bounded load"
             if rule and s.clean != best.clean:
                 return "long prefill pending" if not s.clean else "kept free for short work"
+            if rule and s.reserved and not best.reserved:
+                return "kept light for short work"
             return f"wait {s.wait_ms:.0f}ms"
     return "not a candidate"
 

@@ -12,14 +12,16 @@ Redis Cluster slot and every script may touch several of them)::
     {p}:probe:<url>:<n>   the n-th half-open probe lease, SET NX PX: at most
                           breakers.half_open_probes probes across the whole fleet
     {p}:drained           set of drained backend URLs (an operator's decision: no TTL)
-    {p}:load              hash: process id -> "expires_ms|in_flight,pending,long,budget;..."
+    {p}:load              hash: process id -> "expires_ms|in_flight,pending,long_pending,
+                          budget,long_in_flight;..." (one row per backend, no spaces):
                           each process's own load, rewritten every load_publish_ms; fields
                           past their expiry are dropped by readers, so a dead process's
                           share vanishes by itself (a hash field has no TTL of its own
                           before Redis 7.4; the whole hash has one)
     {p}:events            pub/sub channel: "open <url> <ms left> <openings>", "close <url>",
                           "drain <url>", "undrain <url>", and "load <process> <rows>" when
-                          a long prefill starts or ends somewhere (announced at once)
+                          a long request starts, produces its first token or ends
+                          somewhere (announced at once)
 
 Every breaker transition is one Lua script that reads ``redis.call('TIME')``, so the
 replicas' clocks never have to agree; the latest open-until wins. Pub/sub pushes a change
@@ -162,9 +164,10 @@ class SharedLoad:
         self.remote: list[Load] = [Load()] * backends
         self.others: dict[str, str] = {}  # process id -> its packed rows
 
-    def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int) -> None:
-        self.board.add(backend, in_flight, pending, long, budget)
-        if long and self.notify is not None:
+    def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int,
+            long_flight: int = 0) -> None:  # fmt: skip
+        self.board.add(backend, in_flight, pending, long, budget, long_flight)
+        if (long or long_flight) and self.notify is not None:
             self.notify()
 
     def local(self, backend: int) -> Load:
@@ -180,12 +183,15 @@ class SharedLoad:
             mine.pending_prefill + other.pending_prefill,
             mine.long_pending + other.long_pending,
             mine.budget_in_flight + other.budget_in_flight,
+            mine.long_in_flight + other.long_in_flight,
         )
 
     def packed(self) -> str:
         rows = (self.board.local(i) for i in range(len(self.remote)))
         return ";".join(
-            f"{r.in_flight},{r.pending_prefill},{r.long_pending},{r.budget_in_flight}" for r in rows
+            f"{r.in_flight},{r.pending_prefill},{r.long_pending},{r.budget_in_flight},"
+            f"{r.long_in_flight}"
+            for r in rows
         )
 
     def merge(self, reply: Sequence[str]) -> None:
@@ -199,11 +205,12 @@ class SharedLoad:
         self._sum()
 
     def _sum(self) -> None:
-        total = [[0, 0, 0, 0] for _ in self.remote]
+        total = [[0, 0, 0, 0, 0] for _ in self.remote]
         for packed in self.others.values():
             for i, row in enumerate(packed.split(";")[: len(total)]):
                 cells = total[i]
-                for j, value in enumerate(row.split(",")[:4]):
+                # a replica of the release before long_in_flight publishes four fields
+                for j, value in enumerate(row.split(",")[:5]):
                     cells[j] += int(value)
         self.remote = [Load(*cells) for cells in total]
 

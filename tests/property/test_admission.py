@@ -151,8 +151,9 @@ def _fleet(n: int, cap: int = 8, kv: int | None = None) -> tuple[PoolView, ...]:
     return (PoolView("p", "m", 100_000, 64, ring, backends, {b.url: b for b in backends}),)
 
 
-loads = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2), st.integers(0, 90_000)),
-                 min_size=1, max_size=5)  # fmt: skip
+# (in flight, long prefills pending, budget in flight, long requests decoding)
+loads = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2), st.integers(0, 90_000),
+                           st.integers(0, 3)), min_size=1, max_size=5)  # fmt: skip
 
 
 @given(loads, st.integers(0, 2), st.booleans(), st.integers(0, 2), st.integers(1, 60_000))
@@ -160,8 +161,8 @@ loads = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2), st.integers(0, 
 def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budget: int) -> None:  # type: ignore[no-untyped-def]
     pools = _fleet(len(rows), kv=100_000)
     backends = pools[0].backends
-    views = {b.index: BackendView(b, Load(r[0], r[1] * 5000, r[1], r[2]), True, 20_000.0, True,
-                                  b.kv_tokens)
+    views = {b.index: BackendView(b, Load(r[0], r[1] * 5000, r[1], r[2], r[1] + r[3]), True,
+                                  20_000.0, True, b.kv_tokens)
              for b, r in zip(backends, rows, strict=True)}  # fmt: skip
     room = [b for b in backends if views[b.index].load.in_flight < b.max_in_flight]
     # the planner's order is not under test here: the least loaded first
@@ -192,9 +193,25 @@ def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budge
         assert v is Verdict.HOLD_KV
     elif first.load.long_pending or clean - 1 < keep:
         assert v is Verdict.HOLD_CLEAN
+    elif room[0].index in _lightest(views, keep) and any(
+        b is not room[0]
+        and views[b.index].load.long_pending
+        and b in room
+        and views[b.index].load.budget_in_flight + budget <= 100_000 * s.kv_fill
+        for b in backends
+    ):
+        # the best is kept light for short work while a busy one with room will be free
+        assert v is Verdict.HOLD_CLEAN
     else:
         assert v is Verdict.ADMIT
     assert (v in HOLDS) <= long
+
+
+def _lightest(views: dict[int, BackendView], keep: int) -> set[int]:
+    """The ``keep`` backends carrying the least long work, then the least work."""
+    order = sorted(views, key=lambda i: (views[i].load.long_in_flight,
+                                         views[i].load.budget_in_flight, i))  # fmt: skip
+    return set(order[:keep])
 
 
 def test_nothing_usable_and_nothing_passing_is_no_backend() -> None:

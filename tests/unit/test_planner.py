@@ -122,6 +122,41 @@ def test_a_long_request_leaves_the_last_backend_free_of_long_prefill() -> None:
     assert p.candidates[0] is pool.backends[3]
 
 
+def test_held_long_work_stays_off_the_backend_kept_light_for_short_requests() -> None:
+    (pool,) = make_pools(("p", 4, 131072))
+    *busy, light = pool.backends
+    # three backends decode long documents (no prefill pending), the fourth has none
+    loads = {b.index: Load(2, 0, 0, 400_000, 1) for b in busy}
+    for key in ("doc-1", "doc-2", "doc-3", "doc-4", "doc-5"):
+        p = route((pool,), facts(key, prompt=20_000), loads, hold_long=True)
+        assert p.candidates[0] is not light
+        assert p.candidates[-1] is light  # its last resort
+        if p.owner == light.url:
+            assert p.bypass == "kept light for short work"
+    # the light one is the first choice of a short request: its steps read less KV
+    short = route((pool,), facts("chat"), loads, step_ms_per_ktok=0.045)
+    assert short.candidates[0] is light
+    # keep_clean 0: nothing is kept light, and the idle one starts it soonest
+    idle_first = route((pool,), facts("doc-1", prompt=20_000), loads, hold_long=True,
+                       keep_clean=0, step_ms_per_ktok=0.045)  # fmt: skip
+    assert idle_first.candidates[0] is light
+
+
+def test_the_first_token_waits_for_steps_that_read_the_kv_in_flight() -> None:
+    (pool,) = make_pools(("p", 2, 131072))
+    owner = pool.by_url[pool.ring.owner("k")]
+    # two steps x 0.45 ms per 1k tokens x 20k tokens = 18 ms: within the affinity tolerance
+    kept = route((pool,), facts("k"), {owner.index: Load(8, 0, 0, 20_000)},
+                 step_ms_per_ktok=0.45)  # fmt: skip
+    assert kept.candidates[0] is owner
+    assert kept.waits_ms[0] - kept.waits_ms[1] == pytest.approx(18.0)
+    # 40k tokens: 36 ms, past it; the other backend starts it sooner
+    moved = route((pool,), facts("k"), {owner.index: Load(8, 0, 0, 40_000)},
+                  step_ms_per_ktok=0.45)  # fmt: skip
+    assert moved.candidates[0] is not owner
+    assert moved.bypass == "wait 39ms"
+
+
 def test_full_backends_are_left_out_and_down_ones_come_last() -> None:
     (pool,) = make_pools(("p", 3, 8192))
     a, b, c = pool.backends
@@ -139,6 +174,20 @@ def test_a_backend_without_kv_room_for_the_budget_comes_after_the_others() -> No
     p = route(pools, facts("k", prompt=40_000, max_tokens=512),
               {small.index: Load(1, 0, 0, 20_000)})  # fmt: skip
     assert p.candidates[0] is pool.backends[1]
+
+
+def test_kv_room_counts_up_to_the_fill_admission_allows() -> None:
+    (pool,) = make_pools(("p", 2, 131072))
+    a, b = (_with_kv(x, 100_000) for x in pool.backends)
+    pools = (PoolView(pool.name, "m", pool.max_context_tokens, 128, pool.ring, (a, b),
+                      {a.url: a, b.url: b}),)  # fmt: skip
+    loads = {a.index: Load(1, 0, 0, 70_000), b.index: Load(1, 0, 0, 75_000)}
+    # 70k + 10.5k fits in 100k, but not under 79% of it: both come after, a first
+    f = facts("k", prompt=10_000, max_tokens=512)
+    full = route(pools, f, loads, kv_fill=0.79)
+    assert "no KV room" in full.reason
+    roomy = route(pools, f, loads)
+    assert "no KV room" not in roomy.reason
 
 
 def test_the_plan_names_the_hash_owner_and_why_it_was_passed_over() -> None:
