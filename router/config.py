@@ -265,10 +265,10 @@ class AdmissionConfig(_Frozen):
     )
     max_queue: int = Field(default=512, ge=0, description="waiting requests per pool")
     short: ClassAdmissionConfig = ClassAdmissionConfig(
-        deadline_s=30.0, max_wait_s=10.0, codel_target_s=0.25, codel_interval_s=1.0
+        deadline_s=30.0, max_wait_s=10.0, codel_target_s=0.05, codel_interval_s=0.5
     )
     long: ClassAdmissionConfig = ClassAdmissionConfig(
-        deadline_s=120.0, max_wait_s=60.0, codel_target_s=5.0, codel_interval_s=20.0
+        deadline_s=120.0, max_wait_s=60.0, codel_target_s=5.0, codel_interval_s=5.0
     )
     hold_long: bool = Field(
         default=True, description="long requests wait while they would crowd out short ones"

@@ -93,7 +93,7 @@ class Ticket:
 
     def __init__(self, admitted: list[int], drain: DrainMeter, tier: int) -> None:
         self.admitted = admitted  # the pool's admitted count per tier
-        self.drain = drain  # the pool's
+        self.drain = drain  # the pool's, of the request's class
         self.tier = tier
         self.released = False
 
@@ -156,12 +156,13 @@ class Gate:
             if queue.waiters and queue.blocks(tier, long):
                 return None
             v = verdict(tier, long, plan, self.pools_of[pool], self._view_of, self.settings,
-                        self._is_transient, self._allowed_s(long, timeout_s) * 1000.0)  # fmt: skip
+                        self._is_transient,
+                        queue.start_limit_ms(long, self._allowed_s(long, timeout_s)))  # fmt: skip
             if v is not _ADMIT and v is not _NO_BACKEND:
                 return None
         admitted = self.admitted[pool]
         admitted[tier] += 1
-        return Ticket(admitted, self.queues[pool].drain, tier)
+        return Ticket(admitted, self.queues[pool].drains[long], tier)
 
     async def wait(self, tier: int, long: bool, timeout_s: float | None, plan: RoutePlan,
                    replan: Replan) -> tuple[Ticket, RoutePlan]:  # fmt: skip
@@ -179,24 +180,29 @@ class Gate:
         now = monotonic()
         deadline = now + allowed_s
         name = self.settings.tiers[tier].name
-        ahead = queue.ahead_of(tier)
-        if ahead:
-            rate = queue.drain.rate(now)
-            if rate > 0 and ahead / rate > deadline - now:
-                raise self._refuse(DeadlineExceeded(
-                    f"{ahead} requests of priority '{name}' or higher wait for pool "
-                    f"'{pool}', which starts {rate:.1f} per second: this one could not "
-                    f"start within its deadline of {deadline - now:.1f}s",
-                    retry_after=queue.retry_after(tier, now)))  # fmt: skip
+        # refused at once rather than after waiting in vain: the queue ahead of it would
+        # not go within its deadline, or within what a standing queue allows
+        expected = queue.expected_wait(tier, long, now)
+        allowed = min(allowed_s, queue.allowed_wait(tier, long))
+        if expected is not None and expected > allowed:
+            kind = "long" if long else "short"
+            raise self._refuse(DeadlineExceeded(
+                f"{queue.ahead_of(tier, long)} {kind} requests of priority '{name}' or higher "
+                f"wait for pool '{pool}', which finishes {kind} ones at "
+                f"{queue.drains[long].rate(now):.1f} per second: this one could not start "
+                f"within {allowed:.1f}s" + (" (its deadline)" if allowed == allowed_s else
+                                            " (the queue's allowed wait)"),
+                retry_after=queue.retry_after(tier, long, now)))  # fmt: skip
         self.seq += 1
         waiter = Waiter(tier, long, now, deadline, self.seq, v, None, replan)
         refused = queue.offer(waiter)
         if refused is waiter:
             raise self._refuse(QueueFull(
                 f"the queue of pool '{pool}' is full ({queue.max_depth} requests of priority "
-                f"'{name}' or higher wait)", retry_after=queue.retry_after(tier, now)))  # fmt: skip
+                f"'{name}' or higher wait)",
+                retry_after=queue.retry_after(tier, long, now)))  # fmt: skip
         if refused is not None:
-            wait = queue.retry_after(refused.tier, now)
+            wait = queue.retry_after(refused.tier, refused.long, now)
             self._wake(refused, self._refuse(QueueFull(
                 f"the queue of pool '{pool}' is full and a request of higher priority took "
                 f"this one's place", retry_after=wait)))  # fmt: skip
@@ -211,14 +217,14 @@ class Gate:
                 if self.waking[pool] is waiter:
                     self.waking[pool] = None
                 plan = replan()
-                left_ms = (deadline - monotonic()) * 1000.0
+                left_ms = queue.start_limit_ms(long, deadline - monotonic())
                 v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient,
                             left_ms)  # fmt: skip
                 if v is _ADMIT or v is _NO_BACKEND:
                     if queue.dispatched(waiter, monotonic()):
                         self.waiting -= 1  # (an expiry in the same step took it out already)
                     loop.call_soon(self.changed)  # the next one, once this one is dispatched
-                    return self._admit(pool, tier), plan
+                    return self._admit(pool, tier, long), plan
                 waiter.reason = v
         except BaseException:
             if queue.remove(waiter):
@@ -234,10 +240,10 @@ class Gate:
             return timeout_s
         return self._long_deadline_s if long else self._short_deadline_s
 
-    def _admit(self, pool: str, tier: int) -> Ticket:
+    def _admit(self, pool: str, tier: int, long: bool) -> Ticket:
         admitted = self.admitted[pool]
         admitted[tier] += 1
-        return Ticket(admitted, self.queues[pool].drain, tier)
+        return Ticket(admitted, self.queues[pool].drains[long], tier)
 
     def _refuse(self, exc: RouterError) -> RouterError:
         reason = exc.reject or "other"
@@ -270,7 +276,7 @@ class Gate:
                 self._wake(w, self._refuse(DeadlineExceeded(
                     f"waited {waited:.1f}s at the router for pool '{pool}' without a backend "
                     f"able to start it within its deadline",
-                    retry_after=queue.retry_after(w.tier, now))))  # fmt: skip
+                    retry_after=queue.retry_after(w.tier, w.long, now))))  # fmt: skip
             if self.waking[pool] is not None:
                 continue
             long_held = False
@@ -281,7 +287,7 @@ class Gate:
                 handle = w.handle
                 if handle is None or handle.done():
                     continue
-                left_ms = (w.deadline - now) * 1000.0
+                left_ms = queue.start_limit_ms(w.long, w.deadline - now)
                 v = verdict(w.tier, w.long, w.replan(), pools, self.ledger.view_of,
                             self.settings, self._transient, left_ms)  # fmt: skip
                 w.reason = v
@@ -360,7 +366,7 @@ class Gate:
                     },
                     "held_long": sum(1 for w in q.waiters if w.reason in HOLDS),
                     "admitted_in_flight": dict(zip(names, self.admitted[pool], strict=True)),
-                    "finished_per_s": round(q.drain.rate(now), 2),  # the drain rate
+                    "finished_per_s": round(q.finished_per_s(now), 2),  # the drain rate
                     "standing_queue": {"short": q.codel[0].dropping, "long": q.codel[1].dropping},
                 }
                 for pool, q in self.queues.items()

@@ -84,8 +84,8 @@ class AdmissionSettings:
     default_tier: int = 1
     aliases: Mapping[str, int] = field(default_factory=dict)  # header/body value -> tier
     max_queue: int = 512  # per pool
-    short: ClassLimits = ClassLimits(30.0, 10.0, 0.25, 1.0)
-    long: ClassLimits = ClassLimits(120.0, 60.0, 5.0, 20.0)
+    short: ClassLimits = ClassLimits(30.0, 10.0, 0.05, 0.5)
+    long: ClassLimits = ClassLimits(120.0, 60.0, 5.0, 5.0)
     hold_long: bool = True
     keep_clean: int = 1
     long_prefill_tokens: int = 4096
@@ -144,10 +144,15 @@ class Codel:
         self.dropping = False
 
     def dispatched(self, waited: float, now: float) -> None:
-        """A waiter left the queue for a backend after ``waited`` seconds."""
-        if waited <= self.target:
+        """A waiter left the queue for a backend after ``waited`` seconds. A standing queue
+        ends when one waited at most half the target, or the queue empties: while it lasts,
+        waits are cut to the target, so one just under it says nothing (without the margin
+        the state would flap, and every other interval the waits would grow back)."""
+        if waited <= self.target * (0.5 if self.dropping else 1.0):
             self.above_since = None
             self.dropping = False
+        elif waited <= self.target:
+            self.above_since = None
         elif self.above_since is None:
             self.above_since = now
         elif now - self.above_since >= self.interval:
@@ -204,7 +209,7 @@ def retry_after(ahead: int, drain_per_s: float, floor: float = 1.0, ceiling: flo
 class WaitQueue:
     """One pool's bounded queue, in service order: tier, then arrival."""
 
-    __slots__ = ("codel", "drain", "limits", "max_depth", "waiters")
+    __slots__ = ("codel", "drains", "limits", "max_depth", "waiters")
 
     def __init__(self, max_depth: int, short: ClassLimits, long: ClassLimits) -> None:
         self.max_depth = max_depth
@@ -212,7 +217,9 @@ class WaitQueue:
         self.limits = (short, long)
         self.codel = (Codel(short.codel_target_s, short.codel_interval_s),
                       Codel(long.codel_target_s, long.codel_interval_s))  # fmt: skip
-        self.drain = DrainMeter()
+        # finished per second, per class: a long request's place in the queue moves at the
+        # pace long ones finish, not at the pace of the many short ones
+        self.drains = (DrainMeter(), DrainMeter())
 
     def __len__(self) -> int:
         return len(self.waiters)
@@ -271,9 +278,36 @@ class WaitQueue:
             self.remove(w)
         return out
 
-    def ahead_of(self, tier: int) -> int:
-        """Waiters served before a newcomer of ``tier``."""
-        return sum(1 for w in self.waiters if w.tier <= tier)
+    def ahead_of(self, tier: int, long: bool) -> int:
+        """Waiters of the class of a newcomer of ``tier`` served before it."""
+        return sum(1 for w in self.waiters if w.tier <= tier and w.long == long)
+
+    def allowed_wait(self, tier: int, long: bool) -> float:
+        """How long a newcomer may wait here: its class's limit, cut to the CoDel target
+        while a standing queue lasts, unless a lower tier waits (it is cut first)."""
+        limit = self.limits[long].max_wait_s
+        if self.waiters and self.waiters[-1].tier > tier:
+            return limit
+        return self.codel[long].allowed_wait(limit)
+
+    def start_limit_ms(self, long: bool, time_left_s: float) -> float:
+        """How soon a request of the class must be able to start where it is sent: before
+        its deadline; while a standing queue of its class lasts, within the CoDel target
+        too (it keeps waiting for a backend that can, and its wait is cut to the target):
+        overloaded, the router admits only what the fleet can start promptly."""
+        codel = self.codel[long]
+        if codel.dropping and codel.target < time_left_s:
+            return codel.target * 1000.0
+        return time_left_s * 1000.0
+
+    def expected_wait(self, tier: int, long: bool, now: float) -> float | None:
+        """Seconds until the waiters ahead of a newcomer have gone, at the pace its class
+        finishes; None when none are ahead or none finished lately (no estimate)."""
+        ahead = self.ahead_of(tier, long)
+        rate = self.drains[long].rate(now)
+        if not ahead or rate <= 0:
+            return None
+        return ahead / rate
 
     def blocks(self, tier: int, long: bool) -> bool:
         """Whether a newcomer must queue behind someone rather than try at once: a short
@@ -286,8 +320,11 @@ class WaitQueue:
                 return True
         return False
 
-    def retry_after(self, tier: int, now: float) -> float:
-        return retry_after(self.ahead_of(tier), self.drain.rate(now))
+    def retry_after(self, tier: int, long: bool, now: float) -> float:
+        return retry_after(self.ahead_of(tier, long), self.drains[long].rate(now))
+
+    def finished_per_s(self, now: float) -> float:
+        return self.drains[0].rate(now) + self.drains[1].rate(now)
 
 
 def verdict(

@@ -135,7 +135,9 @@ def plan(
     key = facts.hash_key
     # the first token waits for the step under way and its own: two steps' KV reads
     step_ms_per_token = 2.0 * settings.step_ms_per_ktok / 1000.0
-    kv_fill = settings.kv_fill
+    # held long work may fill KV up to kv_fill (admission's limit); a short request's
+    # budget is small next to what the KV pool holds, and it is never held for KV room
+    kv_fill = 1.0 if short else settings.kv_fill
     reserved = frozenset[int]()
     if not short and settings.hold_long:
         reserved = reserved_for_short(pools, view_of, settings.keep_clean)

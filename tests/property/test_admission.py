@@ -98,14 +98,23 @@ def test_codel_drops_only_after_a_whole_interval_over_target(waits) -> None:  # 
     c = Codel(target=0.25, interval=1.0)
     now = 0.0
     above_since: float | None = None
+    dropping = False
     for waited, dt in waits:
         now += dt
         c.dispatched(waited, now)
-        if waited <= 0.25:
+        # a standing queue starts after a whole interval over the target and ends only
+        # when a wait is at most half the target (hysteresis: waits cut to the target
+        # would otherwise end it at once)
+        if waited <= (0.125 if dropping else 0.25):
+            above_since = None
+            dropping = False
+        elif waited <= 0.25:
             above_since = None
         elif above_since is None:
             above_since = now
-        assert c.dropping == (above_since is not None and now - above_since >= 1.0)
+        elif now - above_since >= 1.0:
+            dropping = True
+        assert c.dropping == dropping
         assert c.allowed_wait(10.0) == (0.25 if c.dropping else 10.0)
     c.emptied()
     assert not c.dropping
