@@ -3,6 +3,7 @@ Retry-After, holding, reserves and the overload guard, against plain reference r
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -269,3 +270,32 @@ def test_a_request_the_best_backend_would_start_after_its_deadline_waits() -> No
     assert verdict(1, False, plan, pools, view, s, lambda x: True, 500.0) is Verdict.LATE
     assert verdict(1, False, plan, pools, view, s, lambda x: True, 1000.0) is Verdict.ADMIT
     assert verdict(1, False, plan, pools, view, s, lambda x: True) is Verdict.ADMIT
+
+
+def test_a_standing_queue_refuses_early_and_sends_only_where_it_starts_soon() -> None:
+    short = ClassLimits(30.0, 10.0, 0.05, 0.5)
+    long = ClassLimits(120.0, 60.0, 5.0, 5.0)
+    q = WaitQueue(16, short, long)
+    # no standing queue: a request may start as late as its deadline, wait its max_wait
+    assert q.start_limit_ms(False, 0.5) == 500.0
+    assert q.allowed_wait(1, True) == 60.0
+    # every long request dispatched for 5 s waited over 5 s: a standing long queue
+    for t in range(7):
+        q.codel[True].dispatched(6.0, float(t))
+    assert q.codel[True].dropping and not q.codel[False].dropping
+    assert q.start_limit_ms(True, 15.0) == 5000.0
+    assert q.start_limit_ms(True, 2.0) == 2000.0  # its deadline, when that is sooner
+    assert q.start_limit_ms(False, 0.5) == 500.0  # the short class is not affected
+    assert q.allowed_wait(1, True) == 5.0
+    # the pace of the class sets the expected wait: 4 long waiters, 2 finished per second
+    for i in range(4):
+        q.offer(Waiter(1, True, 10.0, 100.0, i))
+    q.offer(Waiter(1, False, 10.0, 100.0, 9))
+    for t in (10.1, 10.2, 10.6, 10.7):
+        q.drains[True].record(t)
+    assert q.ahead_of(1, True) == 4 and q.ahead_of(1, False) == 1
+    assert q.expected_wait(1, True, 10.9) == pytest.approx(4 / 4.0)  # 4 in its first second
+    assert q.expected_wait(1, False, 10.9) is None  # no short one finished: no estimate
+    # a higher tier is not cut back while a lower one waits
+    q.offer(Waiter(2, True, 10.0, 100.0, 10))
+    assert q.allowed_wait(1, True) == 60.0
