@@ -368,7 +368,13 @@ def verdict(
                     in_flight += v.load.in_flight
         if in_flight + 1 > share * capacity:
             return Verdict.RESERVED
-    if not long or not settings.hold_long:
+    if not long:
+        if view_of(best).load.long_pending and _clean_one_full(pools, view_of):
+            # behind a long prefill it would wait for all of it: a backend free of one is
+            # only full for now, so it waits here for that one instead
+            return Verdict.FULL
+        return _ADMIT
+    if not settings.hold_long:
         return _ADMIT
     clean = 0
     long_pending = 0
@@ -404,6 +410,17 @@ def verdict(
                         and _kv_room(v, plan.budget, settings.kv_fill)):  # fmt: skip
                     return Verdict.HOLD_CLEAN
     return _ADMIT
+
+
+def _clean_one_full(pools: Sequence[PoolView], view_of: Callable[[Backend], BackendView]) -> bool:
+    """Whether a usable backend free of long prefill is kept only by max_in_flight."""
+    for pool in pools:
+        for b in pool.backends:
+            v = view_of(b)
+            load = v.load
+            if v.up and v.usable and not load.long_pending and load.in_flight >= b.max_in_flight:
+                return True
+    return False
 
 
 def _kv_room(v: BackendView, budget: int, fill: float) -> bool:

@@ -190,7 +190,12 @@ def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budge
         assert v is Verdict.RESERVED
         return
     if not long:
-        assert v is Verdict.ADMIT  # a short request is never held
+        # a short request is never held for long work; it waits only for a backend free of
+        # long prefill that is full for now, when the best one has a long prefill pending
+        clean_full = any(not v_.load.long_pending and v_.load.in_flight >= 8
+                         for v_ in views.values())  # fmt: skip
+        behind = views[room[0].index].load.long_pending
+        assert v is (Verdict.FULL if behind and clean_full else Verdict.ADMIT)
         return
     pending = sum(1 for v_ in views.values() if v_.load.long_pending)
     if pending == 0:
