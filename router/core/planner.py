@@ -30,8 +30,8 @@ request behind a long prefill waits for all of it (a 60k-token prefill holds an 
   it may go at all. Then, because a long document keeps decoding for seconds after its
   prefill and every step of its engine reads its KV (a short request's first token waits
   for two such steps), long work is kept off the ``keep_clean`` backends of the model
-  that carry the least of it (``reserved_for_short``): they are its last resort, and
-  stay light for short requests.
+  that carry the least of it in the pool short requests prefer (``reserved_for_short``):
+  they are its last resort, and stay light for short requests.
 
 A backend whose KV cache (when its size is known) cannot hold the request's budget next
 to what is in flight on it, up to ``kv_fill`` of it, comes after the rest.
@@ -92,19 +92,19 @@ def _long_order(s: _Scored) -> tuple[bool, bool, float]:
 
 def reserved_for_short(pools: Sequence[PoolView], view_of: Callable[[Backend], BackendView],
                        keep: int) -> frozenset[int]:  # fmt: skip
-    """The indices of the ``keep`` usable backends of the model carrying the least long
-    work (then the least work, then the first): long requests go there last. Because they
-    get none while others can take it, what long work they had drains, and they stay the
-    ones: short requests find engines whose steps are not slowed by long decodes."""
+    """The indices of the ``keep`` usable backends of the pool short requests prefer (the
+    model's smallest window, ``pools[0]``) carrying the least long work (then the least
+    work, then the first): long requests go there last. Because they get none while
+    others can take it, what long work they had drains, and they stay the ones: short
+    requests find engines whose steps are not slowed by long decodes."""
     if keep <= 0:
         return frozenset()
     ranked = []
-    for pool in pools:
-        for b in pool.backends:
-            v = view_of(b)
-            if v.up and v.usable:
-                load = v.load
-                ranked.append((load.long_in_flight, load.budget_in_flight, b.index))
+    for b in pools[0].backends:
+        v = view_of(b)
+        if v.up and v.usable:
+            load = v.load
+            ranked.append((load.long_in_flight, load.budget_in_flight, b.index))
     ranked.sort()
     return frozenset(index for _, _, index in ranked[:keep])
 
