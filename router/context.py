@@ -120,6 +120,7 @@ class RouterContext:
             "in_flight": fleet.in_flight,
             "pending_prefill_tokens": fleet.pending_prefill,
             "long_prefills_pending": fleet.long_pending,
+            "long_in_flight": fleet.long_in_flight,  # prefilling or decoding
             "budget_in_flight_tokens": fleet.budget_in_flight,
             "kv_capacity_tokens": ledger.kv_tokens[i],
             "prefill_tokens_per_s": round(ledger.rates[i]),

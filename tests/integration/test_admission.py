@@ -46,6 +46,13 @@ async def admission_status(s: aiohttp.ClientSession, router: RunningRouter) -> A
         return (await r.json())["admission"]
 
 
+async def long_in_flight(s: aiohttp.ClientSession, router: RunningRouter) -> int:
+    """Long requests in flight over every backend, as /status counts them."""
+    async with s.get(router.url + "/status") as r:
+        pools = (await r.json())["pools"]
+    return sum(b["long_in_flight"] for p in pools for b in p["backends"])
+
+
 def idle(status: Any) -> bool:
     return all(
         not any(p["waiting"].values()) and not any(p["admitted_in_flight"].values())
@@ -259,6 +266,7 @@ async def test_a_long_request_waits_while_it_would_leave_no_backend_clean(
                 break
         assert pool["held_long"] == (2 if hold else 0)
         assert sum(sim.received for sim in sims) == (1 if hold else 3)
+        assert await long_in_flight(s, router) == (1 if hold else 3)  # the held are not
         sent = time.monotonic() - t0
         status, short_first = await send({"prompt": "hi", "max_tokens": 2, "stream": True}, "c")
         assert status == 200 and short_first - sent < 1.0  # the clean backend took it at once
@@ -268,6 +276,7 @@ async def test_a_long_request_waits_while_it_would_leave_no_backend_clean(
             # it started only after the first one's prefill, and took a whole one itself
             assert first2 > first1 + 1.5
         assert idle(await admission_status(s, router))
+        assert await long_in_flight(s, router) == 0  # counted out when each one ended
 
 
 async def test_the_overload_guard_sheds_the_lowest_tiers_and_keeps_the_highest(
