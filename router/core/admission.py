@@ -390,8 +390,7 @@ def verdict(
     if long_pending == 0:
         return _ADMIT  # nothing to wait for: holding would never end
     first = view_of(best)
-    kv = first.kv_tokens
-    if kv is not None and first.load.budget_in_flight + plan.budget > kv * settings.kv_fill:
+    if not _kv_room(first, plan.budget, settings.kv_fill):
         return Verdict.HOLD_KV
     # the planner puts backends free of long prefill first for long requests: a long one
     # never queues in an engine behind another long prefill, it waits here instead
