@@ -50,6 +50,7 @@ log = logging.getLogger("ctxroute.gate")
 # goes through EnumType.__getattr__, about 8x the cost of a global read
 _ADMIT: Final = Verdict.ADMIT
 _NO_BACKEND: Final = Verdict.NO_BACKEND
+_HOLD_SHORT: Final = Verdict.HOLD_SHORT
 
 _TICK_S: Final = 0.01
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -157,7 +158,8 @@ class Gate:
                 return None
             v = verdict(tier, long, plan, self.pools_of[pool], self._view_of, self.settings,
                         self._is_transient,
-                        queue.start_limit_ms(long, self._allowed_s(long, timeout_s)))  # fmt: skip
+                        queue.start_limit_ms(tier, long, self._allowed_s(long, timeout_s),
+                                             monotonic()))  # fmt: skip
             if v is not _ADMIT and v is not _NO_BACKEND:
                 return None
         admitted = self.admitted[pool]
@@ -182,9 +184,8 @@ class Gate:
         name = self.settings.tiers[tier].name
         # refused at once rather than after waiting in vain: the queue ahead of it would
         # not go within its deadline, or within what a standing queue allows
-        expected = queue.expected_wait(tier, long, now)
-        allowed = min(allowed_s, queue.allowed_wait(tier, long))
-        if expected is not None and expected > allowed:
+        allowed = queue.refuse_on_arrival(tier, long, allowed_s, now)
+        if allowed is not None:
             kind = "long" if long else "short"
             raise self._refuse(DeadlineExceeded(
                 f"{queue.ahead_of(tier, long)} {kind} requests of priority '{name}' or higher "
@@ -217,15 +218,20 @@ class Gate:
                 if self.waking[pool] is waiter:
                     self.waking[pool] = None
                 plan = replan()
-                left_ms = queue.start_limit_ms(long, deadline - monotonic())
+                now = monotonic()
+                left_ms = queue.start_limit_ms(tier, long, deadline - now, now)
                 v = verdict(tier, long, plan, pools, view_of, self.settings, self._transient,
-                            left_ms)  # fmt: skip
+                            left_ms, waiter.yielded_ms(now))  # fmt: skip
                 if v is _ADMIT or v is _NO_BACKEND:
-                    if queue.dispatched(waiter, monotonic()):
+                    if queue.dispatched(waiter, now):
                         self.waiting -= 1  # (an expiry in the same step took it out already)
                     loop.call_soon(self.changed)  # the next one, once this one is dispatched
                     return self._admit(pool, tier, long), plan
                 waiter.reason = v
+                if v is not _HOLD_SHORT:
+                    waiter.yielded_since = None  # (the bound is on yielding in a row)
+                elif waiter.yielded_since is None:
+                    waiter.yielded_since = now
         except BaseException:
             if queue.remove(waiter):
                 self.waiting -= 1  # the client left (cancelled) while it waited
@@ -287,10 +293,15 @@ class Gate:
                 handle = w.handle
                 if handle is None or handle.done():
                     continue
-                left_ms = queue.start_limit_ms(w.long, w.deadline - now)
+                left_ms = queue.start_limit_ms(w.tier, w.long, w.deadline - now, now)
                 v = verdict(w.tier, w.long, w.replan(), pools, self.ledger.view_of,
-                            self.settings, self._transient, left_ms)  # fmt: skip
+                            self.settings, self._transient, left_ms,
+                            w.yielded_ms(now))  # fmt: skip
                 w.reason = v
+                if v is not _HOLD_SHORT:
+                    w.yielded_since = None  # (the bound is on yielding in a row)
+                elif w.yielded_since is None:
+                    w.yielded_since = now
                 if v is _ADMIT or v is _NO_BACKEND:
                     self.waking[pool] = w
                     handle.set_result(None)
@@ -367,7 +378,10 @@ class Gate:
                     "held_long": sum(1 for w in q.waiters if w.reason in HOLDS),
                     "admitted_in_flight": dict(zip(names, self.admitted[pool], strict=True)),
                     "finished_per_s": round(q.finished_per_s(now), 2),  # the drain rate
-                    "standing_queue": {"short": q.codel[0].dropping, "long": q.codel[1].dropping},
+                    "standing_queue": {
+                        "short": q.codel[0].settled(now),
+                        "long": q.codel[1].settled(now),
+                    },
                 }
                 for pool, q in self.queues.items()
             },

@@ -162,8 +162,10 @@ def _completion_handler(*, chat: bool, path: str) -> RouteHandler:
                     return plan(facts, pools, eligibility, view_of, settings)
 
                 held = monotonic()
-                ticket, route = await gate.wait(tier, long, timeout_s, route, replan)
-                record.queued_s = monotonic() - held
+                try:
+                    ticket, route = await gate.wait(tier, long, timeout_s, route, replan)
+                finally:  # refused after waiting, too: the log says how long it waited
+                    record.queued_s = monotonic() - held
                 record.plan = route
             try:
                 return await forward(request, ctx.upstream, ctx.ledger, fleet, path, raw, facts,

@@ -49,6 +49,7 @@ class Verdict(enum.Enum):
     RESERVED = "reserved"  # room is left only for higher tiers
     HOLD_CLEAN = "hold_clean"  # a long prefill now would leave no backend free of one
     HOLD_KV = "hold_kv"  # no candidate has KV room for its budget
+    HOLD_SHORT = "hold_short"  # a short prefill is pending where it would go: let it start
     LATE = "late"  # the best backend would not start it before its deadline: wait for a better
     NO_BACKEND = "no_backend"  # nothing usable, and waiting would not change that soon
 
@@ -56,7 +57,11 @@ class Verdict(enum.Enum):
 
 
 _DOWN: Final = float("inf")
-HOLDS: Final = frozenset({Verdict.HOLD_CLEAN, Verdict.HOLD_KV})
+HOLDS: Final = frozenset({Verdict.HOLD_CLEAN, Verdict.HOLD_KV, Verdict.HOLD_SHORT})
+# How long a long request yields to short prefills pending on its best backend: a few
+# engine steps (a short prefill starts in the next one), bounded so that a stream of short
+# requests never starves it
+YIELD_TO_SHORT_MS: Final = 250.0
 # Enum members read on every request, as module globals: on Python 3.11 ``Enum.MEMBER``
 # goes through EnumType.__getattr__, about 8x the cost of a global read
 _ADMIT: Final = Verdict.ADMIT
@@ -127,43 +132,91 @@ class Waiter:
     reason: Verdict = Verdict.FULL
     handle: Any = None
     replan: Any = None
+    yielded_since: float | None = None  # held for short prefills (HOLD_SHORT) since
+
+    def yielded_ms(self, now: float) -> float:
+        """How long it has yielded to short prefills in a row; 0 if it is not yielding."""
+        return 0.0 if self.yielded_since is None else (now - self.yielded_since) * 1000.0
 
     def order(self) -> tuple[int, int]:
         return (self.tier, self.seq)
 
 
 class Codel:
-    """The standing-queue detector of one queue class."""
+    """The standing-queue detector of one queue class.
 
-    __slots__ = ("above_since", "dropping", "interval", "target")
+    A standing queue starts once every waiter dispatched for ``interval`` had waited over
+    ``target``. While it lasts, waits are cut to the target and newcomers are refused on
+    arrival when the queue ahead would not go within it: so the queue is short and the
+    waits of those dispatched say nothing of the load (they are short by construction), and
+    the queue empties often. It ends only when the cut has refused nobody for a whole
+    ``interval``: the load fell below what the fleet serves. Ending it on a short wait or an
+    empty queue instead made it flap under sustained overload: the queue grew back to the
+    deadline in the next interval, and those served had waited nearly all of it.
+    """
+
+    __slots__ = ("above_since", "cut_at", "cut_tiers", "dropping", "interval", "target")
 
     def __init__(self, target: float, interval: float) -> None:
         self.target = target
         self.interval = interval
         self.above_since: float | None = None  # first dispatch over target in a row
         self.dropping = False
+        self.cut_at = 0.0  # when the cut last refused a waiter
+        self.cut_tiers: dict[int, float] = {}  # tier -> when the cut last refused one of it
 
     def dispatched(self, waited: float, now: float) -> None:
-        """A waiter left the queue for a backend after ``waited`` seconds. A standing queue
-        ends when one waited at most half the target, or the queue empties: while it lasts,
-        waits are cut to the target, so one just under it says nothing (without the margin
-        the state would flap, and every other interval the waits would grow back)."""
-        if waited <= self.target * (0.5 if self.dropping else 1.0):
-            self.above_since = None
-            self.dropping = False
-        elif waited <= self.target:
+        """A waiter left the queue for a backend after ``waited`` seconds."""
+        if self.settled(now):
+            return
+        if waited <= self.target:
             self.above_since = None
         elif self.above_since is None:
             self.above_since = now
         elif now - self.above_since >= self.interval:
             self.dropping = True
+            self.cut_at = now
+
+    def oldest(self, waited: float, now: float) -> None:
+        """The oldest waiter of the class has waited ``waited`` so far. A queue that nothing
+        leaves (every backend full) dispatches nobody, so dispatches alone would never show
+        it standing: the head's wait counts too, from when it passed the target."""
+        if self.dropping or waited <= self.target:
+            return
+        if self.above_since is None:
+            self.above_since = now - (waited - self.target)
+        if now - self.above_since >= self.interval:
+            self.dropping = True
+            self.cut_at = now
+
+    def cut(self, now: float, tier: int) -> None:
+        """The cut refused a waiter (or a newcomer) of ``tier`` that its deadline alone
+        would have let wait, while others of its class waited: the load is still over what
+        is served."""
+        if self.dropping:
+            self.cut_at = now
+            self.cut_tiers[tier] = now
+
+    def spares(self, tier: int, now: float) -> bool:
+        """Whether the cut spares ``tier``: it refused a lower tier within the interval.
+        (A lower tier cut back leaves the queue to the higher ones for a moment; the higher
+        ones are not cut for that.)"""
+        return any(t > tier and now - at < self.interval for t, at in self.cut_tiers.items())
+
+    def settled(self, now: float) -> bool:
+        """Whether a standing queue lasts at ``now`` (it ends an interval after the last cut)."""
+        if self.dropping and now - self.cut_at >= self.interval:
+            self.dropping = False
+            self.above_since = None
+            self.cut_tiers.clear()
+        return self.dropping
 
     def emptied(self) -> None:
-        self.above_since = None
-        self.dropping = False
+        if not self.dropping:
+            self.above_since = None
 
-    def allowed_wait(self, limit: float) -> float:
-        return min(limit, self.target) if self.dropping else limit
+    def allowed_wait(self, limit: float, now: float) -> float:
+        return min(limit, self.target) if self.settled(now) else limit
 
 
 class DrainMeter:
@@ -266,38 +319,59 @@ class WaitQueue:
         if not self.waiters:
             return []
         lowest = self.waiters[-1].tier
+        seen = [False, False]
+        for w in self.waiters:  # the head of each class: the next one it would serve
+            if not seen[w.long]:
+                seen[w.long] = True
+                self.codel[w.long].oldest(now - w.arrived, now)
         out = []
+        cut = [False, False]
         for w in self.waiters:
-            limits = self.limits[w.long]
-            allowed = limits.max_wait_s
-            if w.tier == lowest:
-                allowed = self.codel[w.long].allowed_wait(allowed)
-            if now >= w.deadline or now - w.arrived >= allowed:
+            codel = self.codel[w.long]
+            limit = min(self.limits[w.long].max_wait_s, w.deadline - w.arrived)
+            allowed = limit
+            if w.tier == lowest and not codel.spares(w.tier, now):
+                allowed = codel.allowed_wait(limit, now)
+            waited = now - w.arrived
+            if waited >= allowed:
                 out.append(w)
+                cut[w.long] |= waited < limit
         for w in out:
             self.remove(w)
+        for long, codel in enumerate(self.codel):
+            # a cut counts while others of the class still wait (a lone request refused by
+            # the cut says the fleet was slow for it, not that the load is over capacity)
+            if cut[long] and any(w.long == long for w in self.waiters):
+                codel.cut(now, lowest)
         return out
 
     def ahead_of(self, tier: int, long: bool) -> int:
         """Waiters of the class of a newcomer of ``tier`` served before it."""
         return sum(1 for w in self.waiters if w.tier <= tier and w.long == long)
 
-    def allowed_wait(self, tier: int, long: bool) -> float:
-        """How long a newcomer may wait here: its class's limit, cut to the CoDel target
-        while a standing queue lasts, unless a lower tier waits (it is cut first)."""
-        limit = self.limits[long].max_wait_s
-        if self.waiters and self.waiters[-1].tier > tier:
-            return limit
-        return self.codel[long].allowed_wait(limit)
-
-    def start_limit_ms(self, long: bool, time_left_s: float) -> float:
-        """How soon a request of the class must be able to start where it is sent: before
-        its deadline; while a standing queue of its class lasts, within the CoDel target
-        too (it keeps waiting for a backend that can, and its wait is cut to the target):
-        overloaded, the router admits only what the fleet can start promptly."""
+    def cuts(self, tier: int, long: bool, now: float) -> bool:
+        """Whether a standing queue of the class cuts a request of ``tier`` back to the
+        target: not while a lower tier waits or was cut within the interval (it is cut
+        first, and a higher tier is never shed while a lower one waits)."""
         codel = self.codel[long]
-        if codel.dropping and codel.target < time_left_s:
-            return codel.target * 1000.0
+        if not codel.settled(now) or (self.waiters and self.waiters[-1].tier > tier):
+            return False
+        return not codel.spares(tier, now)
+
+    def allowed_wait(self, tier: int, long: bool, now: float) -> float:
+        """How long a newcomer may wait here: its class's limit, cut to the CoDel target
+        while a standing queue cuts its tier."""
+        limit = self.limits[long].max_wait_s
+        return min(limit, self.codel[long].target) if self.cuts(tier, long, now) else limit
+
+    def start_limit_ms(self, tier: int, long: bool, time_left_s: float, now: float) -> float:
+        """How soon a request must be able to start where it is sent: before its deadline;
+        while a standing queue cuts its tier, within the CoDel target too (it keeps waiting
+        for a backend that can, and its wait is cut to the target): overloaded, the router
+        admits only what the fleet can start promptly."""
+        target = self.codel[long].target
+        if target < time_left_s and self.cuts(tier, long, now):
+            return target * 1000.0
         return time_left_s * 1000.0
 
     def expected_wait(self, tier: int, long: bool, now: float) -> float | None:
@@ -308,6 +382,21 @@ class WaitQueue:
         if not ahead or rate <= 0:
             return None
         return ahead / rate
+
+    def refuse_on_arrival(self, tier: int, long: bool, deadline_s: float,
+                          now: float) -> float | None:  # fmt: skip
+        """The wait allowed to a newcomer with ``deadline_s`` left, when it should be
+        refused at once rather than after waiting in vain: the queue ahead of it would not
+        go within its deadline, or within what a standing queue allows. None to queue it."""
+        expected = self.expected_wait(tier, long, now)
+        if expected is None:
+            return None
+        allowed = min(deadline_s, self.allowed_wait(tier, long, now))
+        if expected <= allowed:
+            return None
+        if expected <= deadline_s:
+            self.codel[long].cut(now, tier)  # only the cut refuses it (others of its class wait)
+        return allowed
 
     def blocks(self, tier: int, long: bool) -> bool:
         """Whether a newcomer must queue behind someone rather than try at once: a short
@@ -336,13 +425,15 @@ def verdict(
     settings: AdmissionSettings,
     transient: Callable[[Backend], bool],
     time_left_ms: float = _DOWN,
+    yielded_ms: float = 0.0,
 ) -> Verdict:
     """Whether a request of ``tier`` planned as ``plan`` over the model's ``pools`` may be
     dispatched now. ``transient(b)``: ``b`` is kept from new requests for a reason that
     passes by itself (memory pressure, max_in_flight), so waiting is worth it.
     ``time_left_ms``: until the request's deadline; a request whose best backend is
     estimated to start it later than that (behind a long prefill, say) waits for a better
-    one, and is refused at its deadline if none comes: what is admitted can start in time."""
+    one, and is refused at its deadline if none comes: what is admitted can start in time.
+    ``yielded_ms``: how long a long request has yielded to short prefills in a row."""
     candidates = plan.candidates
     best = candidates[0] if candidates else None
     if best is None or plan.waits_ms[0] == _DOWN:
@@ -387,9 +478,15 @@ def verdict(
                 long_pending += 1
             elif v.load.in_flight < b.max_in_flight:
                 clean += 1
+    first = view_of(best)
+    load = first.load
+    if load.pending_prefill and not load.long_pending and yielded_ms < YIELD_TO_SHORT_MS:
+        # a short request sent there has not started: the engine's next step would take it
+        # with this one's first chunk (thousands of tokens), and its first token would wait
+        # for the whole chunk. It starts in a step or two; this one waits that long here
+        return Verdict.HOLD_SHORT
     if long_pending == 0:
         return _ADMIT  # nothing to wait for: holding would never end
-    first = view_of(best)
     if not _kv_room(first, plan.budget, settings.kv_fill):
         return Verdict.HOLD_KV
     # the planner puts backends free of long prefill first for long requests: a long one

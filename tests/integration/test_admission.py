@@ -160,7 +160,14 @@ async def test_at_twice_capacity_every_request_ends_once_and_the_high_tier_is_ne
 async def test_a_higher_tier_takes_the_place_of_the_lowest_when_the_queue_is_full(
     sim: Simulator, make_router: RouterFactory
 ) -> None:
-    router = await make_router(config_for([sim], max_in_flight=1, admission={"max_queue": 2}))
+    # the one slot is held for a second, so nothing leaves the queue: with the default
+    # CoDel target (50 ms) that is a standing queue and the waiters would be cut back. Not
+    # under test here: a target over the hang
+    router = await make_router(config_for([sim], max_in_flight=1, admission={
+        "max_queue": 2,
+        "short": {"deadline_s": 30, "max_wait_s": 10, "codel_target_s": 2.0,
+                  "codel_interval_s": 2.0},
+    }))  # fmt: skip
     body = {"prompt": "x", "max_tokens": 2}
     async with aiohttp.ClientSession() as s:
         async with s.post(sim.url + "/sim/faults", json={"hang_before_first_token": 1.0}) as r:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from router.core.admission import (
     HOLDS,
+    YIELD_TO_SHORT_MS,
     AdmissionSettings,
     ClassLimits,
     Codel,
@@ -73,17 +74,20 @@ def test_a_queue_stays_bounded_ordered_and_sheds_only_the_lowest_tier(depth: int
             inside.discard(w.seq)
         elif op == "expire":
             lowest = max((w.tier for w in q.waiters), default=0)
-            dropping = [c.dropping for c in q.codel]  # (emptying the queue resets them)
             gone = q.expired(now)
             for w in gone:
                 limits = LONG if w.long else SHORT
                 allowed = limits.max_wait_s
-                if w.tier == lowest and dropping[w.long]:
-                    allowed = min(allowed, limits.codel_target_s)  # only the lowest tier
+                if w.tier == lowest:  # only the lowest tier is cut (when a queue stands)
+                    allowed = min(allowed, limits.codel_target_s)
                 assert now >= w.deadline or now - w.arrived >= allowed
                 inside.discard(w.seq)
             for w in q.waiters:
-                assert now < w.deadline
+                limits = LONG if w.long else SHORT
+                assert now < w.deadline and now - w.arrived < limits.max_wait_s
+                codel = q.codel[w.long]
+                if w.tier == lowest and codel.dropping and not codel.spares(w.tier, now):
+                    assert now - w.arrived < limits.codel_target_s
         assert len(q) <= depth
         assert [w.order() for w in q.waiters] == sorted(w.order() for w in q.waiters)
         assert {w.seq for w in q.waiters} == inside
@@ -95,30 +99,60 @@ def test_a_queue_stays_bounded_ordered_and_sheds_only_the_lowest_tier(depth: int
 
 
 @given(st.lists(st.tuples(st.floats(0, 2), st.floats(0, 1)), max_size=60))
-def test_codel_drops_only_after_a_whole_interval_over_target(waits) -> None:  # type: ignore[no-untyped-def]
+def test_codel_starts_a_standing_queue_only_after_a_whole_interval_over_target(waits) -> None:  # type: ignore[no-untyped-def]
     c = Codel(target=0.25, interval=1.0)
     now = 0.0
-    above_since: float | None = None
-    dropping = False
+    over_since: float | None = None  # first of the dispatches over target in a row
     for waited, dt in waits:
         now += dt
         c.dispatched(waited, now)
-        # a standing queue starts after a whole interval over the target and ends only
-        # when a wait is at most half the target (hysteresis: waits cut to the target
-        # would otherwise end it at once)
-        if waited <= (0.125 if dropping else 0.25):
-            above_since = None
-            dropping = False
-        elif waited <= 0.25:
-            above_since = None
-        elif above_since is None:
-            above_since = now
-        elif now - above_since >= 1.0:
-            dropping = True
-        assert c.dropping == dropping
-        assert c.allowed_wait(10.0) == (0.25 if c.dropping else 10.0)
-    c.emptied()
+        if waited <= 0.25:
+            over_since = None
+        elif over_since is None:
+            over_since = now
+        # it starts once every dispatch for a whole interval waited over the target
+        assert c.dropping == (over_since is not None and now - over_since >= 1.0)
+        if c.dropping:
+            break
+    assert c.allowed_wait(10.0, now) == (0.25 if c.dropping else 10.0)
+
+
+@given(st.lists(st.floats(0.001, 0.3), min_size=1, max_size=60), st.floats(0, 2))
+def test_a_standing_queue_lasts_until_an_interval_passes_without_a_cut(gaps, after) -> None:  # type: ignore[no-untyped-def]
+    c = Codel(target=0.05, interval=0.1)
+    c.oldest(0.2, 10.0)  # the head waited past target + interval: a standing queue
+    assert c.dropping and c.settled(10.0)
+    now = last_cut = 10.0
+    for gap in gaps:
+        now += gap
+        standing = now - last_cut < 0.1
+        assert c.settled(now) == standing
+        if not standing:
+            break
+        c.dispatched(0.001, now)  # short waits while it stands say nothing: it lasts
+        c.cut(now, 1)
+        last_cut = now
+    else:
+        assert c.settled(now + after) == ((now + after) - last_cut < 0.1)
+    # once over, a cut does not bring it back (only waits over the target do)
+    if not c.settled(now + max(after, 0.1)):
+        c.cut(now + 1.0, 1)
+        assert not c.dropping
+
+
+def test_a_standing_queue_is_seen_at_its_head_when_nothing_leaves() -> None:
+    c = Codel(target=0.05, interval=0.1)
+    c.oldest(0.05, 1.0)  # at the target: fine
+    c.oldest(0.14, 1.09)  # over the target for 90 ms: not yet a whole interval
     assert not c.dropping
+    c.oldest(0.16, 1.11)  # over it for 110 ms, and nobody left the queue: it stands
+    assert c.dropping and c.allowed_wait(0.5, 1.11) == 0.05
+    # a dispatch with a short wait ends the run over the target before it stands
+    d = Codel(target=0.05, interval=0.1)
+    d.oldest(0.1, 1.0)
+    d.dispatched(0.01, 1.02)
+    d.oldest(0.08, 1.1)  # a new head, over the target for 30 ms only
+    assert not d.dropping
 
 
 @given(st.lists(st.floats(0, 0.7), max_size=200))
@@ -161,25 +195,37 @@ def _fleet(n: int, cap: int = 8, kv: int | None = None) -> tuple[PoolView, ...]:
     return (PoolView("p", "m", 100_000, 64, ring, backends, {b.url: b for b in backends}),)
 
 
-# (in flight, long prefills pending, budget in flight, long requests decoding)
+# (in flight, long prefills pending, budget in flight, long requests decoding, short
+# prefills pending)
 loads = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2), st.integers(0, 90_000),
-                           st.integers(0, 3)), min_size=1, max_size=5)  # fmt: skip
+                           st.integers(0, 3), st.integers(0, 2)),
+                 min_size=1, max_size=5)  # fmt: skip
 
 
-@given(loads, st.integers(0, 2), st.booleans(), st.integers(0, 2), st.integers(1, 60_000))
-@settings(max_examples=300)
-def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budget: int) -> None:  # type: ignore[no-untyped-def]
+@given(
+    loads,
+    st.integers(0, 2),
+    st.booleans(),
+    st.integers(0, 2),
+    st.integers(1, 60_000),
+    st.sampled_from([0.0, 100.0, YIELD_TO_SHORT_MS]),
+)
+@settings(max_examples=400)
+def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budget: int,  # type: ignore[no-untyped-def]
+                                   yielded: float) -> None:  # fmt: skip
     pools = _fleet(len(rows), kv=100_000)
     backends = pools[0].backends
-    views = {b.index: BackendView(b, Load(r[0], r[1] * 5000, r[1], r[2], r[1] + r[3]), True,
-                                  20_000.0, True, b.kv_tokens)
+    views = {b.index: BackendView(b, Load(r[0], r[1] * 5000 + r[4] * 600, r[1], r[2],
+                                          r[1] + r[3]),
+                                  True, 20_000.0, True, b.kv_tokens)
              for b, r in zip(backends, rows, strict=True)}  # fmt: skip
     room = [b for b in backends if views[b.index].load.in_flight < b.max_in_flight]
     # the planner's order is not under test here: the least loaded first
     room.sort(key=lambda b: views[b.index].load.pending_prefill)
     plan = RoutePlan("p", tuple(room), tuple(0.0 for _ in room), budget, (), (0,))
     s = AdmissionSettings(tiers=(Tier("high"), Tier("normal", 0.25), Tier("low")), keep_clean=keep)
-    v = verdict(tier, long, plan, pools, lambda b: views[b.index], s, lambda b: True)
+    v = verdict(tier, long, plan, pools, lambda b: views[b.index], s, lambda b: True,
+                yielded_ms=yielded)  # fmt: skip
     if not room:
         assert v is Verdict.FULL  # they pass by themselves: wait
         return
@@ -197,11 +243,16 @@ def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budge
         behind = views[room[0].index].load.long_pending
         assert v is (Verdict.FULL if behind and clean_full else Verdict.ADMIT)
         return
+    first = views[room[0].index]
+    if first.load.pending_prefill and not first.load.long_pending and yielded < 250.0:
+        # a short prefill is pending there: its first step would carry this one's first
+        # chunk. It yields for a bounded time only
+        assert v is Verdict.HOLD_SHORT
+        return
     pending = sum(1 for v_ in views.values() if v_.load.long_pending)
     if pending == 0:
         assert v is Verdict.ADMIT  # nothing that would end: holding would never end
         return
-    first = views[room[0].index]
     clean = sum(1 for v_ in views.values()
                 if not v_.load.long_pending and v_.load.in_flight < 8)  # fmt: skip
     if first.load.budget_in_flight + budget > 100_000 * s.kv_fill:
@@ -282,16 +333,16 @@ def test_a_standing_queue_refuses_early_and_sends_only_where_it_starts_soon() ->
     long = ClassLimits(120.0, 60.0, 5.0, 5.0)
     q = WaitQueue(16, short, long)
     # no standing queue: a request may start as late as its deadline, wait its max_wait
-    assert q.start_limit_ms(False, 0.5) == 500.0
-    assert q.allowed_wait(1, True) == 60.0
+    assert q.start_limit_ms(1, False, 0.5, 0.0) == 500.0
+    assert q.allowed_wait(1, True, 0.0) == 60.0
     # every long request dispatched for 5 s waited over 5 s: a standing long queue
     for t in range(7):
         q.codel[True].dispatched(6.0, float(t))
     assert q.codel[True].dropping and not q.codel[False].dropping
-    assert q.start_limit_ms(True, 15.0) == 5000.0
-    assert q.start_limit_ms(True, 2.0) == 2000.0  # its deadline, when that is sooner
-    assert q.start_limit_ms(False, 0.5) == 500.0  # the short class is not affected
-    assert q.allowed_wait(1, True) == 5.0
+    assert q.start_limit_ms(1, True, 15.0, 6.0) == 5000.0
+    assert q.start_limit_ms(1, True, 2.0, 6.0) == 2000.0  # its deadline, when that is sooner
+    assert q.start_limit_ms(1, False, 0.5, 6.0) == 500.0  # the short class is not affected
+    assert q.allowed_wait(1, True, 6.0) == 5.0
     # the pace of the class sets the expected wait: 4 long waiters, 2 finished per second
     for i in range(4):
         q.offer(Waiter(1, True, 10.0, 100.0, i))
@@ -303,4 +354,23 @@ def test_a_standing_queue_refuses_early_and_sends_only_where_it_starts_soon() ->
     assert q.expected_wait(1, False, 10.9) is None  # no short one finished: no estimate
     # a higher tier is not cut back while a lower one waits
     q.offer(Waiter(2, True, 10.0, 100.0, 10))
-    assert q.allowed_wait(1, True) == 60.0
+    assert q.codel[True].settled(9.0)  # (4 s after it started, nothing cut since)
+    assert q.allowed_wait(1, True, 9.0) == 60.0
+    assert q.allowed_wait(2, True, 9.0) == 5.0  # the lowest tier is
+    # nothing cut for a whole interval: the standing queue is over
+    assert not q.codel[True].settled(10.0) and q.allowed_wait(2, True, 10.0) == 60.0
+
+
+def test_a_higher_tier_is_not_cut_back_for_a_lower_tier_just_cut() -> None:
+    short = ClassLimits(30.0, 10.0, 0.05, 0.1)
+    q = WaitQueue(16, short, LONG)
+    q.codel[False].oldest(0.2, 1.0)  # a standing short queue
+    assert q.allowed_wait(0, False, 1.0) == 0.05  # nobody lower waits or was cut: cut back
+    q.codel[False].cut(1.01, 2)  # the low tier was cut back; none of it waits now
+    # the high tier is spared while the low one was cut within the interval
+    assert q.allowed_wait(0, False, 1.05) == 10.0
+    assert q.start_limit_ms(0, False, 0.5, 1.05) == 500.0
+    assert q.allowed_wait(2, False, 1.05) == 0.05
+    assert q.start_limit_ms(2, False, 0.5, 1.05) == 50.0
+    q.codel[False].cut(1.08, 0)  # the high tier's own cut keeps it standing ...
+    assert q.allowed_wait(0, False, 1.15) == 0.05  # ... and the low one's is over
