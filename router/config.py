@@ -265,7 +265,7 @@ class AdmissionConfig(_Frozen):
     )
     max_queue: int = Field(default=512, ge=0, description="waiting requests per pool")
     short: ClassAdmissionConfig = ClassAdmissionConfig(
-        deadline_s=30.0, max_wait_s=10.0, codel_target_s=0.05, codel_interval_s=0.05
+        deadline_s=30.0, max_wait_s=10.0, codel_target_s=0.025, codel_interval_s=0.05
     )
     long: ClassAdmissionConfig = ClassAdmissionConfig(
         deadline_s=120.0, max_wait_s=60.0, codel_target_s=5.0, codel_interval_s=5.0

@@ -287,7 +287,7 @@ class Gate:
                 continue
             long_held = False
             pools = self.pools_of[pool]
-            for w in queue:
+            for w in queue.service_order(now):
                 if w.long and long_held:
                     continue
                 handle = w.handle

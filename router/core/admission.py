@@ -345,6 +345,31 @@ class WaitQueue:
                 codel.cut(now, lowest)
         return out
 
+    def service_order(self, now: float) -> Sequence[Waiter]:
+        """The waiters in the order they are offered room: by tier, then by arrival; once
+        a short one has waited over the CoDel target (a queue is forming), or while a
+        standing short queue lasts, the newest short ones of each tier first (adaptive
+        LIFO, as in Facebook's "Fail at Scale"): under overload the ones just arrived
+        still start within the target, and the oldest, who would start late anyway, are
+        the ones the cut refuses, instead of every one waiting nearly the target."""
+        waiters = self.waiters
+        codel = self.codel[0]
+        oldest = min((w.arrived for w in waiters if not w.long), default=now)
+        if now - oldest <= codel.target and not codel.settled(now):
+            return tuple(waiters)
+        order: list[Waiter] = []
+        i = 0
+        while i < len(waiters):
+            tier = waiters[i].tier
+            j = i
+            while j < len(waiters) and waiters[j].tier == tier:
+                j += 1
+            group = waiters[i:j]
+            order.extend(w for w in reversed(group) if not w.long)
+            order.extend(w for w in group if w.long)
+            i = j
+        return order
+
     def ahead_of(self, tier: int, long: bool) -> int:
         """Waiters of the class of a newcomer of ``tier`` served before it."""
         return sum(1 for w in self.waiters if w.tier <= tier and w.long == long)

@@ -374,3 +374,17 @@ def test_a_higher_tier_is_not_cut_back_for_a_lower_tier_just_cut() -> None:
     assert q.start_limit_ms(2, False, 0.5, 1.05) == 50.0
     q.codel[False].cut(1.08, 0)  # the high tier's own cut keeps it standing ...
     assert q.allowed_wait(0, False, 1.15) == 0.05  # ... and the low one's is over
+
+
+def test_once_a_short_queue_forms_the_newest_short_requests_go_first() -> None:
+    q = WaitQueue(16, ClassLimits(30.0, 10.0, 0.025, 0.05), LONG)
+    for seq, (tier, long) in enumerate([(1, False), (1, True), (1, False), (0, False),
+                                        (2, False), (1, False)]):  # fmt: skip
+        q.offer(Waiter(tier, long, 10.0 + seq * 0.001, 100.0, seq))
+    fifo = [w.seq for w in q.waiters]
+    assert fifo == [3, 0, 1, 2, 5, 4]  # tier, then arrival
+    # nobody waited over the target: arrival order
+    assert [w.seq for w in q.service_order(10.02)] == fifo
+    # the oldest short one waited over it: within a tier the newest short one first, then
+    # the long ones in arrival order; a higher tier still before a lower one
+    assert [w.seq for w in q.service_order(10.03)] == [3, 5, 2, 0, 1, 4]
