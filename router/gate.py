@@ -50,7 +50,6 @@ log = logging.getLogger("ctxroute.gate")
 # goes through EnumType.__getattr__, about 8x the cost of a global read
 _ADMIT: Final = Verdict.ADMIT
 _NO_BACKEND: Final = Verdict.NO_BACKEND
-_HOLD_SHORT: Final = Verdict.HOLD_SHORT
 
 _TICK_S: Final = 0.01
 _PAGE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -227,11 +226,7 @@ class Gate:
                         self.waiting -= 1  # (an expiry in the same step took it out already)
                     loop.call_soon(self.changed)  # the next one, once this one is dispatched
                     return self._admit(pool, tier, long), plan
-                waiter.reason = v
-                if v is not _HOLD_SHORT:
-                    waiter.yielded_since = None  # (the bound is on yielding in a row)
-                elif waiter.yielded_since is None:
-                    waiter.yielded_since = now
+                waiter.saw(v, now)
         except BaseException:
             if queue.remove(waiter):
                 self.waiting -= 1  # the client left (cancelled) while it waited
@@ -297,11 +292,7 @@ class Gate:
                 v = verdict(w.tier, w.long, w.replan(), pools, self.ledger.view_of,
                             self.settings, self._transient, left_ms,
                             w.yielded_ms(now))  # fmt: skip
-                w.reason = v
-                if v is not _HOLD_SHORT:
-                    w.yielded_since = None  # (the bound is on yielding in a row)
-                elif w.yielded_since is None:
-                    w.yielded_since = now
+                w.saw(v, now)
                 if v is _ADMIT or v is _NO_BACKEND:
                     self.waking[pool] = w
                     handle.set_result(None)

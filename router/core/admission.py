@@ -2,7 +2,8 @@
 and the clock come in, decisions go out; the asyncio side is ``router/gate.py``.
 
 A request that cannot start now waits in its preferred pool's bounded queue, ordered by
-priority tier (0 is the highest) then arrival. It leaves the queue in exactly one way:
+priority tier (0 is the highest) then arrival (short ones newest first once a queue of
+them forms: see ``WaitQueue.service_order``). It leaves the queue in exactly one way:
 
 * dispatched, when a candidate backend has room (``verdict`` says ADMIT);
 * refused 429 ``queue_full`` when the queue is full and no lower tier waits to make room
@@ -22,13 +23,15 @@ light for short requests (the planner's ``reserved_for_short``) and a busy one w
 will soon be free (a long document decodes for seconds after its prefill, slowing every
 step of its engine: long work stays on the others while they can carry it). A long
 prefill in flight always ends, so a held request never waits on nothing: with no long
-prefill pending anywhere, it is admitted.
+prefill pending anywhere, it is admitted. A long request also yields, for a bounded time,
+to a short prefill pending on its best backend (the engine would run the short prompt in
+the same step as the long one's first chunk).
 
 The allowed wait shrinks when a standing queue forms (CoDel, Nichols and Jacobson 2012):
-once every request dispatched for ``interval`` had waited more than ``target``, waiters of
-that class and of the lowest tier waiting may wait only ``target`` until one is dispatched
-faster again. So a queue that
-absorbs a burst is fine, and a queue that only adds delay is cut back.
+once, for ``interval``, every request dispatched had waited more than ``target`` or the
+head of the queue has, waiters of that class and of the lowest tier waiting may wait only
+``target``, until the cut has refused nobody for an interval. So a queue that absorbs a
+burst is fine, and a queue that only adds delay is cut back.
 """
 
 from __future__ import annotations
@@ -134,6 +137,14 @@ class Waiter:
     replan: Any = None
     yielded_since: float | None = None  # held for short prefills (HOLD_SHORT) since
 
+    def saw(self, v: Verdict, now: float) -> None:
+        """What the last verdict on it was (the bound on yielding is on yielding in a row)."""
+        self.reason = v
+        if v is not Verdict.HOLD_SHORT:
+            self.yielded_since = None
+        elif self.yielded_since is None:
+            self.yielded_since = now
+
     def yielded_ms(self, now: float) -> float:
         """How long it has yielded to short prefills in a row; 0 if it is not yielding."""
         return 0.0 if self.yielded_since is None else (now - self.yielded_since) * 1000.0
@@ -145,14 +156,15 @@ class Waiter:
 class Codel:
     """The standing-queue detector of one queue class.
 
-    A standing queue starts once every waiter dispatched for ``interval`` had waited over
-    ``target``. While it lasts, waits are cut to the target and newcomers are refused on
-    arrival when the queue ahead would not go within it: so the queue is short and the
-    waits of those dispatched say nothing of the load (they are short by construction), and
-    the queue empties often. It ends only when the cut has refused nobody for a whole
-    ``interval``: the load fell below what the fleet serves. Ending it on a short wait or an
-    empty queue instead made it flap under sustained overload: the queue grew back to the
-    deadline in the next interval, and those served had waited nearly all of it.
+    A standing queue starts once, for ``interval``, every waiter dispatched had waited over
+    ``target``, or the head of the queue has been waiting over it. While it lasts, waits
+    are cut to the target and newcomers are refused on arrival when the queue ahead would
+    not go within it: so the queue is short, the waits of those dispatched say nothing of
+    the load (they are short by construction), and the queue empties often. It ends only
+    when the cut has refused nobody for a whole ``interval``: the load fell below what the
+    fleet serves. Ending it on a short wait or an empty queue instead made it flap under
+    sustained overload: the queue grew back to the deadline in the next interval, and
+    those served had waited nearly all of it.
     """
 
     __slots__ = ("above_since", "cut_at", "cut_tiers", "dropping", "interval", "target")
@@ -177,10 +189,11 @@ class Codel:
             self.dropping = True
             self.cut_at = now
 
-    def oldest(self, waited: float, now: float) -> None:
-        """The oldest waiter of the class has waited ``waited`` so far. A queue that nothing
-        leaves (every backend full) dispatches nobody, so dispatches alone would never show
-        it standing: the head's wait counts too, from when it passed the target."""
+    def head(self, waited: float, now: float) -> None:
+        """The head of the class (the next it would serve) has waited ``waited`` so far. A
+        queue that nothing leaves (every backend full) dispatches nobody, so dispatches
+        alone would never show it standing: the head's wait counts too, from when it
+        passed the target."""
         if self.dropping or waited <= self.target:
             return
         if self.above_since is None:
@@ -323,7 +336,7 @@ class WaitQueue:
         for w in self.waiters:  # the head of each class: the next one it would serve
             if not seen[w.long]:
                 seen[w.long] = True
-                self.codel[w.long].oldest(now - w.arrived, now)
+                self.codel[w.long].head(now - w.arrived, now)
         out = []
         cut = [False, False]
         for w in self.waiters:

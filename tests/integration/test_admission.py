@@ -53,6 +53,13 @@ async def long_in_flight(s: aiohttp.ClientSession, router: RunningRouter) -> int
     return sum(b["long_in_flight"] for p in pools for b in p["backends"])
 
 
+# A queue that nothing leaves for longer than the default CoDel target and interval (25 +
+# 50 ms) is a standing one, and its waiters are cut back: tests of something else that
+# hold a backend's only slot for a second set these, so that the cut does not interfere
+PATIENT = {"short": {"deadline_s": 30, "max_wait_s": 10, "codel_target_s": 2.0,
+                     "codel_interval_s": 2.0}}  # fmt: skip
+
+
 def idle(status: Any) -> bool:
     return all(
         not any(p["waiting"].values()) and not any(p["admitted_in_flight"].values())
@@ -160,14 +167,8 @@ async def test_at_twice_capacity_every_request_ends_once_and_the_high_tier_is_ne
 async def test_a_higher_tier_takes_the_place_of_the_lowest_when_the_queue_is_full(
     sim: Simulator, make_router: RouterFactory
 ) -> None:
-    # the one slot is held for a second, so nothing leaves the queue: with the default
-    # CoDel target (50 ms) that is a standing queue and the waiters would be cut back. Not
-    # under test here: a target over the hang
-    router = await make_router(config_for([sim], max_in_flight=1, admission={
-        "max_queue": 2,
-        "short": {"deadline_s": 30, "max_wait_s": 10, "codel_target_s": 2.0,
-                  "codel_interval_s": 2.0},
-    }))  # fmt: skip
+    router = await make_router(config_for([sim], max_in_flight=1,
+                                          admission={"max_queue": 2, **PATIENT}))  # fmt: skip
     body = {"prompt": "x", "max_tokens": 2}
     async with aiohttp.ClientSession() as s:
         async with s.post(sim.url + "/sim/faults", json={"hang_before_first_token": 1.0}) as r:
@@ -207,7 +208,7 @@ async def test_a_higher_tier_takes_the_place_of_the_lowest_when_the_queue_is_ful
 async def test_a_client_that_leaves_the_queue_never_reaches_a_backend(
     sim: Simulator, make_router: RouterFactory
 ) -> None:
-    router = await make_router(config_for([sim], max_in_flight=1))
+    router = await make_router(config_for([sim], max_in_flight=1, admission=PATIENT))
     async with aiohttp.ClientSession() as s:
         async with s.post(sim.url + "/sim/faults", json={"hang_before_first_token": 0.8}) as r:
             assert r.status == 200
@@ -230,6 +231,49 @@ async def test_a_client_that_leaves_the_queue_never_reaches_a_backend(
         assert sim.received == received  # the one that left was never sent
         assert idle(await admission_status(s, router))
         assert router.in_flight() == 0
+
+
+async def test_a_queue_that_nothing_leaves_is_cut_back_before_the_slot_frees(
+    sim: Simulator, make_router: RouterFactory
+) -> None:
+    """The default CoDel settings: the only slot is held for 1.5 s, and short requests that
+    queue behind it are refused with a 429 and Retry-After as soon as the queue stands (its
+    head waited past target + interval), long before the slot frees; once it is free and
+    the queue is gone, a request goes through again."""
+    router = await make_router(config_for([sim], max_in_flight=1))
+    body = {"prompt": "x", "max_tokens": 2}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(sim.url + "/sim/faults", json={"hang_before_first_token": 1.5}) as r:
+            assert r.status == 200
+        busy_done: list[float] = []
+
+        async def busy() -> int:
+            async with s.post(router.url + COMPLETIONS, json=body) as r:
+                await r.read()
+                busy_done.append(time.monotonic())
+                return r.status
+
+        async def queued() -> tuple[int, str | None, str | None, float]:
+            async with s.post(router.url + COMPLETIONS, json=body) as r:
+                await r.read()
+                return (r.status, r.headers.get("x-ctxroute-reject"),
+                        r.headers.get("Retry-After"), time.monotonic())  # fmt: skip
+
+        first = asyncio.ensure_future(busy())
+        await asyncio.sleep(0.1)
+        waiters = []
+        for _ in range(3):
+            waiters.append(asyncio.ensure_future(queued()))
+            await asyncio.sleep(0.01)
+        answers = await asyncio.gather(*waiters)
+        assert await first == 200
+        for status, reject, retry_after, at in answers:
+            assert (status, reject) == (429, "deadline")
+            assert retry_after is not None and int(retry_after) >= 1
+            assert at < busy_done[0]  # refused while the slot was still taken
+        async with s.post(router.url + COMPLETIONS, json=body) as r:
+            assert r.status == 200
+        assert idle(await admission_status(s, router))
 
 
 @pytest.mark.parametrize("hold", [True, False])

@@ -120,7 +120,7 @@ def test_codel_starts_a_standing_queue_only_after_a_whole_interval_over_target(w
 @given(st.lists(st.floats(0.001, 0.3), min_size=1, max_size=60), st.floats(0, 2))
 def test_a_standing_queue_lasts_until_an_interval_passes_without_a_cut(gaps, after) -> None:  # type: ignore[no-untyped-def]
     c = Codel(target=0.05, interval=0.1)
-    c.oldest(0.2, 10.0)  # the head waited past target + interval: a standing queue
+    c.head(0.2, 10.0)  # the head waited past target + interval: a standing queue
     assert c.dropping and c.settled(10.0)
     now = last_cut = 10.0
     for gap in gaps:
@@ -142,16 +142,16 @@ def test_a_standing_queue_lasts_until_an_interval_passes_without_a_cut(gaps, aft
 
 def test_a_standing_queue_is_seen_at_its_head_when_nothing_leaves() -> None:
     c = Codel(target=0.05, interval=0.1)
-    c.oldest(0.05, 1.0)  # at the target: fine
-    c.oldest(0.14, 1.09)  # over the target for 90 ms: not yet a whole interval
+    c.head(0.05, 1.0)  # at the target: fine
+    c.head(0.14, 1.09)  # over the target for 90 ms: not yet a whole interval
     assert not c.dropping
-    c.oldest(0.16, 1.11)  # over it for 110 ms, and nobody left the queue: it stands
+    c.head(0.16, 1.11)  # over it for 110 ms, and nobody left the queue: it stands
     assert c.dropping and c.allowed_wait(0.5, 1.11) == 0.05
     # a dispatch with a short wait ends the run over the target before it stands
     d = Codel(target=0.05, interval=0.1)
-    d.oldest(0.1, 1.0)
+    d.head(0.1, 1.0)
     d.dispatched(0.01, 1.02)
-    d.oldest(0.08, 1.1)  # a new head, over the target for 30 ms only
+    d.head(0.08, 1.1)  # a new head, over the target for 30 ms only
     assert not d.dropping
 
 
@@ -364,7 +364,7 @@ def test_a_standing_queue_refuses_early_and_sends_only_where_it_starts_soon() ->
 def test_a_higher_tier_is_not_cut_back_for_a_lower_tier_just_cut() -> None:
     short = ClassLimits(30.0, 10.0, 0.05, 0.1)
     q = WaitQueue(16, short, LONG)
-    q.codel[False].oldest(0.2, 1.0)  # a standing short queue
+    q.codel[False].head(0.2, 1.0)  # a standing short queue
     assert q.allowed_wait(0, False, 1.0) == 0.05  # nobody lower waits or was cut: cut back
     q.codel[False].cut(1.01, 2)  # the low tier was cut back; none of it waits now
     # the high tier is spared while the low one was cut within the interval
