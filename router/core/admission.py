@@ -68,6 +68,7 @@ YIELD_TO_SHORT_MS: Final = 250.0
 # Enum members read on every request, as module globals: on Python 3.11 ``Enum.MEMBER``
 # goes through EnumType.__getattr__, about 8x the cost of a global read
 _ADMIT: Final = Verdict.ADMIT
+_HOLD_SHORT: Final = Verdict.HOLD_SHORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class AdmissionSettings:
     default_tier: int = 1
     aliases: Mapping[str, int] = field(default_factory=dict)  # header/body value -> tier
     max_queue: int = 512  # per pool
-    short: ClassLimits = ClassLimits(30.0, 10.0, 0.05, 0.5)
+    short: ClassLimits = ClassLimits(30.0, 10.0, 0.025, 0.05)
     long: ClassLimits = ClassLimits(120.0, 60.0, 5.0, 5.0)
     hold_long: bool = True
     keep_clean: int = 1
@@ -140,7 +141,7 @@ class Waiter:
     def saw(self, v: Verdict, now: float) -> None:
         """What the last verdict on it was (the bound on yielding is on yielding in a row)."""
         self.reason = v
-        if v is not Verdict.HOLD_SHORT:
+        if v is not _HOLD_SHORT:
             self.yielded_since = None
         elif self.yielded_since is None:
             self.yielded_since = now
@@ -340,11 +341,8 @@ class WaitQueue:
         out = []
         cut = [False, False]
         for w in self.waiters:
-            codel = self.codel[w.long]
             limit = min(self.limits[w.long].max_wait_s, w.deadline - w.arrived)
-            allowed = limit
-            if w.tier == lowest and not codel.spares(w.tier, now):
-                allowed = codel.allowed_wait(limit, now)
+            allowed = self._allowed(w.tier, w.long, limit, now)
             waited = now - w.arrived
             if waited >= allowed:
                 out.append(w)
@@ -387,20 +385,26 @@ class WaitQueue:
         """Waiters of the class of a newcomer of ``tier`` served before it."""
         return sum(1 for w in self.waiters if w.tier <= tier and w.long == long)
 
+    def _spared(self, tier: int, long: bool, now: float) -> bool:
+        """Whether a standing queue of the class leaves ``tier`` alone: a lower tier waits
+        or was cut within the interval (it is cut first, and a higher tier is never shed
+        while a lower one waits)."""
+        lower_waits = bool(self.waiters) and self.waiters[-1].tier > tier
+        return lower_waits or self.codel[long].spares(tier, now)
+
+    def _allowed(self, tier: int, long: bool, limit: float, now: float) -> float:
+        """``limit``, cut to the CoDel target while a standing queue cuts ``tier``."""
+        return limit if self._spared(tier, long, now) else self.codel[long].allowed_wait(limit, now)
+
     def cuts(self, tier: int, long: bool, now: float) -> bool:
         """Whether a standing queue of the class cuts a request of ``tier`` back to the
-        target: not while a lower tier waits or was cut within the interval (it is cut
-        first, and a higher tier is never shed while a lower one waits)."""
-        codel = self.codel[long]
-        if not codel.settled(now) or (self.waiters and self.waiters[-1].tier > tier):
-            return False
-        return not codel.spares(tier, now)
+        target."""
+        return self.codel[long].settled(now) and not self._spared(tier, long, now)
 
     def allowed_wait(self, tier: int, long: bool, now: float) -> float:
         """How long a newcomer may wait here: its class's limit, cut to the CoDel target
         while a standing queue cuts its tier."""
-        limit = self.limits[long].max_wait_s
-        return min(limit, self.codel[long].target) if self.cuts(tier, long, now) else limit
+        return self._allowed(tier, long, self.limits[long].max_wait_s, now)
 
     def start_limit_ms(self, tier: int, long: bool, time_left_s: float, now: float) -> float:
         """How soon a request must be able to start where it is sent: before its deadline;
@@ -505,6 +509,13 @@ def verdict(
         return _ADMIT
     if not settings.hold_long:
         return _ADMIT
+    first = view_of(best)
+    pending = first.load
+    if pending.pending_prefill and not pending.long_pending and yielded_ms < YIELD_TO_SHORT_MS:
+        # a short request sent there has not started: the engine's next step would take it
+        # with this one's first chunk (thousands of tokens), and its first token would wait
+        # for the whole chunk. It starts in a step or two; this one waits that long here
+        return _HOLD_SHORT
     clean = 0
     long_pending = 0
     for pool in pools:
@@ -516,13 +527,6 @@ def verdict(
                 long_pending += 1
             elif v.load.in_flight < b.max_in_flight:
                 clean += 1
-    first = view_of(best)
-    load = first.load
-    if load.pending_prefill and not load.long_pending and yielded_ms < YIELD_TO_SHORT_MS:
-        # a short request sent there has not started: the engine's next step would take it
-        # with this one's first chunk (thousands of tokens), and its first token would wait
-        # for the whole chunk. It starts in a step or two; this one waits that long here
-        return Verdict.HOLD_SHORT
     if long_pending == 0:
         return _ADMIT  # nothing to wait for: holding would never end
     if not _kv_room(first, plan.budget, settings.kv_fill):
