@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from router.runtime import run_async
+from router.run.runtime import run_async
 
 
 def make_app(upstream: str) -> web.Application:

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from bench.overhead import ROUTER_CONF, drive
-from router.runtime import run_async
+from router.run.runtime import run_async
 from tests.fixtures.servers import free_port, wait_for_port
 
 PY = sys.executable

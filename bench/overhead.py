@@ -32,7 +32,7 @@ from pathlib import Path
 
 import aiohttp
 
-from router.runtime import run_async
+from router.run.runtime import run_async
 from tests.fixtures.servers import free_port, wait_for_port
 
 PY = sys.executable

@@ -20,7 +20,7 @@ import time
 
 import aiohttp
 
-from router.runtime import run_async
+from router.run.runtime import run_async
 from tests.fixtures.servers import free_port, wait_for_port
 
 

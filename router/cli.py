@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_bench(args)
     if args.command == "status":
-        from router.status_view import run as run_status
+        from router.observe.status_view import run as run_status
 
         if args.watch is not None and args.watch <= 0:
             print("ctxroute status: --watch must be above 0 seconds", file=sys.stderr)
@@ -97,12 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             print("ctxroute serve: --workers must be at least 1", file=sys.stderr)
             return 2
-        from router.server import serve
+        from router.run.server import serve
 
         return serve(config, args.workers)
     if args.command == "demo":
-        from router.demo import run_demo
-        from router.runtime import run_async
+        from router.run.demo import run_demo
+        from router.run.runtime import run_async
 
         try:
             run_async(run_demo(free_ports=args.free_ports))

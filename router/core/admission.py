@@ -1,5 +1,5 @@
 """Admission: who is dispatched now, who waits at the router, who is refused. Pure: values
-and the clock come in, decisions go out; the asyncio side is ``router/gate.py``.
+and the clock come in, decisions go out; the asyncio side is ``router/dispatch/gate.py``.
 
 A request that cannot start now waits in its preferred pool's bounded queue, ordered by
 priority tier (0 is the highest) then arrival (short ones newest first once a queue of

@@ -1,6 +1,6 @@
 """Token bounds of a request's prompt: a fast estimate, or an exact count when configured.
 
-Pure: a counter object is passed in (loaded by ``router.tokenizers``); nothing here reads
+Pure: a counter object is passed in (loaded by ``router.config.tokenizers``); nothing here reads
 files or clocks.
 
 Heuristic mode (no tokenizer configured for the model), on the UTF-8 byte count ``B``:

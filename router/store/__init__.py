@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from router.core.breaker import Breaker
-from router.loadboard import LoadView
 from router.model import Backend
+from router.store.loadboard import LoadView
 
 
 class Store(Protocol):

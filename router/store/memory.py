@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 from router.config import BreakersConfig
 from router.core import breaker as br
-from router.loadboard import LoadView
 from router.model import Backend
+from router.store.loadboard import LoadView
 
 log = logging.getLogger("ctxroute.breakers")
 

@@ -53,8 +53,8 @@ from redis.exceptions import RedisError
 
 from router.config import StoreConfig
 from router.core import breaker as br
-from router.loadboard import LoadView
 from router.model import Backend, Load
+from router.store.loadboard import LoadView
 from router.store.memory import MemoryStore
 
 log = logging.getLogger("ctxroute.store")

@@ -15,8 +15,8 @@ import pytest
 from backends.simulator import Simulator
 from backends.vllm.launch import VllmServer
 from router.config import TokenizerConfig, parse_config
+from router.config.tokenizers import LoadedCounter, load_counter
 from router.core.tokens import chat_bounds, completion_bounds
-from router.tokenizers import LoadedCounter, load_counter
 from tests.fixtures.router import RunningRouter, start_router
 from tests.fixtures.sse import parse_stream
 

@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 
 from router.config import StoreConfig
 from router.core import breaker as br
-from router.loadboard import LoadBoard
 from router.model import Backend
 from router.store import Store
+from router.store.loadboard import LoadBoard
 from router.store.memory import MemoryStore
 from router.store.redis import RedisStore
 from tests.fixtures.servers import RedisServer, run_redis_server

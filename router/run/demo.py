@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from backends.simulator import PROFILES, SimConfig, Simulator
-from router.app import create_app, make_runner
+from router.api.app import create_app, make_runner
 from router.config import load_config
-from router.logs import setup_logging
+from router.observe.logs import setup_logging
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
 DEMO_PROFILES = {"low-latency": "l4-1b", "high-memory": "h100-8b"}
 
 

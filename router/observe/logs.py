@@ -26,7 +26,7 @@ from typing import BinaryIO, Literal
 
 import orjson
 
-from router.record import RequestRecord
+from router.observe.record import RequestRecord
 
 LogFormat = Literal["json", "text"]
 _INFO = logging.INFO

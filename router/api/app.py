@@ -12,22 +12,22 @@ from typing import BinaryIO
 
 from aiohttp import web
 
+from router.api.context import HandlerSettings, RouterContext
+from router.api.handlers import add_routes
 from router.config import RouterConfig
-from router.context import HandlerSettings, RouterContext
+from router.config.tokenizers import load_counters
 from router.core.tokens import TokenCounter
-from router.fleet import Fleet
-from router.gate import Gate, admission_settings
-from router.handlers import add_routes
-from router.ledger import Ledger
-from router.loadboard import LoadBoard, LoadView
-from router.logs import RequestLog
-from router.metrics import Metrics, MetricsShare
+from router.dispatch.gate import Gate, admission_settings
+from router.dispatch.proxy import ForwardSettings
+from router.fleet.ledger import Ledger
+from router.fleet.probe import make_probe_session, memory_settings, probe_forever
+from router.fleet.topology import Fleet
 from router.model import Backend
-from router.probe import make_probe_session, memory_settings, probe_forever
-from router.proxy import ForwardSettings
+from router.observe.logs import RequestLog
+from router.observe.metrics import Metrics, MetricsShare
 from router.store import Store
+from router.store.loadboard import LoadBoard, LoadView
 from router.store.memory import MemoryStore, breaker_settings
-from router.tokenizers import load_counters
 from router.upstream.pool import UpstreamPool
 
 

@@ -39,11 +39,11 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from router.core.breaker import BreakerState
-from router.record import RequestRecord
+from router.observe.record import RequestRecord
 
 if TYPE_CHECKING:
+    from router.api.context import RouterContext
     from router.config import RouterConfig
-    from router.context import RouterContext
 
 # 5 ms to 60 s: a short chat's first token and a 60k-token document's
 SECONDS: Final = (

@@ -24,14 +24,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from router.context import RouterContext
+from router.api.context import RouterContext
 from router.core.classify import Eligibility, eligible_pools
 from router.core.facts import read_facts
 from router.core.planner import PoolView, plan
+from router.dispatch.proxy import forward
 from router.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, RouterError
 from router.model import RequestFacts, RoutePlan
-from router.proxy import forward
-from router.record import RequestRecord
+from router.observe.record import RequestRecord
 
 log = logging.getLogger("ctxroute.handlers")
 

@@ -41,8 +41,8 @@ from router.core.admission import (
 from router.core.breaker import BreakerState
 from router.core.planner import PoolView
 from router.errors import DeadlineExceeded, Overloaded, QueueFull, RouterError
-from router.fleet import Fleet
-from router.ledger import Ledger
+from router.fleet.ledger import Ledger
+from router.fleet.topology import Fleet
 from router.model import Backend, RoutePlan
 
 log = logging.getLogger("ctxroute.gate")

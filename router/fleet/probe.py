@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.config import RouterConfig
 from router.core.breaker import MemorySettings, memory_open
-from router.fleet import Fleet
-from router.ledger import Ledger
+from router.fleet.ledger import Ledger
+from router.fleet.topology import Fleet
 from router.model import Backend
 
 log = logging.getLogger("ctxroute.probe")

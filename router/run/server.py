@@ -18,13 +18,13 @@ from typing import cast
 
 from aiohttp import web
 
-from router.app import create_app, make_runner
+from router.api.app import create_app, make_runner
 from router.config import RouterConfig
-from router.fleet import Fleet
-from router.loadboard import LoadBoard, LoadView
-from router.logs import setup_logging
-from router.metrics import Metrics, MetricsShare
-from router.runtime import run_async
+from router.fleet.topology import Fleet
+from router.observe.logs import setup_logging
+from router.observe.metrics import Metrics, MetricsShare
+from router.run.runtime import run_async
+from router.store.loadboard import LoadBoard, LoadView
 
 log = logging.getLogger("ctxroute.serve")
 

@@ -13,13 +13,13 @@ from aiohttp import web
 from router.config import RouterConfig
 from router.core.breaker import BreakerState, retry_after
 from router.core.tokens import TokenCounter
-from router.fleet import Fleet
-from router.gate import Gate
-from router.ledger import Ledger
-from router.logs import RequestLog
-from router.metrics import Metrics
-from router.probe import Reading
-from router.proxy import ForwardSettings
+from router.dispatch.gate import Gate
+from router.dispatch.proxy import ForwardSettings
+from router.fleet.ledger import Ledger
+from router.fleet.probe import Reading
+from router.fleet.topology import Fleet
+from router.observe.logs import RequestLog
+from router.observe.metrics import Metrics
 from router.upstream.pool import UpstreamPool
 
 

@@ -31,10 +31,10 @@ from router.core.breaker import BreakerState, retry_after
 from router.core.classify import budget as pool_budget
 from router.core.explain import owner_note, route_line
 from router.errors import NoBackend, UpstreamFailed
-from router.fleet import Fleet
-from router.ledger import Ledger
+from router.fleet.ledger import Ledger
+from router.fleet.topology import Fleet
 from router.model import Backend, Outcome, OutcomeKind, RequestFacts, RoutePlan
-from router.record import RequestRecord
+from router.observe.record import RequestRecord
 from router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
 from router.upstream.pool import UpstreamPool, UpstreamResponse
 from router.upstream.relay import relay_stream
