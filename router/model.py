@@ -79,33 +79,91 @@ class BackendView(NamedTuple):
     kv_tokens: int | None = None  # configured, else read from vLLM's cache_config_info
 
 
+class Placement(enum.Enum):
+    """Where a candidate stands with respect to the request's hash owner (its prefix cache),
+    or why it was put after the others."""
+
+    HASH_OWNER = "hash owner"
+    OWNER_OVER_LOAD = "owner over its bounded load"
+    NOT_OWNER = "not the hash owner"
+    NO_KV_ROOM = "no KV room for its budget"
+
+
+class Rule(enum.Enum):
+    """The long-prefill rule that ordered the candidates before their scores, if any."""
+
+    NONE = ""
+    AVOIDS_LONG_PREFILLS = "avoids long prefills"
+    LONG_WORK_TO_CLEAN = (
+        "a backend free of long prefill first (long work waits at the "
+        "router), not one kept light for short work"
+    )
+    LEAVES_ONE_CLEAN = "leaves the fleet's last backend free of long prefill to short requests"
+
+
+class Bypass(enum.Enum):
+    """Why the first candidate is not the preferred pool's hash owner."""
+
+    NONE = ""  # it is the owner
+    WAIT = "wait"  # the owner's estimated wait (``RoutePlan.owner_wait_ms``) is longer
+    BOUNDED_LOAD = "bounded load"
+    NO_KV_ROOM = "no KV room"
+    LONG_PREFILL_PENDING = "long prefill pending"
+    KEPT_FREE = "kept free for short work"
+    KEPT_LIGHT = "kept light for short work"
+    UNUSABLE = "unusable"  # a breaker, memory pressure or a drain
+    DOWN = "down"
+    MAX_IN_FLIGHT = "max_in_flight"
+    NOT_A_CANDIDATE = "not a candidate"
+
+
 class RoutePlan(NamedTuple):
-    """Where to try a request, best first, and why.
+    """Where to try a request, best first, and why (typed: the words are made from it only
+    when someone reads them, ``reason`` and ``core/explain.py``).
 
     ``preferred``: the smallest pool whose window holds the request's likely budget.
-    ``candidates``: usable backends by score, then the ones known down (a last resort
-    for retries). ``waits_ms``: each candidate's estimated wait for its first token.
-    ``why``: why the first candidate was chosen, as phrases; ``reason`` joins them (only
-    when someone reads it: most requests never need the sentence). ``pools``: the pools
-    that can hold the request (indices into the model's pools, smallest window first):
-    the backends a refusal speaks of. ``owner``: the preferred pool's hash owner (the
-    affinity choice); ``bypass``: why the first candidate is not it ("" when it is): its
-    estimated wait, "bounded load", "no KV room", "long prefill pending", "unusable"
-    (a breaker, memory pressure or a drain), "down", "max_in_flight".
+    ``candidates``: usable backends by score (the first ``usable`` of them), then the ones
+    known down (a last resort for retries). ``waits_ms``: each candidate's estimated wait
+    for its first token (infinite for the ones known down). ``pools``: the pools that can
+    hold the request (indices into the model's pools, smallest window first): the backends
+    a refusal speaks of. ``fits``: the preferred pool surely holds the likely budget (else
+    only the largest window might, and the backend's own check decides). ``placement`` and
+    ``rule``: why the first candidate was chosen. ``owner``: the preferred pool's hash
+    owner (the affinity choice); ``bypass``: why the first candidate is not it, with the
+    owner's estimated wait when that was the reason.
     """
 
     preferred: str
     candidates: tuple[Backend, ...]
     waits_ms: tuple[float, ...]
     budget: int
-    why: tuple[str, ...]
     pools: tuple[int, ...]
+    usable: int
+    fits: bool = True
+    placement: Placement | None = None
+    rule: Rule = Rule.NONE
     owner: str = ""
-    bypass: str = ""
+    bypass: Bypass = Bypass.NONE
+    owner_wait_ms: float = 0.0
 
     @property
     def reason(self) -> str:
-        return "; ".join(self.why)
+        """Why the first candidate was chosen, as phrases joined by "; "."""
+        parts = [
+            f"fits {self.preferred}" if self.fits else "may not fit: the largest window decides"
+        ]
+        if not self.candidates:
+            parts.append("no backend is usable: breakers, memory, drain or max_in_flight")
+        elif not self.usable:
+            parts.append("every usable backend is down: trying anyway")
+        else:
+            where = self.candidates[0].pool
+            parts.append("preferred pool" if where == self.preferred else "spill to " + where)
+            if self.placement is not None:
+                parts.append(self.placement.value)
+            if self.rule is not Rule.NONE:
+                parts.append(self.rule.value)
+        return "; ".join(parts)
 
 
 class OutcomeKind(enum.Enum):

@@ -13,14 +13,16 @@ from typing import BinaryIO
 from aiohttp import web
 
 from router.api.context import HandlerSettings, RouterContext
-from router.api.handlers import add_routes
+from router.api.routes import add_routes
 from router.config import RouterConfig
 from router.config.tokenizers import load_counters
 from router.core.tokens import TokenCounter
-from router.dispatch.gate import Gate, admission_settings
-from router.dispatch.proxy import ForwardSettings
+from router.dispatch.completion import Dispatcher
+from router.dispatch.gate import Gate
+from router.dispatch.overload import watch_overload
+from router.dispatch.proxy import ForwardSettings, Proxy
 from router.fleet.ledger import Ledger
-from router.fleet.probe import make_probe_session, memory_settings, probe_forever
+from router.fleet.probe import make_probe_session, probe_forever
 from router.fleet.topology import Fleet
 from router.model import Backend
 from router.observe.logs import RequestLog
@@ -41,9 +43,14 @@ def make_store(config: RouterConfig, backends: Sequence[Backend], board: LoadVie
     return RedisStore(backends, settings, board, config.store)
 
 
-def create_app(config: RouterConfig, *, board: LoadView | None = None, probes: bool = True,
-               metrics_share: MetricsShare | None = None,
-               log_stream: BinaryIO | None = None) -> web.Application:  # fmt: skip
+def create_app(
+    config: RouterConfig,
+    *,
+    board: LoadView | None = None,
+    probes: bool = True,
+    metrics_share: MetricsShare | None = None,
+    log_stream: BinaryIO | None = None,
+) -> web.Application:
     """The router app. ``board``: the load view shared with other processes (``serve
     --workers``); by default this process's own. ``metrics_share``: where this process
     writes its metrics so that any worker's /metrics answers for all of them.
@@ -51,60 +58,85 @@ def create_app(config: RouterConfig, *, board: LoadView | None = None, probes: b
     app = web.Application(client_max_size=config.max_body_bytes)
     counters: dict[str, TokenCounter] = dict(load_counters(config.tokenizers))
     fleet = Fleet.from_config(config)
-    store = make_store(config, fleet.backends,
-                       board if board is not None else LoadBoard(len(fleet.backends)))  # fmt: skip
+    store = make_store(
+        config, fleet.backends, board if board is not None else LoadBoard(len(fleet.backends))
+    )
     ledger = Ledger(
         fleet.backends,
         store,
-        long_prefill_tokens=config.routing.long_prefill_tokens,
+        work=fleet.work,
         default_prefill_rate=config.routing.default_prefill_tokens_per_s,
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        session = make_probe_session(config)
-        upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
-        settings = ForwardSettings.of(config.routing.max_attempts, config.timeouts)
-        admission = admission_settings(
-            config.admission, config.routing.long_prefill_tokens, config.routing.keep_clean,
-            memory_settings(config).close_at,
-        )  # fmt: skip
-        gate = Gate(fleet, ledger, admission, config.admission)
-        request_log = None
-        stream = log_stream or getattr(sys.stderr, "buffer", None)
-        if config.log_requests and stream is not None:
-            request_log = RequestLog(stream,
-                                     level=logging.getLevelName(config.log_level.upper()),
-                                     form=config.log_format)  # fmt: skip
-        ctx = RouterContext(
-            config, fleet, ledger, upstream, session, counters, int(time.time()), settings, gate,
-            HandlerSettings.of(config), Metrics.for_config(config), request_log,
-        )  # fmt: skip
-        ctx.metrics.watch(ctx)
+        ctx = _context(config, fleet, ledger, counters, log_stream)
         if metrics_share is not None:
             ctx.metrics.attach(metrics_share)
         app[RouterContext.KEY] = ctx
         await store.start()
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(gate.watch_overload())]
+        tasks = [loop.create_task(watch_overload(ctx.gate, ctx.gate.check_interval_s))]
         if metrics_share is not None:
             tasks.append(loop.create_task(_flush_metrics_forever(ctx.metrics)))
         if probes:
-            tasks.append(loop.create_task(
-                probe_forever(session, fleet, ledger, ctx.readings, config)))  # fmt: skip
+            tasks.append(
+                loop.create_task(
+                    probe_forever(ctx.probe_session, fleet, ledger, ctx.readings, config)
+                )
+            )
         yield
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if request_log is not None:
-            request_log.flush()
+        if ctx.request_log is not None:
+            ctx.request_log.flush()
         await store.close()
-        await upstream.close()
-        await session.close()
+        await ctx.upstream.close()
+        await ctx.probe_session.close()
 
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
     return app
+
+
+def _context(
+    config: RouterConfig,
+    fleet: Fleet,
+    ledger: Ledger,
+    counters: dict[str, TokenCounter],
+    log_stream: BinaryIO | None,
+) -> RouterContext:
+    """Everything the handlers share, made inside the running loop."""
+    upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
+    gate = Gate(fleet, ledger, config.admission)
+    proxy = Proxy(
+        upstream, ledger, fleet, ForwardSettings.of(config.routing.max_attempts, config.timeouts)
+    )
+    dispatcher = Dispatcher(
+        fleet, ledger, gate, proxy, counters, config.routing.prefix_chars, config.fallback
+    )
+    request_log = None
+    stream = log_stream or getattr(sys.stderr, "buffer", None)
+    if config.log_requests and stream is not None:
+        request_log = RequestLog(
+            stream, level=logging.getLevelName(config.log_level.upper()), form=config.log_format
+        )
+    ctx = RouterContext(
+        config,
+        fleet,
+        ledger,
+        upstream,
+        make_probe_session(config),
+        int(time.time()),
+        gate,
+        dispatcher,
+        HandlerSettings.of(config),
+        Metrics.for_config(config),
+        request_log,
+    )
+    ctx.metrics.watch(ctx.snapshot)
+    return ctx
 
 
 async def _flush_metrics_forever(metrics: Metrics, every_s: float = 1.0) -> None:

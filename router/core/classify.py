@@ -44,7 +44,12 @@ class Eligibility(NamedTuple):
 
     pools: tuple[int, ...]  # indices into the pools passed in
     budgets: tuple[int, ...]
-    reason: str
+    fits: bool  # the first pool surely holds the likely budget (else the backend decides)
+    first: str  # the first pool's name
+
+    @property
+    def reason(self) -> str:
+        return f"fits {self.first}" if self.fits else "may not fit: the largest window decides"
 
 
 def eligible_pools(
@@ -60,7 +65,7 @@ def eligible_pools(
             budgets.append(need)
     if indices:
         first = pools_by_window[indices[0]]
-        return Eligibility(tuple(indices), tuple(budgets), f"fits {first.name}")
+        return Eligibility(tuple(indices), tuple(budgets), True, first.name)
     last = len(pools_by_window) - 1
     largest = pools_by_window[last]
     window = largest.max_context_tokens
@@ -69,4 +74,4 @@ def eligible_pools(
     if least > window:
         raise context_too_long(window, prompt.lower, max_tokens)
     need = min(budget(prompt.estimate, max_tokens, largest), window)
-    return Eligibility((last,), (need,), "may not fit: the largest window decides")
+    return Eligibility((last,), (need,), False, largest.name)

@@ -20,33 +20,50 @@ The same words go in the answer's ``x-ctxroute-route`` header and the request's 
 
 from __future__ import annotations
 
-from router.model import RoutePlan
+from router.model import Bypass, RoutePlan
 
-_INF = float("inf")
+
+def bypass_words(plan: RoutePlan) -> str:
+    """Why the plan passed over its hash owner, in words ("" when it did not)."""
+    if plan.bypass is Bypass.WAIT:
+        return f"wait {plan.owner_wait_ms:.0f}ms"
+    return str(plan.bypass.value)
 
 
 def owner_note(plan: RoutePlan, answered_by: str, unusable_why: str = "") -> str:
     """``yes``, or ``no (why)``. ``unusable_why`` says what made the owner unusable (a
-    breaker, memory pressure or a drain) when the plan says only "unusable"."""
+    breaker, memory pressure or a drain) when the plan says only that it was."""
     if answered_by == plan.owner:
         return "yes"
-    why = plan.bypass
-    if not why:
+    if plan.bypass is Bypass.NONE:
         why = "its attempt failed"  # it was first, and another backend answered
-    elif why == "unusable":
-        why = unusable_why or why
+    elif plan.bypass is Bypass.UNUSABLE:
+        why = unusable_why or plan.bypass.value
+    else:
+        why = bypass_words(plan)
     return f"no ({why})"
 
 
-def route_line(plan: RoutePlan, answered_pool: str, budget: int, exact: bool, window: int,
-               wait_ms: float, owner: str, held_s: float, attempts: int) -> str:  # fmt: skip
+def route_line(
+    plan: RoutePlan,
+    answered_pool: str,
+    budget: int,
+    exact: bool,
+    window: int,
+    wait_ms: float | None,
+    owner: str,
+    held_s: float,
+    attempts: int,
+) -> str:
     """The ``x-ctxroute-route`` value (ASCII: pool names are checked at config load).
-    ``budget`` and ``window``: the answering pool's."""
-    fit = "fits" if plan.why and plan.why[0][:4] == "fits" else "may not fit"
+    ``budget`` and ``window``: the answering pool's; ``wait_ms``: None for a backend that
+    was planned as down."""
+    fit = "fits" if plan.fits else "may not fit"
     spill = "" if answered_pool == plan.preferred else f", spilled to {answered_pool}"
     count = "exact" if exact else "estimated"
-    # whole milliseconds as int(x + 0.5): a float format spec costs about 3x as much
-    wait = f"{int(wait_ms + 0.5)}ms" if wait_ms != _INF else "unknown (was down)"
-    return (f"preferred={plan.preferred} ({fit}){spill}; budget={budget} {count}, "
-            f"window {window}; wait={wait}; owner={owner}; held={int(held_s * 1000 + 0.5)}ms; "
-            f"attempts={attempts}")  # fmt: skip
+    wait = "unknown (was down)" if wait_ms is None else f"{int(wait_ms + 0.5)}ms"
+    return (
+        f"preferred={plan.preferred} ({fit}){spill}; budget={budget} {count}, "
+        f"window {window}; wait={wait}; owner={owner}; held={int(held_s * 1000 + 0.5)}ms; "
+        f"attempts={attempts}"
+    )

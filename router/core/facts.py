@@ -109,3 +109,28 @@ def read_facts(
         raise BadRequest("'stream' must be true or false", "stream")
     key = hash_key(body, model, chat, session, prefix_chars)
     return RequestFacts(model, prompt, max_tokens, stream, key)
+
+
+def priority_value(header: str | None, field: object) -> str | None:
+    """The request's priority as sent: the header, else the body's ``priority`` (vLLM's own
+    field, an integer, passed on unchanged; a name is accepted too). The tier it names is
+    ``AdmissionSettings.tier_of``'s to decide."""
+    if header is not None:
+        return header
+    if field is None:
+        return None
+    if isinstance(field, bool) or not isinstance(field, int | str):
+        raise BadRequest("'priority' must be an integer or a tier name", "priority")
+    return str(field)
+
+
+def timeout_s(header: str) -> float:
+    """``X-Request-Timeout``: seconds the client will wait for the request to start."""
+    try:
+        value = float(header)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86_400:
+        raise BadRequest(f"X-Request-Timeout must be a number of seconds above 0 and below "
+                         f"86400, got {header[:40]!r}")  # fmt: skip
+    return value

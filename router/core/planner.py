@@ -40,12 +40,15 @@ to what is in flight on it, up to ``kv_fill`` of it, comes after the rest.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from router.core.classify import Eligibility
 from router.core.hashring import PoolRing
-from router.model import Backend, BackendView, RequestFacts, RoutePlan
+from router.core.longwork import LongWork
+from router.model import Backend, BackendView, Bypass, Placement, RequestFacts, RoutePlan, Rule
+
+ViewOf = Callable[[Backend], BackendView]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,20 +64,18 @@ class PoolView:
 
 @dataclass(frozen=True, slots=True)
 class PlannerSettings:
-    long_prefill_tokens: int = 4096
     pool_tolerance_ms: float = 50.0
     affinity_tolerance_ms: float = 20.0
     load_factor: float = 1.25
-    keep_clean: int = 1
     long_wait_limit_ms: float = 10_000.0
-    # admission holds long requests at the router (router/core/admission.py): a long one
-    # then goes only to a backend free of long prefill, never queues behind another
-    hold_long: bool = False
     # how much each 1,000 tokens in flight on a backend lengthen its engine steps (a
     # decode step reads the KV of every sequence): 0.045 for an 8B Llama on an H100
     step_ms_per_ktok: float = 0.0
-    # the share of a backend's KV cache that budgets in flight may fill (admission's too)
-    kv_fill: float = 1.0
+    # what is long work, and how it is kept from short requests (admission's rules too):
+    # with ``work.hold`` a long request goes only to a backend free of long prefill, never
+    # queues behind another; ``work.kv_fill``: the share of a backend's KV cache that
+    # budgets in flight may fill
+    work: LongWork = field(default_factory=LongWork)
 
 
 class _Scored(NamedTuple):
@@ -82,7 +83,7 @@ class _Scored(NamedTuple):
     wait_ms: float
     clean: bool  # no long prefill pending on it
     backend: Backend
-    why: str
+    placement: Placement
     reserved: bool = False  # kept light for short requests (long work's last resort)
 
 
@@ -90,8 +91,19 @@ def _long_order(s: _Scored) -> tuple[bool, bool, float]:
     return (not s.clean, s.reserved, s.cost)
 
 
-def reserved_for_short(pools: Sequence[PoolView], view_of: Callable[[Backend], BackendView],
-                       keep: int) -> frozenset[int]:  # fmt: skip
+def _cost(s: _Scored) -> float:
+    return s.cost
+
+
+def _dirty_then_cost(s: _Scored) -> tuple[bool, float]:
+    return (not s.clean, s.cost)
+
+
+def _clean(s: _Scored) -> bool:
+    return s.clean  # False first: backends that already have long work
+
+
+def reserved_for_short(pools: Sequence[PoolView], view_of: ViewOf, keep: int) -> frozenset[int]:
     """The indices of the ``keep`` usable backends of the pool short requests prefer (the
     model's smallest window, ``pools[0]``) carrying the least long work (then the least
     work, then the first): long requests go there last. Because they get none while
@@ -109,179 +121,227 @@ def reserved_for_short(pools: Sequence[PoolView], view_of: Callable[[Backend], B
     return frozenset(index for _, _, index in ranked[:keep])
 
 
-def _cost(s: _Scored) -> float:
-    return s.cost
+class _Scoring:
+    """The candidates of one request as they are scored, pool by pool."""
 
+    __slots__ = ("down", "no_room", "owner", "owner_left", "scored")
 
-def _dirty_then_cost(s: _Scored) -> tuple[bool, float]:
-    return (not s.clean, s.cost)
-
-
-def _clean(s: _Scored) -> bool:
-    return s.clean  # False first: backends that already have long work
+    def __init__(self) -> None:
+        self.scored: list[_Scored] = []
+        self.no_room: list[_Scored] = []  # no KV room for its budget: after the others
+        self.down: list[Backend] = []  # known down: a last resort for retries
+        self.owner = ""  # the preferred pool's hash owner: the affinity choice
+        self.owner_left: Bypass | None = None  # why the owner is not among the scored ones
 
 
 def plan(
     facts: RequestFacts,
     pools: Sequence[PoolView],
     eligibility: Eligibility,
-    view_of: Callable[[Backend], BackendView],
+    view_of: ViewOf,
     settings: PlannerSettings,
 ) -> RoutePlan:
     """``pools``: every pool serving the request's model, smallest window first."""
-    prompt = facts.prompt.estimate
-    short = prompt < settings.long_prefill_tokens
+    work = settings.work
+    short = not work.is_long(facts.prompt.estimate)
     preferred = pools[eligibility.pools[0]]
-    key = facts.hash_key
+    reserved = frozenset[int]()
+    if not short and work.hold:
+        reserved = reserved_for_short(pools, view_of, work.keep_clean)
+    scoring = _Scoring()
+    for pool_index, need in zip(eligibility.pools, eligibility.budgets, strict=True):
+        pool = pools[pool_index]
+        _score_pool(
+            scoring, facts, pool, need, pool is preferred, short, reserved, view_of, settings
+        )
+    scored = scoring.scored
+    rule = _order(scored, short, pools, view_of, settings)
+    if scoring.no_room:
+        scoring.no_room.sort(key=_cost)
+        scored += scoring.no_room
+    down = scoring.down
+    candidates = tuple([s.backend for s in scored] + down)
+    waits = tuple([s.wait_ms for s in scored] + [float("inf")] * len(down))
+    owner = scoring.owner
+    bypass = Bypass.NONE
+    owner_wait_ms = 0.0
+    placement = None
+    if scored:
+        best = scored[0]
+        placement = best.placement
+        if best.backend.url != owner:
+            if scoring.owner_left is not None:
+                bypass = scoring.owner_left
+            else:
+                bypass, owner_wait_ms = _bypass(owner, scored, best, rule)
+    return RoutePlan(
+        preferred.name,
+        candidates,
+        waits,
+        eligibility.budgets[0],
+        eligibility.pools,
+        len(scored),
+        eligibility.fits,
+        placement,
+        rule,
+        owner,
+        bypass,
+        owner_wait_ms,
+    )
+
+
+def _score_pool(
+    scoring: _Scoring,
+    facts: RequestFacts,
+    pool: PoolView,
+    need: int,
+    preferred: bool,
+    short: bool,
+    reserved: frozenset[int],
+    view_of: ViewOf,
+    settings: PlannerSettings,
+) -> None:
+    """Score every backend of ``pool`` that can take the request (``need``: its budget
+    there), as the module's docstring says."""
+    prompt = facts.prompt.estimate
     # the first token waits for the step under way and its own: two steps' KV reads
     step_ms_per_token = 2.0 * settings.step_ms_per_ktok / 1000.0
     # held long work may fill KV up to kv_fill (admission's limit); a short request's
     # budget is small next to what the KV pool holds, and it is never held for KV room
-    kv_fill = 1.0 if short else settings.kv_fill
-    reserved = frozenset[int]()
-    if not short and settings.hold_long:
-        reserved = reserved_for_short(pools, view_of, settings.keep_clean)
-
-    scored: list[_Scored] = []
-    no_room: list[_Scored] = []
-    down: list[Backend] = []
-    owner = ""  # the preferred pool's hash owner: the affinity choice
-    owner_left = ""  # why the owner is not among the scored candidates, when it is not
-    for pool_index, need in zip(eligibility.pools, eligibility.budgets, strict=True):
-        pool = pools[pool_index]
-        backends = pool.backends
-        usable_budget = 0
-        owner_budget = -1  # the owner's budget in flight, when it is usable
-        if len(backends) == 1:
-            # a ring of one: it owns every key, and a lone backend is never over a cap of
-            # c x (its own load + this request)
-            owner_url = backends[0].url
-            views = [view_of(backends[0])]
-            usable = 1
+    kv_fill = 1.0 if short else settings.work.kv_fill
+    owner_url, views, owner_ok = _owner_and_views(pool, facts.hash_key, need, view_of, settings)
+    away = 0.0 if preferred else settings.pool_tolerance_ms
+    if preferred:
+        scoring.owner = owner_url
+    owner = scoring.owner
+    for v in views:
+        b = v.backend
+        load = v.load
+        if not v.usable or not v.up or load.in_flight >= b.max_in_flight:
+            # unusable (a breaker, memory pressure or a drain): not even a last resort;
+            # down: a last resort for retries; at max_in_flight: not now
+            left = _left_out(v)
+            if b.url == owner:
+                scoring.owner_left = left
+            if left is Bypass.DOWN:
+                scoring.down.append(b)
+            continue
+        wait_ms = (
+            load.pending_prefill + prompt
+        ) * 1000.0 / v.prefill_tokens_per_s + load.budget_in_flight * step_ms_per_token
+        cost = wait_ms + away
+        if b.url == owner_url and owner_ok:
+            placement = Placement.HASH_OWNER
         else:
-            owner_url = pool.ring.owner(key)
-            views = []
-            usable = 0
-            for b in backends:
-                v = view_of(b)
-                views.append(v)
-                load = v.load
-                if v.up and v.usable and load.in_flight < b.max_in_flight:
-                    usable += 1
-                    usable_budget += load.budget_in_flight
-                    if b.url == owner_url:
-                        owner_budget = load.budget_in_flight
-        owner_ok = True
-        if usable > 1 and owner_budget >= 0:
-            # consistent hashing with bounded loads, on token work: the cap is c x the mean
-            # with this request added, and never below the request plus one window (a ratio
-            # of small loads says nothing: 650 tokens against 0 is not a hot spot)
-            mean = (usable_budget + need) / usable
-            cap = max(settings.load_factor * mean, float(need + pool.max_context_tokens))
-            owner_ok = owner_budget + need <= cap
-        away = 0.0 if pool is preferred else settings.pool_tolerance_ms
-        if pool is preferred:
-            owner = owner_url
-        for v in views:
-            b = v.backend
-            if not v.usable:
-                if b.url == owner:
-                    owner_left = "unusable"
-                continue  # a breaker, memory pressure or a drain: not even a last resort
-            if not v.up:
-                if b.url == owner:
-                    owner_left = "down"
-                down.append(b)
-                continue
-            load = v.load
-            if load.in_flight >= b.max_in_flight:
-                if b.url == owner:
-                    owner_left = "max_in_flight"
-                continue
-            wait_ms = ((load.pending_prefill + prompt) * 1000.0 / v.prefill_tokens_per_s
-                       + load.budget_in_flight * step_ms_per_token)  # fmt: skip
-            cost = wait_ms + away
-            if b.url == owner_url and owner_ok:
-                why = "hash owner"
-            else:
-                cost += settings.affinity_tolerance_ms
-                why = "owner over its bounded load" if b.url == owner_url else "not the hash owner"
-            s = _Scored(cost, wait_ms, load.long_pending == 0, b, why, b.index in reserved)
-            if v.kv_tokens is not None and load.budget_in_flight + need > v.kv_tokens * kv_fill:
-                no_room.append(s._replace(why="no KV room for its budget"))
-            else:
-                scored.append(s)
+            cost += settings.affinity_tolerance_ms
+            placement = Placement.OWNER_OVER_LOAD if b.url == owner_url else Placement.NOT_OWNER
+        s = _Scored(cost, wait_ms, load.long_pending == 0, b, placement, b.index in reserved)
+        if v.kv_tokens is not None and load.budget_in_flight + need > v.kv_tokens * kv_fill:
+            scoring.no_room.append(s._replace(placement=Placement.NO_KV_ROOM))
+        else:
+            scoring.scored.append(s)
 
-    rule = ""
+
+def _left_out(v: BackendView) -> Bypass:
+    """Why a backend that is not scored was left out."""
+    if not v.usable:
+        return Bypass.UNUSABLE
+    return Bypass.DOWN if not v.up else Bypass.MAX_IN_FLIGHT
+
+
+def _owner_and_views(
+    pool: PoolView, key: str, need: int, view_of: ViewOf, settings: PlannerSettings
+) -> tuple[str, list[BackendView], bool]:
+    """The pool's hash owner for ``key``, every backend's view, and whether the owner is
+    within its bounded load: consistent hashing with bounded loads, on token work. The cap
+    is c x the mean with this request added, and never below the request plus one window
+    (a ratio of small loads says nothing: 650 tokens against 0 is not a hot spot)."""
+    backends = pool.backends
+    if len(backends) == 1:
+        # a ring of one: it owns every key, and a lone backend is never over a cap of
+        # c x (its own load + this request)
+        return backends[0].url, [view_of(backends[0])], True
+    owner_url = pool.ring.owner(key)
+    views = []
+    usable = 0
+    usable_budget = 0
+    owner_budget = -1  # the owner's budget in flight, when it is usable
+    for b in backends:
+        v = view_of(b)
+        views.append(v)
+        load = v.load
+        if v.up and v.usable and load.in_flight < b.max_in_flight:
+            usable += 1
+            usable_budget += load.budget_in_flight
+            if b.url == owner_url:
+                owner_budget = load.budget_in_flight
+    if usable <= 1 or owner_budget < 0:
+        return owner_url, views, True
+    mean = (usable_budget + need) / usable
+    cap = max(settings.load_factor * mean, float(need + pool.max_context_tokens))
+    return owner_url, views, owner_budget + need <= cap
+
+
+def _order(
+    scored: list[_Scored],
+    short: bool,
+    pools: Sequence[PoolView],
+    view_of: ViewOf,
+    settings: PlannerSettings,
+) -> Rule:
+    """Sort the scored candidates: by cost, after the rules about long prefills; returns
+    the rule that ordered them."""
+    rule = Rule.NONE
     if len(scored) > 1:
-        if short:
-            clean = sum(1 for s in scored if s.clean)
-            if 0 < clean < len(scored):
-                scored.sort(key=_dirty_then_cost)
-                rule = "avoids long prefills"
-            else:
-                scored.sort(key=_cost)
+        clean = sum(1 for s in scored if s.clean) if short else 0
+        if short and 0 < clean < len(scored):
+            scored.sort(key=_dirty_then_cost)
+            rule = Rule.AVOIDS_LONG_PREFILLS
         else:
             scored.sort(key=_cost)
-    if scored and not short and settings.hold_long:
+    if not scored or short:
+        return rule
+    work = settings.work
+    if work.hold:
         scored.sort(key=_long_order)
-        rule = ("a backend free of long prefill first (long work waits at the router), "
-                "not one kept light for short work")  # fmt: skip
-    elif scored and not short:
-        clean_fleet = _clean_backends(pools, view_of)
-        if clean_fleet <= settings.keep_clean and any(
-            not s.clean and s.wait_ms <= settings.long_wait_limit_ms for s in scored
-        ):
-            scored.sort(key=_clean)  # stable: by cost within each group
-            rule = "leaves the fleet's last backend free of long prefill to short requests"
-    if no_room:
-        no_room.sort(key=_cost)
-        scored += no_room
-    candidates = tuple([s.backend for s in scored] + down)
-    waits = tuple([s.wait_ms for s in scored] + [float("inf")] * len(down))
-    explained: tuple[str, ...]
-    bypass = ""
-    if scored:
-        best = scored[0]
-        if best.backend.url != owner:
-            bypass = owner_left or _bypass(owner, scored, best, rule)
-        where = best.backend.pool
-        place = "preferred pool" if where == preferred.name else "spill to " + where
-        explained = (eligibility.reason, place, best.why, rule) if rule else \
-                    (eligibility.reason, place, best.why)  # fmt: skip
-    elif down:
-        explained = (eligibility.reason, "every usable backend is down: trying anyway")
-    else:
-        explained = (eligibility.reason, "no backend is usable: breakers, memory, drain or "
-                     "max_in_flight")  # fmt: skip
-    return RoutePlan(preferred.name, candidates, waits, eligibility.budgets[0], explained,
-                     eligibility.pools, owner, bypass)  # fmt: skip
+        return Rule.LONG_WORK_TO_CLEAN
+    if _clean_backends(pools, view_of) <= work.keep_clean and any(
+        not s.clean and s.wait_ms <= settings.long_wait_limit_ms for s in scored
+    ):
+        scored.sort(key=_clean)  # stable: by cost within each group
+        return Rule.LEAVES_ONE_CLEAN
+    return rule
 
 
-def _bypass(owner: str, scored: list[_Scored], best: _Scored, rule: str) -> str:
+def _bypass(owner: str, scored: list[_Scored], best: _Scored, rule: Rule) -> tuple[Bypass, float]:
     """Why the hash owner, a scored candidate, is not the first one (computed only then):
-    its KV room, its bounded load, a long-prefill rule, or its estimated wait."""
+    its KV room, its bounded load, a long-prefill rule, or its estimated wait (returned
+    with it)."""
     for s in scored:
         if s.backend.url == owner:
-            if s.why == "no KV room for its budget":
-                return "no KV room"
-            if s.why == "owner over its bounded load":
-                return "bounded load"
-            if rule and s.clean != best.clean:
-                return "long prefill pending" if not s.clean else "kept free for short work"
-            if rule and s.reserved and not best.reserved:
-                return "kept light for short work"
-            return f"wait {s.wait_ms:.0f}ms"
-    return "not a candidate"
+            if s.placement is Placement.NO_KV_ROOM:
+                return Bypass.NO_KV_ROOM, 0.0
+            if s.placement is Placement.OWNER_OVER_LOAD:
+                return Bypass.BOUNDED_LOAD, 0.0
+            if rule is not Rule.NONE and s.clean != best.clean:
+                return (Bypass.LONG_PREFILL_PENDING if not s.clean else Bypass.KEPT_FREE), 0.0
+            if rule is not Rule.NONE and s.reserved and not best.reserved:
+                return Bypass.KEPT_LIGHT, 0.0
+            return Bypass.WAIT, s.wait_ms
+    return Bypass.NOT_A_CANDIDATE, 0.0
 
 
-def _clean_backends(pools: Sequence[PoolView], view_of: Callable[[Backend], BackendView]) -> int:
+def _clean_backends(pools: Sequence[PoolView], view_of: ViewOf) -> int:
     """Backends of the model that are usable and free of long pending prefill."""
     count = 0
     for pool in pools:
         for b in pool.backends:
             v = view_of(b)
-            if (v.up and v.usable and v.load.long_pending == 0
-                    and v.load.in_flight < b.max_in_flight):  # fmt: skip
+            if (
+                v.up
+                and v.usable
+                and v.load.long_pending == 0
+                and v.load.in_flight < b.max_in_flight
+            ):
                 count += 1
     return count

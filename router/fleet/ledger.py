@@ -2,8 +2,7 @@
 exactly one typed ``Outcome``, recorded once: load (through the load view), backend
 health (the one writer of "up"), the breakers (through the store: an attempt is let
 through by ``store.allow`` and its outcome given back as a failure, a success or
-neither), the prefill rate learned from first-token times, and the hooks that metrics
-attach to.
+neither), and the prefill rate learned from first-token times.
 """
 
 from __future__ import annotations
@@ -12,12 +11,11 @@ from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Final
 
+from router.core.longwork import LongWork
 from router.model import FAILURES, Backend, BackendView, Outcome, OutcomeKind
 
 if TYPE_CHECKING:
     from router.store import Store
-
-OutcomeHook = Callable[[Backend, Outcome], None]
 
 # a first-token time says something about the prefill rate only when the prefill ahead of
 # it was sizeable (short ones are dominated by the engine's step overhead)
@@ -25,17 +23,33 @@ _LEARN_MIN_TOKENS: Final = 1024
 _LEARN_WEIGHT: Final = 0.2
 _RATE_FLOOR: Final = 50.0
 _RATE_CEILING: Final = 1e7
-_SUCCESS: Final = OutcomeKind.SUCCESS
 
 
 class Attempt:
     """One try of one request on one backend. Made by ``Ledger.begin``, ended once."""
 
-    __slots__ = ("ahead", "backend", "budget", "dispatched_at", "ended", "long", "pending",
-                 "prefill", "probe")  # fmt: skip
+    __slots__ = (
+        "ahead",
+        "backend",
+        "budget",
+        "dispatched_at",
+        "ended",
+        "long",
+        "pending",
+        "prefill",
+        "probe",
+    )
 
-    def __init__(self, backend: Backend, prefill: int, budget: int, long: bool,
-                 ahead: int, now: float, probe: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend: Backend,
+        prefill: int,
+        budget: int,
+        long: bool,
+        ahead: int,
+        now: float,
+        probe: bool,
+    ) -> None:
         self.backend = backend
         self.prefill = prefill
         self.budget = budget
@@ -48,18 +62,23 @@ class Attempt:
 
 
 class Ledger:
-    def __init__(self, backends: Sequence[Backend], store: Store, *,
-                 long_prefill_tokens: int, default_prefill_rate: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        store: Store,
+        *,
+        work: LongWork,
+        default_prefill_rate: float,
+    ) -> None:
         self.backends = tuple(backends)
         self.store = store
         self.board = store.load
-        self.long_prefill_tokens = long_prefill_tokens
+        self.work = work
         self.up = [True] * len(self.backends)
         self.learned = [b.prefill_tokens_per_s is None for b in self.backends]
         self.rates = [b.prefill_tokens_per_s or default_prefill_rate for b in self.backends]
         # KV capacity in tokens: configured, else what the probe reads off vLLM
         self.kv_tokens: list[int | None] = [b.kv_tokens for b in self.backends]
-        self.hooks: list[OutcomeHook] = []
         # called when a backend may take more (an attempt ended, a long prefill ended): the
         # admission gate moves its queues on it
         self.on_change: Callable[[], None] | None = None
@@ -68,8 +87,14 @@ class Ledger:
 
     def view_of(self, backend: Backend) -> BackendView:
         i = backend.index
-        return BackendView(backend, self.board.fleet(i), self.up[i], self.rates[i],
-                           self.store.usable(i, monotonic()), self.kv_tokens[i])  # fmt: skip
+        return BackendView(
+            backend,
+            self.board.fleet(i),
+            self.up[i],
+            self.rates[i],
+            self.store.usable(i, monotonic()),
+            self.kv_tokens[i],
+        )
 
     def begin(self, backend: Backend, prefill: int, budget: int, now: float) -> Attempt | None:
         """Count a request as dispatched to ``backend``; None when it is at max_in_flight
@@ -82,7 +107,7 @@ class Ledger:
         allowed, probe = self.store.allow(i, monotonic())
         if not allowed:
             return None
-        long = prefill >= self.long_prefill_tokens
+        long = self.work.is_long(prefill)
         ahead = load.pending_prefill + prefill
         self.board.add(i, 1, prefill, 1 if long else 0, budget, 1 if long else 0)
         return Attempt(backend, prefill, budget, long, ahead, now, probe)
@@ -123,15 +148,21 @@ class Ledger:
         i = backend.index
         if attempt.pending:  # no first byte came: its prefill is no longer pending either
             attempt.pending = False
-            self.board.add(i, -1, -attempt.prefill, -1 if attempt.long else 0, -attempt.budget,
-                           -1 if attempt.long else 0)  # fmt: skip
+            self.board.add(
+                i,
+                -1,
+                -attempt.prefill,
+                -1 if attempt.long else 0,
+                -attempt.budget,
+                -1 if attempt.long else 0,
+            )
         else:
             self.board.add(i, -1, 0, 0, -attempt.budget, -1 if attempt.long else 0)
         kind = outcome.kind
         self.outcomes[kind] += 1
         # the breakers hear failures and successes only: backpressure and neutral outcomes
         # (a 4xx, a client that left) give back a probe's slot and count for nothing
-        if kind is _SUCCESS:
+        if kind is OutcomeKind.SUCCESS:
             self.store.record(i, False, attempt.probe, monotonic())
             self.up[i] = True  # it answered
         else:
@@ -141,8 +172,6 @@ class Ledger:
                 self.up[i] = False
             elif outcome.status is not None:
                 self.up[i] = True  # it answered
-        for hook in self.hooks:
-            hook(backend, outcome)
         if self.on_change is not None:
             self.on_change()
 

@@ -1,4 +1,6 @@
-"""The fleet as configured: backends (frozen values), pools by model, the planner's settings.
+"""The fleet as configured: backends (frozen values), pools by model, and the pure core's
+settings made from the configuration in one place (the planner's, admission's, and the
+long-work rules both share).
 
 Static: built once from the configuration. What changes while the router runs (load,
 health, learned rates) lives in the ledger.
@@ -8,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.config import RouterConfig
+from router.config import AdmissionConfig, ClassAdmissionConfig, RouterConfig
+from router.core.admission import AdmissionSettings, ClassLimits, Tier
 from router.core.breaker import MemorySettings
 from router.core.hashring import PoolRing
+from router.core.longwork import LongWork
 from router.core.planner import PlannerSettings, PoolView
 from router.model import Backend
 
@@ -25,6 +29,8 @@ class Fleet:
     models: tuple[str, ...]  # the served model names, in configuration order
     host_lines: tuple[bytes, ...]  # each backend's Host header line, by index
     by_url: dict[str, Backend]
+    work: LongWork  # what is long work: the one source for every part of the router
+    admission: AdmissionSettings
 
     @classmethod
     def from_config(cls, config: RouterConfig) -> Fleet:
@@ -49,26 +55,66 @@ class Fleet:
                 backends.append(backend)
                 members.append(backend)
             ring = PoolRing(((b.url, b.weight) for b in members), config.routing.vnodes)
-            views.append(PoolView(pool.name, pool.model, pool.max_context_tokens,
-                                  pool.default_max_tokens, ring, tuple(members),
-                                  {b.url: b for b in members}))  # fmt: skip
+            views.append(
+                PoolView(
+                    pool.name,
+                    pool.model,
+                    pool.max_context_tokens,
+                    pool.default_max_tokens,
+                    ring,
+                    tuple(members),
+                    {b.url: b for b in members},
+                )
+            )
         by_model: dict[str, list[PoolView]] = {}
         for view in views:
             by_model.setdefault(view.model, []).append(view)
+        work = long_work(config)
         r = config.routing
-        m = config.breakers.memory  # budgets in flight stay under its close threshold
         settings = PlannerSettings(
-            long_prefill_tokens=r.long_prefill_tokens,
             pool_tolerance_ms=r.pool_tolerance_ms,
             affinity_tolerance_ms=r.affinity_tolerance_ms,
             load_factor=r.load_factor,
-            keep_clean=r.keep_clean,
             long_wait_limit_ms=r.long_wait_limit_ms,
             step_ms_per_ktok=r.step_ms_per_ktok,
-            kv_fill=MemorySettings(m.open_at, m.close_below).close_at,
-            hold_long=config.admission.enabled and config.admission.hold_long,
+            work=work,
         )
-        return cls(tuple(views), {m: tuple(v) for m, v in by_model.items()}, tuple(backends),
-                   settings, {v.name: v for v in views}, tuple(by_model),
-                   tuple(f"Host: {b.host}:{b.port}\r\n".encode() for b in backends),
-                   {b.url: b for b in backends})  # fmt: skip
+        return cls(
+            tuple(views),
+            {m: tuple(v) for m, v in by_model.items()},
+            tuple(backends),
+            settings,
+            {v.name: v for v in views},
+            tuple(by_model),
+            tuple(f"Host: {b.host}:{b.port}\r\n".encode() for b in backends),
+            {b.url: b for b in backends},
+            work,
+            admission_settings(config.admission, work),
+        )
+
+
+def long_work(config: RouterConfig) -> LongWork:
+    m = config.breakers.memory  # budgets in flight stay under its close threshold
+    return LongWork(
+        prefill_tokens=config.routing.long_prefill_tokens,
+        keep_clean=config.routing.keep_clean,
+        hold=config.admission.enabled and config.admission.hold_long,
+        kv_fill=MemorySettings(m.open_at, m.close_below).close_at,
+    )
+
+
+def admission_settings(config: AdmissionConfig, work: LongWork) -> AdmissionSettings:
+    names = [t.name for t in config.tiers]
+
+    def limits(c: ClassAdmissionConfig) -> ClassLimits:
+        return ClassLimits(c.deadline_s, c.max_wait_s, c.codel_target_s, c.codel_interval_s)
+
+    return AdmissionSettings(
+        tiers=tuple(Tier(t.name, t.reserve) for t in config.tiers),
+        default_tier=names.index(config.default_tier),
+        aliases={k.strip().lower(): names.index(v) for k, v in config.aliases.items()},
+        max_queue=config.max_queue,
+        short=limits(config.short),
+        long=limits(config.long),
+        work=work,
+    )

@@ -8,11 +8,11 @@ Two kinds, for two costs:
   prompt and completion tokens, context utilisation (budget / window), finish reasons,
   retries, client disconnects and the tokens they wasted, the router's own refusals by
   reason and tier;
-* the router's state, read when Prometheus scrapes (``_StateCollector``), costing the
-  request path nothing: in-flight, pending prefill and budget per backend (the fleet-wide
-  view), queue depth and admitted requests per pool and tier, attempt outcomes, breaker
-  states, the backends' own KV usage / running / waiting as last probed, Redis
-  reachability and event-loop lag.
+* the router's state, read when Prometheus scrapes (``families.StateCollector``, from the
+  read model), costing the request path nothing: in-flight, pending prefill and budget per
+  backend (the fleet-wide view), queue depth and admitted requests per pool and tier,
+  attempt outcomes, breaker states, the backends' own KV usage / running / waiting as last
+  probed, Redis reachability and event-loop lag.
 
 Label sets are bounded: pools, backends, status classes, tiers, reasons and outcome kinds
 all come from the config or from enums, never from request content.
@@ -21,28 +21,21 @@ all come from the config or from enums, never from request content.
 from __future__ import annotations
 
 import mmap
-import time
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from router.core.breaker import BreakerState
+from router.observe.families import RequestCollector, StateCollector
 from router.observe.record import RequestRecord
+from router.observe.snapshot import RouterState
 
 if TYPE_CHECKING:
-    from router.api.context import RouterContext
     from router.config import RouterConfig
 
 # 5 ms to 60 s: a short chat's first token and a 60k-token document's
@@ -93,6 +86,10 @@ class Buckets:
         self.les = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
         self.counts = [0] * (len(bounds) + 1)  # the last one: above the largest bound
         self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
 
     def family_samples(self) -> tuple[list[tuple[str, float]], float]:
         """Cumulative buckets (``le``, count) ending with +Inf, and the sum."""
@@ -185,10 +182,11 @@ class Metrics:
 
         return {"answers": n, "p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99)}
 
-    def watch(self, ctx: RouterContext) -> None:
-        """Expose the per-request figures and ``ctx``'s state at scrape time."""
-        self.registry.register(_RequestCollector(self))
-        self.registry.register(_StateCollector(ctx))
+    def watch(self, state: Callable[[], RouterState]) -> None:
+        """Expose the per-request figures and the router's state (read when Prometheus
+        scrapes, through ``state``) from this registry."""
+        self.registry.register(RequestCollector(self))
+        self.registry.register(StateCollector(state))
 
     # ---- serve --workers N: every worker's figures in its row of a shared mapping --------
 
@@ -246,42 +244,26 @@ class Metrics:
         return out
 
     def observe(self, record: RequestRecord, now: float) -> None:
-        """The request is over: once, from the handler's ``finally``. (The ``Buckets``
-        updates are written out here rather than called: six calls were a third of it.)"""
+        """The request is over: once, from the handler's ``finally``."""
         stats = self.pools.get(record.pool)
         if stats is None:
             return
         status = record.status
         stats.status[_STATUS_CLASS.get(status // 100, "0") if status else "0"] += 1
-        b = stats.latency
-        value = now - record.arrived
-        b.counts[bisect_left(b.bounds, value)] += 1
-        b.total += value
-        b = stats.queued
-        value = record.queued_s
-        b.counts[bisect_left(b.bounds, value)] += 1
-        b.total += value
+        stats.latency.add(now - record.arrived)
+        stats.queued.add(record.queued_s)
         if record.first_byte_at is not None:
-            b = stats.ttft
-            value = record.first_byte_at - record.arrived
-            b.counts[bisect_left(b.bounds, value)] += 1
-            b.total += value
-            stats.recent.append((now, value))
+            ttft = record.first_byte_at - record.arrived
+            stats.ttft.add(ttft)
+            stats.recent.append((now, ttft))
         if record.window:
-            b = stats.context
-            value = record.budget / record.window
-            b.counts[bisect_left(b.bounds, value)] += 1
-            b.total += value
+            stats.context.add(record.budget / record.window)
         prompt = record.prompt_tokens
         if prompt is not None:
-            b = stats.prompt
-            b.counts[bisect_left(b.bounds, prompt)] += 1
-            b.total += prompt
+            stats.prompt.add(prompt)
         completion = record.completion_tokens
         if completion is not None:
-            b = stats.completion
-            b.counts[bisect_left(b.bounds, completion)] += 1
-            b.total += completion
+            stats.completion.add(completion)
         reason = record.finish_reason
         if reason is not None:
             finish = stats.finish
@@ -297,217 +279,3 @@ class Metrics:
         if record.client_gone:
             stats.disconnects += 1
             stats.wasted += (prompt or 0) + (completion or 0)
-
-
-_HISTOGRAMS: Final = (
-    ("ctxroute_ttft_seconds", "ttft", "Arrival at the router to the answer's first byte (a "
-     "whole answer for non-streaming requests)"),
-    ("ctxroute_request_duration_seconds", "latency", "Arrival at the router to the end of the "
-     "answer"),
-    ("ctxroute_queue_wait_seconds", "queued", "Time held at the router by admission before "
-     "dispatch (0 when dispatched at once)"),
-    ("ctxroute_prompt_tokens", "prompt", "Prompt tokens per request (the backend's usage "
-     "when it reported it, else the router's estimate)"),
-    ("ctxroute_completion_tokens", "completion", "Completion tokens per answered request, as "
-     "the backend reported"),
-    ("ctxroute_context_utilisation", "context", "Budget (prompt + max_tokens) over the "
-     "answering pool's context window"),
-)  # fmt: skip
-
-
-class _RequestCollector(Collector):
-    """The per-request figures of every pool, as families."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        metrics = self.metrics.summed()
-        pools = metrics.pools
-        for name, attr, doc in _HISTOGRAMS:
-            family = HistogramMetricFamily(name, doc, labels=["pool"])
-            for pool, stats in pools.items():
-                buckets, total = getattr(stats, attr).family_samples()
-                family.add_metric([pool], buckets, total)
-            yield family
-        requests = CounterMetricFamily(
-            "ctxroute_requests",
-            "Requests answered, by the answering pool (else the preferred one; empty when "
-            "refused before one was known) and status class (0: the client left first)",
-            labels=["pool", "status_class"],
-        )
-        finish = CounterMetricFamily(
-            "ctxroute_finish_reason",
-            "Answers by finish_reason: a high share of 'length' means answers cut by max_tokens",
-            labels=["pool", "reason"],
-        )
-        retries = CounterMetricFamily(
-            "ctxroute_retries", "Attempts after a request's first", labels=["pool"]
-        )
-        disconnects = CounterMetricFamily(
-            "ctxroute_client_disconnects",
-            "Requests whose client left before the answer ended",
-            labels=["pool"],
-        )
-        wasted = CounterMetricFamily(
-            "ctxroute_client_disconnect_wasted_tokens",
-            "Prompt and completion tokens processed for clients that then left",
-            labels=["pool"],
-        )
-        for pool, stats in pools.items():
-            for cls, count in stats.status.items():
-                requests.add_metric([pool, cls], count)
-            for reason, count in stats.finish.items():
-                finish.add_metric([pool, reason], count)
-            retries.add_metric([pool], stats.retries)
-            disconnects.add_metric([pool], stats.disconnects)
-            wasted.add_metric([pool], stats.wasted)
-        shed = CounterMetricFamily(
-            "ctxroute_shed",
-            "Requests the router refused itself, by reason (x-ctxroute-reject: queue_full, "
-            "deadline, overload, no_backend) and priority tier",
-            labels=["pool", "reason", "tier"],
-        )
-        for (pool, reason, tier), count in sorted(metrics.shed.items()):
-            shed.add_metric([pool, reason, tier], count)
-        yield from (requests, finish, retries, disconnects, wasted, shed)
-
-
-class _StateCollector(Collector):
-    """The router's state as gauges and counters, read at scrape time."""
-
-    def __init__(self, ctx: RouterContext) -> None:
-        self.ctx = ctx
-
-    def collect(self) -> Iterator[Metric]:
-        ctx = self.ctx
-        ledger = ctx.ledger
-        store = ledger.store
-        fleet = ctx.fleet
-        now = time.monotonic()
-        labels = ["pool", "backend"]
-        in_flight = GaugeMetricFamily(
-            "ctxroute_backend_in_flight",
-            "Requests in flight on the backend, fleet-wide view",
-            labels=labels,
-        )
-        pending = GaugeMetricFamily(
-            "ctxroute_backend_pending_prefill_tokens",
-            "Prompt tokens sent that have not produced a first byte",
-            labels=labels,
-        )
-        long_pending = GaugeMetricFamily(
-            "ctxroute_backend_long_prefills_pending",
-            "Long prompts sent without a first byte yet",
-            labels=labels,
-        )
-        budget = GaugeMetricFamily(
-            "ctxroute_backend_budget_in_flight_tokens",
-            "Prompt + max_tokens of every request in flight",
-            labels=labels,
-        )
-        up = GaugeMetricFamily("ctxroute_backend_up", "1 when the backend answers", labels=labels)
-        usable = GaugeMetricFamily(
-            "ctxroute_backend_usable",
-            "1 when the router may send it new requests (breakers closed, not drained)",
-            labels=labels,
-        )
-        breaker = GaugeMetricFamily(
-            "ctxroute_breaker_state",
-            "Breaker state: error breaker 0 "
-            "closed, 1 half-open, 2 open; memory breaker 0 closed, 2 "
-            "open",
-            labels=[*labels, "kind"],
-        )
-        openings = CounterMetricFamily(
-            "ctxroute_breaker_openings", "Times the error breaker opened", labels=labels
-        )
-        kv = GaugeMetricFamily(
-            "ctxroute_backend_kv_cache_usage",
-            "The backend's KV-cache usage (0-1), as last probed from its /metrics",
-            labels=labels,
-        )
-        running = GaugeMetricFamily(
-            "ctxroute_backend_requests_running",
-            "The backend's running requests, as last probed",
-            labels=labels,
-        )
-        waiting = GaugeMetricFamily(
-            "ctxroute_backend_requests_waiting",
-            "The backend's waiting requests, as last probed",
-            labels=labels,
-        )
-        interval = ctx.config.probe.interval_s
-        for b in fleet.backends:
-            i = b.index
-            names = [b.pool, b.url]
-            load = ledger.board.fleet(i)
-            in_flight.add_metric(names, load.in_flight)
-            pending.add_metric(names, load.pending_prefill)
-            long_pending.add_metric(names, load.long_pending)
-            budget.add_metric(names, load.budget_in_flight)
-            up.add_metric(names, 1.0 if ledger.up[i] else 0.0)
-            usable.add_metric(names, 1.0 if store.usable(i, now) else 0.0)
-            state = store.breaker(i)
-            breaker.add_metric([*names, "error"], _BREAKER_VALUE[state.state])
-            breaker.add_metric([*names, "memory"], 2.0 if store.memory_open(i) else 0.0)
-            openings.add_metric(names, state.openings)
-            reading = ctx.readings[i]
-            if reading.fresh(now, interval):
-                if reading.kv_usage is not None:
-                    kv.add_metric(names, reading.kv_usage)
-                if reading.running is not None:
-                    running.add_metric(names, reading.running)
-                if reading.waiting is not None:
-                    waiting.add_metric(names, reading.waiting)
-        yield from (
-            in_flight,
-            pending,
-            long_pending,
-            budget,
-            up,
-            usable,
-            breaker,
-            openings,
-            kv,
-            running,
-            waiting,
-        )
-
-        gate = ctx.gate
-        tiers = [t.name for t in gate.settings.tiers]
-        depth = GaugeMetricFamily(
-            "ctxroute_queue_depth",
-            "Requests held at the router, per pool and priority tier",
-            labels=["pool", "tier"],
-        )
-        admitted = GaugeMetricFamily(
-            "ctxroute_admitted",
-            "Requests admitted and not ended, per pool and priority tier",
-            labels=["pool", "tier"],
-        )
-        for pool, queue in gate.queues.items():
-            waiting_by_tier = [0] * len(tiers)
-            for w in queue.waiters:
-                waiting_by_tier[w.tier] += 1
-            for t, name in enumerate(tiers):
-                depth.add_metric([pool, name], waiting_by_tier[t])
-                admitted.add_metric([pool, name], gate.admitted[pool][t])
-        outcomes = CounterMetricFamily(
-            "ctxroute_attempt_outcomes",
-            "Attempts on backends by how they ended",
-            labels=["outcome"],
-        )
-        for kind, count in ledger.outcomes.items():
-            outcomes.add_metric([kind.value], count)
-        redis = GaugeMetricFamily(
-            "ctxroute_store_up",
-            "1 when the shared store (Redis) is reachable; always 1 for the in-process store",
-            labels=["kind"],
-        )
-        redis.add_metric([store.kind], 1.0 if store.up else 0.0)
-        lag = GaugeMetricFamily(
-            "ctxroute_event_loop_lag_seconds", "The router's event-loop lag at its last check"
-        )
-        lag.add_metric([], gate.guard.lag_s)
-        yield from (depth, admitted, outcomes, redis, lag)

@@ -11,9 +11,20 @@ from dataclasses import dataclass, field
 import pytest
 
 from router.core.classify import eligible_pools
+from router.core.explain import bypass_words
 from router.core.hashring import PoolRing
+from router.core.longwork import LongWork
 from router.core.planner import PlannerSettings, PoolView, plan
-from router.model import IDLE, Backend, BackendView, Load, RequestFacts, RoutePlan, TokenBounds
+from router.model import (
+    IDLE,
+    Backend,
+    BackendView,
+    Bypass,
+    Load,
+    RequestFacts,
+    RoutePlan,
+    TokenBounds,
+)
 
 RATE = 35_000.0  # tokens/s, the h100-8b profile's prefill rate in its mid range
 
@@ -48,7 +59,16 @@ def route(pools: tuple[PoolView, ...], f: RequestFacts, loads: dict[int, Load] |
         )
 
     e = eligible_pools(f.prompt, f.max_tokens, pools)
-    return plan(f, pools, e, view_of, PlannerSettings(**settings))  # type: ignore[arg-type]
+    return plan(f, pools, e, view_of, planner_settings(**settings))
+
+
+def planner_settings(**settings: float) -> PlannerSettings:
+    """PlannerSettings with the long-work rules (hold_long, keep_clean, kv_fill,
+    long_prefill_tokens) given by their old names, beside the planner's own."""
+    names = {"hold_long": "hold", "keep_clean": "keep_clean", "kv_fill": "kv_fill",
+             "long_prefill_tokens": "prefill_tokens"}  # fmt: skip
+    work = {names[k]: settings.pop(k) for k in list(settings) if k in names}
+    return PlannerSettings(work=LongWork(**work), **settings)  # type: ignore[arg-type]
 
 
 # ---- rules -----------------------------------------------------------------------------
@@ -132,7 +152,8 @@ def test_held_long_work_stays_off_the_backend_kept_light_for_short_requests() ->
         assert p.candidates[0] is not light
         assert p.candidates[-1] is light  # its last resort
         if p.owner == light.url:
-            assert p.bypass == "kept light for short work"
+            assert p.bypass is Bypass.KEPT_LIGHT
+            assert bypass_words(p) == "kept light for short work"
     # the light one is the first choice of a short request: its steps read less KV
     short = route((pool,), facts("chat"), loads, step_ms_per_ktok=0.045)
     assert short.candidates[0] is light
@@ -154,7 +175,8 @@ def test_the_first_token_waits_for_steps_that_read_the_kv_in_flight() -> None:
     moved = route((pool,), facts("k"), {owner.index: Load(8, 0, 0, 40_000)},
                   step_ms_per_ktok=0.45)  # fmt: skip
     assert moved.candidates[0] is not owner
-    assert moved.bypass == "wait 39ms"
+    assert moved.bypass is Bypass.WAIT
+    assert bypass_words(moved) == "wait 39ms"
 
 
 def test_full_backends_are_left_out_and_down_ones_come_last() -> None:
@@ -194,7 +216,7 @@ def test_the_plan_names_the_hash_owner_and_why_it_was_passed_over() -> None:
     (pool,) = make_pools(("p", 3, 8192))
     owner = pool.by_url[pool.ring.owner("k")]
     kept = route((pool,), facts("k"))
-    assert (kept.owner, kept.bypass) == (owner.url, "")
+    assert (kept.owner, kept.bypass, bypass_words(kept)) == (owner.url, Bypass.NONE, "")
     # each way of losing the owner gives its own reason, and the owner is never first
     cases = {
         "wait 103ms": route((pool,), facts("k"), {owner.index: Load(1, 3500, 0, 3600)}),
@@ -206,7 +228,7 @@ def test_the_plan_names_the_hash_owner_and_why_it_was_passed_over() -> None:
     for why, p in cases.items():
         assert p.owner == owner.url
         assert p.candidates[0] is not owner, why
-        assert p.bypass == why
+        assert bypass_words(p) == why
 
 
 def _with_kv(b: Backend, kv: int) -> Backend:
@@ -304,14 +326,14 @@ def replay(pools: tuple[PoolView, ...], reqs: list[Req], policy: str,
                 if not shared_view:
                     saved = eng.active
                     eng.active = [x for x in saved if id(x) in owned[me]]
-                    load = eng.load(now, settings.long_prefill_tokens)
+                    load = eng.load(now, settings.work.prefill_tokens)
                     eng.active = [x for x in saved if x.end > now]
                 else:
-                    load = eng.load(now, settings.long_prefill_tokens)
+                    load = eng.load(now, settings.work.prefill_tokens)
                 return BackendView(b, load, True, RATE)
 
             choice = plan(f, pools, e, view_of, settings).candidates[0]
-        loads = [engines[b.index].load(now, settings.long_prefill_tokens) for b in holders]
+        loads = [engines[b.index].load(now, settings.work.prefill_tokens) for b in holders]
         r.long_pending_seen = engines[choice.index].load(now, 4096).long_pending > 0
         r.clean_existed = any(x.long_pending == 0 for x in loads)
         engines[choice.index].submit(r, now)

@@ -1,0 +1,59 @@
+"""Errors answered in one place: ``answers_errors``, the error middleware every route is
+wrapped in. A ``RouterError`` becomes its OpenAI-style body and status; anything else is a
+bug on some input, logged with its trace and answered 500 in the same shape, and the
+router keeps serving.
+
+It wraps each route's handler when the route is added rather than sitting in
+``app.middlewares``: aiohttp runs any middleware list through two more coroutine frames
+and a context manager per request, about 5% of the proxy's CPU per non-streaming request
+(bench/overhead), for the same behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from random import getrandbits
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from router.errors import RouterError
+
+log = logging.getLogger("ctxroute.handlers")
+
+JSON = "application/json"
+# a handler is given the request's id (the client's X-Request-ID, or a new one)
+RouteHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: RouterError, request_id: str | None = None) -> web.Response:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if exc.reject is not None:
+        headers["x-ctxroute-reject"] = exc.reject
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return web.Response(status=exc.status, body=exc.body(), content_type=JSON, headers=headers)
+
+
+def answers_errors(handler: RouteHandler) -> Handler:
+    """The error middleware: ``handler`` with every error answered as described above."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        # unique, not secret: 96 random bits without a getrandom() system call per request
+        request_id = request.headers.get("X-Request-ID") or f"{getrandbits(96):024x}"
+        try:
+            return await handler(request, request_id)
+        except RouterError as exc:
+            return error_response(exc, request_id)
+        except web.HTTPException:
+            raise  # aiohttp's own answers (404 for unknown paths, 405): already well formed
+        except Exception:
+            log.exception("request %s to %s failed", request_id, request.path)
+            return error_response(
+                RouterError(f"internal error while handling request {request_id}"), request_id
+            )
+
+    return handle

@@ -1,0 +1,189 @@
+"""The dispatch verdict: may a request planned as it is go now, and if not, why it waits."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from router.core.admission.settings import AdmissionSettings
+from router.core.planner import PoolView, reserved_for_short
+from router.model import Backend, BackendView, RoutePlan
+
+ViewOf = Callable[[Backend], BackendView]
+
+
+class Verdict(enum.Enum):
+    ADMIT = "admit"
+    FULL = "full"  # no candidate has room (max_in_flight, memory pressure)
+    RESERVED = "reserved"  # room is left only for higher tiers
+    HOLD_CLEAN = "hold_clean"  # a long prefill now would leave no backend free of one
+    HOLD_KV = "hold_kv"  # no candidate has KV room for its budget
+    HOLD_SHORT = "hold_short"  # a short prefill is pending where it would go: let it start
+    LATE = "late"  # the best backend would not start it before its deadline: wait for a better
+    NO_BACKEND = "no_backend"  # nothing usable, and waiting would not change that soon
+
+    @property
+    def dispatches(self) -> bool:
+        """The request goes on now (NO_BACKEND: to the proxy, which answers the 503)."""
+        return self is Verdict.ADMIT or self is Verdict.NO_BACKEND
+
+
+HOLDS: Final = frozenset({Verdict.HOLD_CLEAN, Verdict.HOLD_KV, Verdict.HOLD_SHORT})
+# How long a long request yields to short prefills pending on its best backend: a few
+# engine steps (a short prefill starts in the next one), bounded so that a stream of short
+# requests never starves it
+YIELD_TO_SHORT_MS: Final = 250.0
+
+
+def verdict(
+    tier: int,
+    long: bool,
+    plan: RoutePlan,
+    pools: Sequence[PoolView],
+    view_of: ViewOf,
+    settings: AdmissionSettings,
+    transient: Callable[[Backend], bool],
+    time_left_ms: float = float("inf"),
+    yielded_ms: float = 0.0,
+) -> Verdict:
+    """Whether a request of ``tier`` planned as ``plan`` over the model's ``pools`` may be
+    dispatched now. ``transient(b)``: ``b`` is kept from new requests for a reason that
+    passes by itself (memory pressure, max_in_flight), so waiting is worth it.
+    ``time_left_ms``: until the request's deadline; a request whose best backend is
+    estimated to start it later than that (behind a long prefill, say) waits for a better
+    one, and is refused at its deadline if none comes: what is admitted can start in time.
+    ``yielded_ms``: how long a long request has yielded to short prefills in a row."""
+    if not plan.usable:
+        # nothing usable, or only backends known down (a last resort, tried anyway: the
+        # planner lists them last)
+        if plan.candidates:
+            return Verdict.ADMIT
+        return Verdict.FULL if _any_transient(plan, pools, transient) else Verdict.NO_BACKEND
+    if plan.waits_ms[0] > time_left_ms:
+        return Verdict.LATE
+    if settings.shares[tier] < 1.0 and _over_share(tier, plan, pools, view_of, settings):
+        return Verdict.RESERVED
+    if not long:
+        if view_of(plan.candidates[0]).load.long_pending and _clean_one_full(pools, view_of):
+            # behind a long prefill it would wait for all of it: a backend free of one is
+            # only full for now, so it waits here for that one instead
+            return Verdict.FULL
+        return Verdict.ADMIT
+    if not settings.work.hold:
+        return Verdict.ADMIT
+    return _long_verdict(plan, pools, view_of, settings, yielded_ms)
+
+
+def _long_verdict(
+    plan: RoutePlan,
+    pools: Sequence[PoolView],
+    view_of: ViewOf,
+    settings: AdmissionSettings,
+    yielded_ms: float,
+) -> Verdict:
+    """Whether long work held at the router may go now (``LongWork.hold``)."""
+    best = plan.candidates[0]
+    best_view = view_of(best)
+    pending = best_view.load
+    if pending.pending_prefill and not pending.long_pending and yielded_ms < YIELD_TO_SHORT_MS:
+        # a short request sent there has not started: the engine's next step would take it
+        # with this one's first chunk (thousands of tokens), and its first token would wait
+        # for the whole chunk. It starts in a step or two; this one waits that long here
+        return Verdict.HOLD_SHORT
+    clean, long_pending = _count_clean(pools, view_of)
+    if long_pending == 0:
+        return Verdict.ADMIT  # nothing to wait for: holding would never end
+    work = settings.work
+    if not _kv_room(best_view, plan.budget, work.kv_fill):
+        return Verdict.HOLD_KV
+    # the planner puts backends free of long prefill first for long requests: a long one
+    # never queues in an engine behind another long prefill, it waits here instead
+    if best_view.load.long_pending or clean - 1 < work.keep_clean:
+        return Verdict.HOLD_CLEAN
+    if best.index in reserved_for_short(pools, view_of, work.keep_clean) and _busy_one_has_room(
+        best, plan.budget, pools, view_of, work.kv_fill
+    ):
+        # the planner puts backends kept light for short requests last: this one is first,
+        # so every other one is busy with a long prefill or lacks KV room. Wait for a busy
+        # one with room rather than bring long work to a light one; none: the fleet needs it
+        return Verdict.HOLD_CLEAN
+    return Verdict.ADMIT
+
+
+def _any_transient(
+    plan: RoutePlan, pools: Sequence[PoolView], transient: Callable[[Backend], bool]
+) -> bool:
+    return any(transient(b) for i in plan.pools for b in pools[i].backends)
+
+
+def _over_share(
+    tier: int,
+    plan: RoutePlan,
+    pools: Sequence[PoolView],
+    view_of: ViewOf,
+    settings: AdmissionSettings,
+) -> bool:
+    """Whether one more request of ``tier`` would fill the pools that can hold it past the
+    tier's share (what higher tiers reserve is theirs)."""
+    capacity = 0
+    in_flight = 0
+    for i in plan.pools:
+        for b in pools[i].backends:
+            v = view_of(b)
+            if v.usable and v.up:
+                capacity += b.max_in_flight
+                in_flight += v.load.in_flight
+    return in_flight + 1 > settings.shares[tier] * capacity
+
+
+def _count_clean(pools: Sequence[PoolView], view_of: ViewOf) -> tuple[int, int]:
+    """(usable backends free of long prefill with room, usable backends with one pending)."""
+    clean = 0
+    long_pending = 0
+    for pool in pools:
+        for b in pool.backends:
+            v = view_of(b)
+            if not (v.up and v.usable):
+                continue
+            if v.load.long_pending:
+                long_pending += 1
+            elif v.load.in_flight < b.max_in_flight:
+                clean += 1
+    return clean, long_pending
+
+
+def _busy_one_has_room(
+    best: Backend, budget: int, pools: Sequence[PoolView], view_of: ViewOf, kv_fill: float
+) -> bool:
+    """Whether a usable backend other than ``best``, busy with a long prefill, has room for
+    the request (max_in_flight and KV)."""
+    for pool in pools:
+        for b in pool.backends:
+            v = view_of(b)
+            load = v.load
+            if (
+                v.up
+                and v.usable
+                and load.long_pending
+                and b is not best
+                and load.in_flight < b.max_in_flight
+                and _kv_room(v, budget, kv_fill)
+            ):
+                return True
+    return False
+
+
+def _clean_one_full(pools: Sequence[PoolView], view_of: ViewOf) -> bool:
+    """Whether a usable backend free of long prefill is kept only by max_in_flight."""
+    for pool in pools:
+        for b in pool.backends:
+            v = view_of(b)
+            load = v.load
+            if v.up and v.usable and not load.long_pending and load.in_flight >= b.max_in_flight:
+                return True
+    return False
+
+
+def _kv_room(v: BackendView, budget: int, fill: float) -> bool:
+    return v.kv_tokens is None or v.load.budget_in_flight + budget <= v.kv_tokens * fill

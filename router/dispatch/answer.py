@@ -1,0 +1,166 @@
+"""The bytes and words around an attempt: the head sent upstream, the answer's headers,
+its route line, its usage, and the message of a 503 when no backend answered."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from time import monotonic
+
+import orjson
+
+from router.core.breaker import BreakerState, retry_after
+from router.core.explain import owner_note, route_line
+from router.fleet.ledger import Ledger
+from router.fleet.topology import Fleet
+from router.model import Backend, Bypass, Outcome, RequestFacts, RoutePlan
+from router.observe.record import RequestRecord
+
+# RFC 9110 hop-by-hop headers, plus the ones the relay recomputes
+_HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+        "X-Request-ID",
+        "Expect",  # the router has the whole body already: no 100-continue upstream
+    )
+)
+_HOP_BY_HOP_RAW = frozenset(h.encode() for h in _HOP_BY_HOP)
+_RESPONSE_DROP_RAW = frozenset(h.encode() for h in _HOP_BY_HOP | {"date", "server"})
+
+
+def request_head_tail(
+    incoming: Sequence[tuple[bytes, bytes]], request_id: str, body_length: int
+) -> bytes:
+    """The end-to-end headers sent upstream (the backend-specific lines are added per try),
+    from the client's header lines as they came (``request.raw_headers``): bytes in,
+    bytes out, nothing decoded and encoded again."""
+    parts = [
+        b"Content-Length: ",
+        str(body_length).encode(),
+        b"\r\nX-Request-ID: ",
+        request_id.encode("latin-1", "replace"),
+        b"\r\n",
+    ]
+    for name, value in incoming:
+        if name.lower() not in _HOP_BY_HOP_RAW:
+            parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def response_headers(
+    upstream: list[tuple[bytes, bytes]],
+    backend: Backend,
+    request_id: str,
+    attempts: int,
+    route: str,
+) -> list[tuple[str, str]]:
+    # pairs, not a CIMultiDict: aiohttp builds its own from them (it would copy ours); only
+    # the lines kept are decoded
+    out = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in upstream
+        if name.lower() not in _RESPONSE_DROP_RAW
+    ]
+    out += (
+        ("x-ctxroute-pool", backend.pool),
+        ("x-ctxroute-backend", backend.url),
+        ("x-ctxroute-attempts", str(attempts)),
+        ("x-ctxroute-route", route),
+        ("X-Request-ID", request_id),
+    )
+    return out
+
+
+def route_line_of(
+    plan: RoutePlan,
+    position: int,
+    backend: Backend,
+    facts: RequestFacts,
+    record: RequestRecord,
+    ledger: Ledger,
+    fleet: Fleet,
+) -> str:
+    """The request's route line (``router/core/explain.py``). ``position``: the answering
+    backend's place among the plan's candidates."""
+    unusable = ""
+    if plan.bypass is Bypass.UNUSABLE:
+        owner = fleet.by_url.get(plan.owner)
+        if owner is not None:
+            unusable = why_unusable(ledger, owner, monotonic())
+    wait_ms = plan.waits_ms[position] if position < plan.usable else None
+    return route_line(
+        plan,
+        backend.pool,
+        record.budget,
+        facts.prompt.exact,
+        record.window,
+        wait_ms,
+        owner_note(plan, backend.url, unusable),
+        record.queued_s,
+        record.attempts,
+    )
+
+
+def read_usage(body: bytes, record: RequestRecord) -> None:
+    """finish_reason and token usage of a whole (non-streaming) answer: the one parse of
+    the answer's body the router makes."""
+    try:
+        answer = orjson.loads(body)
+        choice = answer["choices"][0]
+        usage = answer.get("usage") or {}
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return  # not an OpenAI answer: nothing to count
+    reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+    record.finish_reason = reason if isinstance(reason, str) else None
+    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    completion = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if isinstance(prompt, int):
+        record.prompt_tokens = prompt
+    if isinstance(completion, int):
+        record.completion_tokens = completion
+
+
+def why_unusable(ledger: Ledger, backend: Backend, now: float) -> str:
+    store = ledger.store
+    i = backend.index
+    if store.drained(i):
+        return "drained"
+    if store.memory_open(i):
+        return "KV cache under pressure"
+    b = store.breaker(i)
+    if b.state is not BreakerState.CLOSED:
+        wait = retry_after(b, now)
+        return f"breaker {b.state.value}" + (f", probe in {wait:.1f}s" if wait else "")
+    if not ledger.up[i]:
+        return "down"
+    return "at max_in_flight"
+
+
+def no_backend_message(
+    plan: RoutePlan,
+    ended: list[tuple[Backend, Outcome]],
+    skipped: int,
+    ledger: Ledger,
+    backends: list[Backend],
+    now: float,
+) -> str:
+    if not plan.candidates:
+        parts = [f"{b.url} ({b.pool}): {why_unusable(ledger, b, now)}" for b in backends]
+        return "no backend can take this request now: " + "; ".join(parts)
+    parts = [f"{b.url} ({b.pool}): {o.detail}" for b, o in ended]
+    if skipped:
+        parts.append(f"{skipped} skipped (at max_in_flight, or a breaker or drain took effect)")
+    if not ended:
+        return "no backend can take this request: " + "; ".join(parts)
+    tried = f"{len(ended)} backend{'s' if len(ended) != 1 else ''} tried"
+    return f"no backend answered ({tried}): " + "; ".join(parts)

@@ -1,0 +1,79 @@
+"""The read model of the router's state: one snapshot, taken when someone asks, that
+``/status``, ``/metrics`` and the dashboard all render. Values only; the router builds it
+(``RouterContext.snapshot``) and nothing here reads live state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from router.core.breaker import Breaker
+from router.model import Backend, Load, OutcomeKind
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """One pool's admission queue."""
+
+    pool: str
+    waiting: tuple[int, ...]  # per priority tier
+    held_long: int  # waiting because a hold rule keeps long work at the router
+    admitted: tuple[int, ...]  # admitted and not ended, per priority tier
+    finished_per_s: float  # the drain rate
+    standing_short: bool
+    standing_long: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionState:
+    enabled: bool
+    tiers: tuple[str, ...]  # highest first
+    shed_tiers: tuple[str, ...]  # shed by the overload guard now
+    loop_lag_s: float
+    rss_bytes: int
+    refused: Mapping[str, int]  # x-ctxroute-reject reason -> count
+    queues: tuple[QueueState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    backend: Backend
+    up: bool
+    usable: bool
+    breaker: Breaker
+    probe_in_s: float | None  # until an open breaker may take a probe
+    memory_open: bool
+    drained: bool
+    # the backend's own gauges as last probed; None when unknown or stale
+    kv_usage: float | None
+    requests_waiting: float | None
+    requests_running: float | None
+    metrics: str  # "fresh", or why the reading is not
+    load: Load  # the fleet-wide view
+    local: Load  # this process's own attempts
+    kv_capacity_tokens: int | None
+    prefill_tokens_per_s: float
+    prefill_learned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    name: str
+    model: str
+    max_context_tokens: int
+    backends: tuple[BackendState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterState:
+    pid: int  # which worker answered, under serve --workers
+    store_kind: str
+    store_up: bool
+    backends: tuple[BackendState, ...]  # by index
+    pools: tuple[PoolState, ...]  # by window, smallest first
+    admission: AdmissionState
+    outcomes: Mapping[OutcomeKind, int]  # attempts by how they ended
+
+    @property
+    def in_flight(self) -> int:
+        return sum(b.load.in_flight for b in self.backends)
