@@ -177,10 +177,6 @@ class OutcomeKind(enum.Enum):
     CLIENT_ERROR = "client_error"  # any other 4xx: the request's fault
     CLIENT_GONE = "client_gone"  # the client left before the end
 
-    # members are singletons: identity is equality, and Enum's own __hash__ (a Python
-    # call hashing the name) runs on every outcome recorded and every set lookup
-    __hash__ = object.__hash__
-
 
 # the three kinds of signal (ARCHITECTURE: "Breakers"), never mixed
 FAILURES = frozenset(

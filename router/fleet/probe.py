@@ -109,27 +109,66 @@ def memory_settings(config: RouterConfig) -> MemorySettings:
 
 async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,
                      readings: list[Reading], config: RouterConfig) -> None:  # fmt: skip
-    timeout_s = config.probe.timeout_s
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    """One round: every backend's /health and /metrics at once; a slow backend delays
+    nobody else's verdict."""
+    probe = _Probe(session, ledger, readings, config)
+    await asyncio.gather(*(probe.check_health(b) for b in fleet.backends),
+                         *(probe.check_memory(b) for b in fleet.backends))  # fmt: skip
 
-    async def health(url: str) -> tuple[bool, str]:
+
+class _Probe:
+    """One probe round's shared settings."""
+
+    def __init__(self, session: aiohttp.ClientSession, ledger: Ledger, readings: list[Reading],
+                 config: RouterConfig) -> None:  # fmt: skip
+        self.session = session
+        self.ledger = ledger
+        self.readings = readings
+        self.interval_s = config.probe.interval_s
+        self.timeout_s = config.probe.timeout_s
+        self.timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        self.memory = memory_settings(config)
+
+    async def check_health(self, backend: Backend) -> None:
+        up, why = await self._health(backend.url)
+        if self.ledger.set_up(backend, up):
+            if up:
+                log.warning("backend %s is up", backend.url)
+            else:
+                log.warning("backend %s is down: %s", backend.url, why)
+
+    async def _health(self, url: str) -> tuple[bool, str]:
         try:
-            async with session.get(url + "/health", timeout=timeout) as resp:
+            async with self.session.get(url + "/health", timeout=self.timeout) as resp:
                 return resp.status == 200, f"/health answered {resp.status}"
         except TimeoutError:
-            return False, f"/health did not answer within {timeout_s:g}s"
+            return False, f"/health did not answer within {self.timeout_s:g}s"
         except (aiohttp.ClientError, OSError) as exc:
             return False, f"/health failed: {exc}"
 
-    async def metrics(backend: Backend, reading: Reading) -> None:
+    async def check_memory(self, backend: Backend) -> None:
+        await self._read_metrics(backend, self.readings[backend.index])
+        # per backend, as soon as its reading is in
+        reading = self.readings[backend.index]
+        fresh = reading.fresh(time.monotonic(), self.interval_s)
+        store = self.ledger.store
+        is_open = memory_open(
+            store.memory_open(backend.index),
+            reading.kv_usage if fresh else None,
+            reading.waiting if fresh else None,
+            self.memory,
+        )
+        store.set_memory(backend.index, is_open)
+
+    async def _read_metrics(self, backend: Backend, reading: Reading) -> None:
         try:
-            async with session.get(backend.url + "/metrics", timeout=timeout) as resp:
+            async with self.session.get(backend.url + "/metrics", timeout=self.timeout) as resp:
                 if resp.status != 200:
                     raise ValueError(f"/metrics answered {resp.status}")
                 text = await resp.text()
             kv, waiting, running, kv_tokens = parse_vllm_metrics(text)
         except TimeoutError:
-            reading.error = f"/metrics did not answer within {timeout_s:g}s"
+            reading.error = f"/metrics did not answer within {self.timeout_s:g}s"
             return
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             reading.error = f"/metrics failed: {exc}"
@@ -138,38 +177,7 @@ async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledge
         reading.at = time.monotonic()
         reading.error = None if kv is not None else "/metrics has no KV cache usage gauge"
         if backend.kv_tokens is None and kv_tokens is not None:
-            ledger.kv_tokens[backend.index] = kv_tokens
-
-    settings = memory_settings(config)
-    store = ledger.store
-
-    def judge_memory(backend: Backend) -> None:
-        # per backend, as soon as its reading is in: a slow backend delays nobody else
-        reading = readings[backend.index]
-        fresh = reading.fresh(time.monotonic(), config.probe.interval_s)
-        is_open = memory_open(
-            store.memory_open(backend.index),
-            reading.kv_usage if fresh else None,
-            reading.waiting if fresh else None,
-            settings,
-        )
-        store.set_memory(backend.index, is_open)
-
-    async def check_health(backend: Backend) -> None:
-        up, why = await health(backend.url)
-        if ledger.set_up(backend, up):
-            if up:
-                log.warning("backend %s is up", backend.url)
-            else:
-                log.warning("backend %s is down: %s", backend.url, why)
-
-    async def check_memory(backend: Backend) -> None:
-        await metrics(backend, readings[backend.index])
-        judge_memory(backend)
-
-    await asyncio.gather(
-        *(check_health(b) for b in fleet.backends), *(check_memory(b) for b in fleet.backends)
-    )
+            self.ledger.kv_tokens[backend.index] = kv_tokens
 
 
 async def probe_forever(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,

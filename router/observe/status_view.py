@@ -33,9 +33,24 @@ def _yes(flag: bool) -> Text:
 
 
 def render(status: dict[str, Any], url: str) -> RenderableType:
-    store = status.get("store", {})
+    parts: list[RenderableType] = [_head(status, url)]
+    parts += (_pool_table(pool) for pool in status.get("pools", []))
     admission = status.get("admission", {})
-    overload = admission.get("overload", {})
+    queues = admission.get("pools", {})
+    if queues:
+        parts.append(_admission_table(queues))
+    refused = admission.get("refused") or {}
+    outcomes = {k: v for k, v in (status.get("outcomes") or {}).items() if v}
+    parts.append(Text(
+        "refused: " + (", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none")
+        + "   attempts: " + (", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+                             or "none")))  # fmt: skip
+    return Group(*parts)
+
+
+def _head(status: dict[str, Any], url: str) -> Text:
+    store = status.get("store", {})
+    overload = status.get("admission", {}).get("overload", {})
     head = Text.assemble(
         (f"{url}", "bold"),
         f"  pid {status.get('pid')}  store {store.get('kind')} ",
@@ -45,58 +60,54 @@ def render(status: dict[str, Any], url: str) -> RenderableType:
     )
     if overload.get("shed_tiers"):
         head.append(f"  shedding: {', '.join(overload['shed_tiers'])}", style="bold red")
-    parts: list[RenderableType] = [head]
-    for pool in status.get("pools", []):
-        table = Table(
-            title=f"pool {pool['name']} ({pool['model']}, window {pool['max_context_tokens']:,})",
-            title_justify="left",
+    return head
+
+
+def _pool_table(pool: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"pool {pool['name']} ({pool['model']}, window {pool['max_context_tokens']:,})",
+        title_justify="left",
+    )
+    for column in ("backend", "up", "usable", "breaker", "memory", "KV", "running",
+                   "waiting", "in flight", "pending prefill", "long", "budget",
+                   "prefill tok/s"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "backend" else "right")
+    for b in pool.get("backends", []):
+        breaker = b.get("breaker", {})
+        kv = b.get("kv_cache_usage")
+        table.add_row(
+            b["url"] + (" (drained)" if b.get("drained") else ""),
+            _yes(bool(b.get("up"))),
+            _yes(bool(b.get("usable"))),
+            _state(str(breaker.get("error", "?"))),
+            _state(str(breaker.get("memory", "?"))),
+            Text(_num(kv, "{:.0%}"), style="red" if kv is not None and kv >= 0.85 else ""),
+            _num(b.get("requests_running"), "{:.0f}"),
+            _num(b.get("requests_waiting"), "{:.0f}"),
+            _num(b.get("in_flight")),
+            _num(b.get("pending_prefill_tokens")),
+            _num(b.get("long_prefills_pending")),
+            _num(b.get("budget_in_flight_tokens")),
+            _num(b.get("prefill_tokens_per_s")),
         )
-        for column in ("backend", "up", "usable", "breaker", "memory", "KV", "running",
-                       "waiting", "in flight", "pending prefill", "long", "budget",
-                       "prefill tok/s"):  # fmt: skip
-            table.add_column(column, justify="left" if column == "backend" else "right")
-        for b in pool.get("backends", []):
-            breaker = b.get("breaker", {})
-            kv = b.get("kv_cache_usage")
-            table.add_row(
-                b["url"] + (" (drained)" if b.get("drained") else ""),
-                _yes(bool(b.get("up"))),
-                _yes(bool(b.get("usable"))),
-                _state(str(breaker.get("error", "?"))),
-                _state(str(breaker.get("memory", "?"))),
-                Text(_num(kv, "{:.0%}"), style="red" if kv is not None and kv >= 0.85 else ""),
-                _num(b.get("requests_running"), "{:.0f}"),
-                _num(b.get("requests_waiting"), "{:.0f}"),
-                _num(b.get("in_flight")),
-                _num(b.get("pending_prefill_tokens")),
-                _num(b.get("long_prefills_pending")),
-                _num(b.get("budget_in_flight_tokens")),
-                _num(b.get("prefill_tokens_per_s")),
-            )
-        parts.append(table)
-    queues = admission.get("pools", {})
-    if queues:
-        table = Table(title="admission", title_justify="left")
-        for column in ("pool", "waiting", "held long", "admitted", "finished/s", "standing"):
-            table.add_column(column, justify="left" if column == "pool" else "right")
-        for name, q in queues.items():
-            standing = [k for k, v in q.get("standing_queue", {}).items() if v]
-            table.add_row(
-                name,
-                " ".join(f"{t}:{n}" for t, n in q.get("waiting", {}).items()),
-                str(q.get("held_long", 0)),
-                " ".join(f"{t}:{n}" for t, n in q.get("admitted_in_flight", {}).items()),
-                str(q.get("finished_per_s", 0)),
-                ", ".join(standing) or "-",
-            )
-        parts.append(table)
-    refused = admission.get("refused") or {}
-    outcomes = {k: v for k, v in (status.get("outcomes") or {}).items() if v}
-    parts.append(Text(
-        "refused: " + (", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none")
-        + "   attempts: " + (", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
-                             or "none")))  # fmt: skip
-    return Group(*parts)
+    return table
+
+
+def _admission_table(queues: dict[str, Any]) -> Table:
+    table = Table(title="admission", title_justify="left")
+    for column in ("pool", "waiting", "held long", "admitted", "finished/s", "standing"):
+        table.add_column(column, justify="left" if column == "pool" else "right")
+    for name, q in queues.items():
+        standing = [k for k, v in q.get("standing_queue", {}).items() if v]
+        table.add_row(
+            name,
+            " ".join(f"{t}:{n}" for t, n in q.get("waiting", {}).items()),
+            str(q.get("held_long", 0)),
+            " ".join(f"{t}:{n}" for t, n in q.get("admitted_in_flight", {}).items()),
+            str(q.get("finished_per_s", 0)),
+            ", ".join(standing) or "-",
+        )
+    return table
 
 
 def fetch(url: str, timeout_s: float = 5.0) -> dict[str, Any]:

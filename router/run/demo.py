@@ -18,7 +18,7 @@ from aiohttp import web
 
 from backends.simulator import PROFILES, SimConfig, Simulator
 from router.api.app import create_app, make_runner
-from router.config import load_config
+from router.config import RouterConfig, load_config
 from router.observe.logs import setup_logging
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
@@ -26,7 +26,7 @@ DEMO_PROFILES = {"low-latency": "l4-1b", "high-memory": "h100-8b"}
 
 
 async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG) -> None:
-    config = load_config(config_path)  # config.py is the one reader of configuration files
+    config = load_config(config_path)  # router/config is the one reader of configuration files
     setup_logging(config.log_level, config.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -36,52 +36,12 @@ async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG)
     sims: list[Simulator] = []
     runner: web.AppRunner | None = None
     try:
-        pools = []
-        seed = 0
-        for pool in config.pools:
-            backends = []
-            for backend in pool.backends:
-                url = urlsplit(backend.url)
-                profile = PROFILES[DEMO_PROFILES.get(pool.name, "tiny")]
-                sim = Simulator(
-                    SimConfig(
-                        model=backend.model or pool.model,
-                        profile=profile.replace(max_model_len=pool.max_context_tokens),
-                        host=url.hostname or "127.0.0.1",
-                        port=0 if free_ports else (url.port or 80),
-                        seed=seed,
-                    )
-                )
-                seed += 1
-                await sim.start()
-                sims.append(sim)
-                backends.append(backend.model_copy(update={"url": sim.url}))
-            pools.append(pool.model_copy(update={"backends": tuple(backends)}))
-        # the same validated config, pointed at the simulators actually started
-        listen = config.listen.model_copy(update={"port": 0}) if free_ports else config.listen
-        config = config.model_copy(update={"pools": tuple(pools), "listen": listen})
+        config = await _start_simulators(config, free_ports, sims)
         runner = make_runner(create_app(config))
         await runner.setup()
         await web.TCPSite(runner, config.listen.host, config.listen.port).start()
         host, port = runner.addresses[0][:2]
-        router_url = f"http://{host}:{port}"
-        print(f"ctxroute demo: router on {router_url}")
-        for pool in config.pools_by_window():
-            profile_name = DEMO_PROFILES.get(pool.name, "tiny")
-            print(f"  pool {pool.name:12s} window {pool.max_context_tokens:>6} tokens, "
-                  f"{len(pool.backends)} simulated backends ({profile_name}): "
-                  + " ".join(b.url for b in pool.backends))  # fmt: skip
-        model = config.pools[0].model
-        print("\ntry:")
-        print(f"  curl -s {router_url}/v1/chat/completions -H 'content-type: application/json' "
-              f"-d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":"
-              f"\"hello\"}}],\"max_tokens\":16}}' -i")  # fmt: skip
-        print(f"  curl -s {router_url}/status")
-        print(
-            "  (the x-ctxroute-route header says where a request went and why; each request"
-            " is logged below)"
-        )
-        print("\nCtrl-C stops everything.", flush=True)
+        _banner(config, f"http://{host}:{port}")
         await stop.wait()
     finally:
         if runner is not None:
@@ -89,3 +49,52 @@ async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG)
         for sim in sims:
             await sim.stop()
         print("ctxroute demo: stopped", flush=True)
+
+
+async def _start_simulators(config: RouterConfig, free_ports: bool,
+                            sims: list[Simulator]) -> RouterConfig:  # fmt: skip
+    """A simulator for every backend of ``config`` (appended to ``sims`` as each starts),
+    and the same validated config pointed at the simulators actually started."""
+    pools = []
+    seed = 0
+    for pool in config.pools:
+        backends = []
+        for backend in pool.backends:
+            url = urlsplit(backend.url)
+            profile = PROFILES[DEMO_PROFILES.get(pool.name, "tiny")]
+            sim = Simulator(
+                SimConfig(
+                    model=backend.model or pool.model,
+                    profile=profile.replace(max_model_len=pool.max_context_tokens),
+                    host=url.hostname or "127.0.0.1",
+                    port=0 if free_ports else (url.port or 80),
+                    seed=seed,
+                )
+            )
+            seed += 1
+            await sim.start()
+            sims.append(sim)
+            backends.append(backend.model_copy(update={"url": sim.url}))
+        pools.append(pool.model_copy(update={"backends": tuple(backends)}))
+    listen = config.listen.model_copy(update={"port": 0}) if free_ports else config.listen
+    return config.model_copy(update={"pools": tuple(pools), "listen": listen})
+
+
+def _banner(config: RouterConfig, router_url: str) -> None:
+    print(f"ctxroute demo: router on {router_url}")
+    for pool in config.pools_by_window():
+        profile_name = DEMO_PROFILES.get(pool.name, "tiny")
+        print(f"  pool {pool.name:12s} window {pool.max_context_tokens:>6} tokens, "
+              f"{len(pool.backends)} simulated backends ({profile_name}): "
+              + " ".join(b.url for b in pool.backends))  # fmt: skip
+    model = config.pools[0].model
+    print("\ntry:")
+    print(f"  curl -s {router_url}/v1/chat/completions -H 'content-type: application/json' "
+          f"-d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":"
+          f"\"hello\"}}],\"max_tokens\":16}}' -i")  # fmt: skip
+    print(f"  curl -s {router_url}/status")
+    print(
+        "  (the x-ctxroute-route header says where a request went and why; each request"
+        " is logged below)"
+    )
+    print("\nCtrl-C stops everything.", flush=True)

@@ -102,62 +102,72 @@ def _supervise(config: RouterConfig, workers: int) -> int:
     one listening port (SO_REUSEPORT). A worker that dies is replaced, after its row of
     the board is cleared (its requests died with it); one that dies right after starting
     stops the whole server. The exit status is non-zero when any worker ended badly."""
-    backends = len(Fleet.from_config(config).backends)
-    shared = LoadBoard.shared_memory(backends, workers)
-    board = LoadBoard(backends, rows=workers, row=0, shared=shared)
-    # each worker's metrics in its own row: a replaced worker carries its row's totals on
-    metrics = MetricsShare.shared_memory(workers, len(Metrics.for_config(config).vector()))
-    mp = multiprocessing.get_context("fork")
-    procs: dict[int, multiprocessing.process.BaseProcess] = {}
-    started: dict[int, float] = {}
-    stopping = False
-    failed = False
-    forwarded: set[int] = set()  # signals sent to the workers to stop them
+    supervisor = _Supervisor(config, workers)
+    signal.signal(signal.SIGINT, supervisor.forward)
+    signal.signal(signal.SIGTERM, supervisor.forward)
+    for row in range(workers):
+        supervisor.start(row)
+    while supervisor.procs:
+        procs = supervisor.procs
+        sentinels = {proc.sentinel: row for row, proc in procs.items()}
+        for sentinel in multiprocessing.connection.wait(list(sentinels)):
+            supervisor.ended(sentinels[cast(int, sentinel)])
+    return 1 if supervisor.failed else 0
 
-    def start(row: int) -> None:
-        proc = mp.Process(
-            target=_worker, args=(config, shared, metrics, backends, workers, row), daemon=False
-        )
+
+class _Supervisor:
+    """The workers of ``serve --workers N`` and what happened to them."""
+
+    def __init__(self, config: RouterConfig, workers: int) -> None:
+        self.config = config
+        self.workers = workers
+        self.backends = len(Fleet.from_config(config).backends)
+        self.shared = LoadBoard.shared_memory(self.backends, workers)
+        self.board = LoadBoard(self.backends, rows=workers, row=0, shared=self.shared)
+        # each worker's metrics in its own row: a replaced worker carries its totals on
+        self.metrics = MetricsShare.shared_memory(workers, len(Metrics.for_config(config).vector()))
+        self.mp = multiprocessing.get_context("fork")
+        self.procs: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.started: dict[int, float] = {}
+        self.stopping = False
+        self.failed = False
+        self.forwarded: set[int] = set()  # signals sent to the workers to stop them
+
+    def start(self, row: int) -> None:
+        args = (self.config, self.shared, self.metrics, self.backends, self.workers, row)
+        proc = self.mp.Process(target=_worker, args=args, daemon=False)
         proc.start()
-        procs[row] = proc
-        started[row] = time.monotonic()
+        self.procs[row] = proc
+        self.started[row] = time.monotonic()
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        forwarded.add(signum)
-        for proc in procs.values():
+    def forward(self, signum: int, _frame: object) -> None:
+        """Pass a stop signal on to every worker still running."""
+        self.stopping = True
+        self.forwarded.add(signum)
+        for proc in self.procs.values():
             if proc.pid is not None and proc.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signum)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    for row in range(workers):
-        start(row)
-    while procs:
-        sentinels = {proc.sentinel: row for row, proc in procs.items()}
-        ready = multiprocessing.connection.wait(list(sentinels))
-        for sentinel in ready:
-            row = sentinels[cast(int, sentinel)]
-            proc = procs.pop(row)
-            proc.join()
-            code = proc.exitcode
-            board.clear_row(row)
-            # a worker still starting when the stop came dies of the signal it was sent
-            # (its handlers are not installed yet): that is a clean stop too
-            if stopping and (code == 0 or (code is not None and -code in forwarded)):
-                continue
-            failed = True
-            uptime = time.monotonic() - started[row]
-            if stopping:
-                log.error("worker %d (pid %s) ended badly: %s", row, proc.pid, describe_exit(code))
-            elif uptime < _MIN_UPTIME_S:
-                log.error("worker %d (pid %s) died %.1fs after starting (%s): stopping",
-                          row, proc.pid, uptime, describe_exit(code))  # fmt: skip
-                forward(signal.SIGTERM, None)
-            else:
-                log.error("worker %d (pid %s) died (%s): its load is cleared, restarting it",
-                          row, proc.pid, describe_exit(code))  # fmt: skip
-                start(row)
-    return 1 if failed else 0
+    def ended(self, row: int) -> None:
+        """The worker of ``row`` exited: clear its load; restart it, or stop everything."""
+        proc = self.procs.pop(row)
+        proc.join()
+        code = proc.exitcode
+        self.board.clear_row(row)
+        # a worker still starting when the stop came dies of the signal it was sent
+        # (its handlers are not installed yet): that is a clean stop too
+        if self.stopping and (code == 0 or (code is not None and -code in self.forwarded)):
+            return
+        self.failed = True
+        uptime = time.monotonic() - self.started[row]
+        if self.stopping:
+            log.error("worker %d (pid %s) ended badly: %s", row, proc.pid, describe_exit(code))
+        elif uptime < _MIN_UPTIME_S:
+            log.error("worker %d (pid %s) died %.1fs after starting (%s): stopping",
+                      row, proc.pid, uptime, describe_exit(code))  # fmt: skip
+            self.forward(signal.SIGTERM, None)
+        else:
+            log.error("worker %d (pid %s) died (%s): its load is cleared, restarting it",
+                      row, proc.pid, describe_exit(code))  # fmt: skip
+            self.start(row)

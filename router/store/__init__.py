@@ -1,9 +1,14 @@
 """Shared state of the fleet: breakers, memory pressure, drain flags, and the load view.
 
+- ``loadboard.py``: per-backend load counters, one row per process (shared memory between
+  the workers of one host); ``shared_load.py`` adds what other replicas published;
+- ``memory.py``: the in-process store; ``redis.py`` (with ``redis_client.py`` and
+  ``redis_scripts.py``): the same state shared through Redis.
+
 ``Store`` is the one interface; ``MemoryStore`` (memory.py) keeps everything in this
 process, the embedded default; ``RedisStore`` (redis.py) shares it with every replica
 through Redis and falls back to the local state when Redis is away. Both pass the same
-contract suite (tests/integration/test_store_contract.py).
+contract suite (tests/integration/test_store.py).
 
 The request path only ever calls the synchronous methods: they read and write the local
 state, and the Redis store carries changes to and from Redis in the background, so no

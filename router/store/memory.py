@@ -18,7 +18,6 @@ from router.store.loadboard import LoadView
 
 log = logging.getLogger("ctxroute.breakers")
 
-_CLOSED = br.BreakerState.CLOSED
 _GO = (True, False)  # allowed, not a probe
 
 
@@ -38,7 +37,6 @@ class MemoryStore:
         self.jitter = jitter
         count = len(self.backends)
         self.breakers: list[br.Breaker] = [br.CLOSED] * count
-        self._steady: list[br.Breaker | None] = [None] * count
         self.memory: list[bool] = [False] * count
         self.drain: list[bool] = [False] * count
 
@@ -52,13 +50,13 @@ class MemoryStore:
         if self.drain[backend] or self.memory[backend]:
             return False
         b = self.breakers[backend]
-        return b.state is _CLOSED or br.usable(b, now, self.settings)
+        return b.state is br.BreakerState.CLOSED or br.usable(b, now, self.settings)
 
     def allow(self, backend: int, now: float) -> tuple[bool, bool]:
         if self.drain[backend] or self.memory[backend]:
             return False, False
         b = self.breakers[backend]
-        if b.state is _CLOSED:
+        if b.state is br.BreakerState.CLOSED:
             return _GO  # the common case, without a call into the state machine
         allowed, probe, after = br.allow(b, now, self.settings)
         self._set(backend, after, now)
@@ -66,16 +64,10 @@ class MemoryStore:
 
     def record(self, backend: int, failed: bool | None, probe: bool, now: float) -> None:
         before = self.breakers[backend]
-        if failed is False and before is self._steady[backend]:
-            return  # one more success of a healthy backend: the state machine said so before
         if failed is None:
             after = br.release(before, probe)
         else:
             after = br.record(before, failed, probe, now, self.settings, self.jitter())
-            if after is before and not failed and not probe:
-                # a success that changed nothing changes nothing until something else does
-                # (any change replaces the breaker, so this identity no longer matches)
-                self._steady[backend] = before
         self._set(backend, after, now)
 
     def _set(self, backend: int, after: br.Breaker, now: float) -> None:

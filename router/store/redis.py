@@ -3,25 +3,7 @@
 What the request path reads is always the local state of ``MemoryStore``: this class
 carries it to and from Redis in the background, so no request ever waits on Redis.
 
-Keys (every one carries the hash tag ``{key_prefix}``, so a deployment's keys live in one
-Redis Cluster slot and every script may touch several of them)::
-
-    {p}:breaker:<url>     "open_until_ms openings", PX = open time left + probe grace:
-                          present = open (half-open once open_until passed), absent = closed;
-                          a writer that dies cannot leave a backend open for ever
-    {p}:probe:<url>:<n>   the n-th half-open probe lease, SET NX PX: at most
-                          breakers.half_open_probes probes across the whole fleet
-    {p}:drained           set of drained backend URLs (an operator's decision: no TTL)
-    {p}:load              hash: process id -> "expires_ms|in_flight,pending,long_pending,
-                          budget,long_in_flight;..." (one row per backend, no spaces):
-                          each process's own load, rewritten every load_publish_ms; fields
-                          past their expiry are dropped by readers, so a dead process's
-                          share vanishes by itself (a hash field has no TTL of its own
-                          before Redis 7.4; the whole hash has one)
-    {p}:events            pub/sub channel: "open <url> <ms left> <openings>", "close <url>",
-                          "drain <url>", "undrain <url>", and "load <process> <rows>" when
-                          a long request starts, produces its first token or ends
-                          somewhere (announced at once)
+The keys and what each holds: ``redis_scripts.py``.
 
 Every breaker transition is one Lua script that reads ``redis.call('TIME')``, so the
 replicas' clocks never have to agree; the latest open-until wins. Pub/sub pushes a change
@@ -44,179 +26,23 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from router.config import StoreConfig
 from router.core import breaker as br
-from router.model import Backend, Load
+from router.model import Backend
+from router.store import redis_scripts as scripts
 from router.store.loadboard import LoadView
 from router.store.memory import MemoryStore
+from router.store.redis_client import make_client
+from router.store.shared_load import SharedLoad
 
 log = logging.getLogger("ctxroute.store")
 
 T = TypeVar("T")
 
 _RETRY_S = 0.2  # while Redis is away, how often to try again
-
-_OPEN = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local until_ms = now + tonumber(ARGV[1])
-local openings = tonumber(ARGV[2])
-local current = redis.call('GET', KEYS[1])
-if current then
-  local cu, co = string.match(current, '(%d+) (%d+)')
-  if tonumber(cu) > until_ms then until_ms = tonumber(cu) end
-  if tonumber(co) > openings then openings = tonumber(co) end
-end
-local left = until_ms - now
-redis.call('SET', KEYS[1], until_ms .. ' ' .. openings, 'PX', math.max(1, left) + tonumber(ARGV[3]))
-for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
-redis.call('PUBLISH', ARGV[4], 'open ' .. ARGV[5] .. ' ' .. left .. ' ' .. openings)
-return {left, openings}
-"""
-
-_CLOSE = """
-for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
-redis.call('PUBLISH', ARGV[1], 'close ' .. ARGV[2])
-return 1
-"""
-
-_READ = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {now}
-for i = 1, #KEYS - 1 do
-  out[#out + 1] = redis.call('GET', KEYS[i]) or ''
-end
-out[#out + 1] = redis.call('SMEMBERS', KEYS[#KEYS])
-return out
-"""
-
-_LOAD = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], ARGV[1], (now + ttl) .. '|' .. ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ttl * 4)
-if ARGV[5] == '1' then
-  redis.call('PUBLISH', ARGV[4], 'load ' .. ARGV[1] .. ' ' .. ARGV[2])
-end
-local all = redis.call('HGETALL', KEYS[1])
-local out = {}
-for i = 1, #all, 2 do
-  local id, value = all[i], all[i + 1]
-  local expires, rows = string.match(value, '^(%d+)|(.*)$')
-  if not expires or tonumber(expires) < now then
-    redis.call('HDEL', KEYS[1], id)
-  elseif id ~= ARGV[1] then
-    out[#out + 1] = id
-    out[#out + 1] = rows
-  end
-end
-return out
-"""
-
-
-def make_client(url: str, timeout_s: float) -> aioredis.Redis | RedisCluster:
-    """A client for redis:// rediss:// unix:// URLs, redis+sentinel://h1:p1,h2:p2/service[/db]
-    (the current master of that service) and redis+cluster://host:port (a Cluster)."""
-    common: dict[str, Any] = {
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "decode_responses": True,
-    }
-    if url.startswith("redis+sentinel://"):
-        parts = urlsplit(url)
-        hosts = []
-        for item in parts.netloc.split("@")[-1].split(","):
-            host, _, port = item.rpartition(":")
-            hosts.append((host or "localhost", int(port or 26379)))
-        path = [p for p in parts.path.split("/") if p]
-        if not path:
-            raise ValueError("a sentinel URL names its service: redis+sentinel://host:port/name")
-        db = int(path[1]) if len(path) > 1 else 0
-        password = unquote(parts.password) if parts.password else None
-        sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": timeout_s}, **common)  # type: ignore[no-untyped-call]
-        master: aioredis.Redis = sentinel.master_for(path[0], db=db, password=password)
-        return master
-    if url.startswith("redis+cluster://"):
-        return RedisCluster.from_url("redis://" + url[len("redis+cluster://") :], **common)
-    return aioredis.Redis.from_url(url, **common)
-
-
-class SharedLoad:
-    """The load view with other processes' published load added (``LoadView``).
-
-    ``notify`` is called when a long prefill starts or ends here: the change that matters
-    most to the other replicas' next decisions (a short request must not land behind it),
-    so it is announced at once rather than at the next periodic publication."""
-
-    def __init__(self, board: LoadView, backends: int,
-                 notify: Callable[[], None] | None = None) -> None:  # fmt: skip
-        self.board = board
-        self.notify = notify
-        self.remote: list[Load] = [Load()] * backends
-        self.others: dict[str, str] = {}  # process id -> its packed rows
-
-    def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int,
-            long_flight: int = 0) -> None:  # fmt: skip
-        self.board.add(backend, in_flight, pending, long, budget, long_flight)
-        if (long or long_flight) and self.notify is not None:
-            self.notify()
-
-    def local(self, backend: int) -> Load:
-        return self.board.local(backend)
-
-    def fleet(self, backend: int) -> Load:
-        mine = self.board.local(backend)
-        other = self.remote[backend]
-        if other.in_flight == 0 and other.budget_in_flight == 0 and other.pending_prefill == 0:
-            return mine
-        return Load(
-            mine.in_flight + other.in_flight,
-            mine.pending_prefill + other.pending_prefill,
-            mine.long_pending + other.long_pending,
-            mine.budget_in_flight + other.budget_in_flight,
-            mine.long_in_flight + other.long_in_flight,
-        )
-
-    def packed(self) -> str:
-        rows = (self.board.local(i) for i in range(len(self.remote)))
-        return ";".join(
-            f"{r.in_flight},{r.pending_prefill},{r.long_pending},{r.budget_in_flight},"
-            f"{r.long_in_flight}"
-            for r in rows
-        )
-
-    def merge(self, reply: Sequence[str]) -> None:
-        """Every live process's rows, as Redis has them (``id, rows, id, rows, ...``)."""
-        self.others = dict(zip(reply[0::2], reply[1::2], strict=True))
-        self._sum()
-
-    def update(self, process: str, packed: str) -> None:
-        """One process announced its rows (pub/sub): until the next full read."""
-        self.others[process] = packed
-        self._sum()
-
-    def _sum(self) -> None:
-        total = [[0, 0, 0, 0, 0] for _ in self.remote]
-        for packed in self.others.values():
-            for i, row in enumerate(packed.split(";")[: len(total)]):
-                cells = total[i]
-                # a replica of the release before long_in_flight publishes four fields
-                for j, value in enumerate(row.split(",")[:5]):
-                    cells[j] += int(value)
-        self.remote = [Load(*cells) for cells in total]
-
-    def forget_others(self) -> None:
-        self.others.clear()
-        self.remote = [Load()] * len(self.remote)
 
 
 class RedisStore(MemoryStore):
@@ -391,7 +217,7 @@ class RedisStore(MemoryStore):
 
     async def _publish_load(self) -> None:
         ttl_ms = int(max(1000.0, 10 * self.config.load_publish_ms))
-        script = self._script("load", _LOAD)
+        script = self._script("load", scripts.LOAD)
         announce, self._announce = self._announce, False
         args = [self.process_id, self.shared.packed(), ttl_ms, self.channel, int(announce)]
         try:
@@ -422,7 +248,7 @@ class RedisStore(MemoryStore):
         keys = [self.breaker_keys[backend], *self.lease_keys[backend]]
         if b.state is br.BreakerState.OPEN:
             left_ms = max(1, int((b.open_until - time.monotonic()) * 1000))
-            script = self._script("open", _OPEN)
+            script = self._script("open", scripts.OPEN)
             left, openings = await self._call(
                 lambda: script(
                     keys=keys, args=[left_ms, b.openings, self.probe_grace_ms, self.channel, url]
@@ -430,7 +256,7 @@ class RedisStore(MemoryStore):
             )
             self._adopt_open(backend, int(left), int(openings))
         elif b.state is br.BreakerState.CLOSED:
-            script = self._script("close", _CLOSE)
+            script = self._script("close", scripts.CLOSE)
             await self._call(lambda: script(keys=keys, args=[self.channel, url]))
         self.leases[backend] = 0
 
@@ -495,7 +321,7 @@ class RedisStore(MemoryStore):
 
     async def _resync(self) -> None:
         keys = [*self.breaker_keys, self.drained_key]
-        script = self._script("read", _READ)
+        script = self._script("read", scripts.READ)
         reply = await self._call(lambda: script(keys=keys, args=[]))
         now_ms = int(reply[0])
         values, drained = reply[1:-1], set(reply[-1])

@@ -66,12 +66,6 @@ class ConnState(enum.Enum):
     CLOSED = "closed"
 
 
-# Enum members read on every request, as module globals: on Python 3.11 ``Enum.MEMBER``
-# goes through EnumType.__getattr__, about 8x the cost of a global read
-_IDLE: Final = ConnState.IDLE
-_BUSY: Final = ConnState.BUSY
-_CLOSED: Final = ConnState.CLOSED
-
 BodySink = Callable[[bytes], None]
 EndCallback = Callable[[UpstreamError | None], None]
 
@@ -93,7 +87,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.origin = origin
         # made inside loop.create_connection: asking once saves a getpid() per call later
         self.loop = asyncio.get_running_loop()
-        self.state = _BUSY  # a new connection is made for a request
+        self.state = ConnState.BUSY  # a new connection is made for a request
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self.uses = 0
@@ -135,7 +129,7 @@ class UpstreamConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if self.state is not _BUSY or self.complete:
+        if self.state is not ConnState.BUSY or self.complete:
             # bytes nobody asked for (a 408 on an idle connection, more after a complete
             # answer): the connection's framing can no longer be trusted
             self._reusable = False
@@ -174,10 +168,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
-        self.state = _CLOSED
+        self.state = ConnState.CLOSED
         self.transport = None
         self.pool._forget(self)
-        if was is not _BUSY or self.complete or self.error is not None:
+        if was is not ConnState.BUSY or self.complete or self.error is not None:
             return
         if self.head_done and not self._framed() and exc is None:
             # a close-delimited body ends with a clean close (FIN), never with a reset
@@ -322,7 +316,7 @@ class UpstreamConnection(asyncio.Protocol):
             and self.error is None
             and self.keep_alive
             and self._reusable
-            and self.state is _BUSY
+            and self.state is ConnState.BUSY
             and self.transport is not None
             and not self.transport.is_closing()
         )
@@ -330,7 +324,7 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, data: bytes, *, head_only: bool) -> asyncio.Future[None]:
         """Write a request; the future resolves when the response head has arrived."""
         self._begin_exchange(head_only=head_only)
-        self.state = _BUSY
+        self.state = ConnState.BUSY
         self.uses += 1
         waiter: asyncio.Future[None] = self.loop.create_future()
         self.head_waiter = waiter
@@ -354,7 +348,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _expire(self, seconds: float, what: str) -> None:
         self._timer = None
-        if self.state is _BUSY:
+        if self.state is ConnState.BUSY:
             self._fail(f"no {what} within {seconds:g}s", UpstreamTimeout)
 
     def attach(self, sink: BodySink, on_end: EndCallback) -> None:
@@ -384,14 +378,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.detach()
         self.disarm()
         transport = self.transport
-        if self.state is _IDLE:
-            self.state = _CLOSED
+        if self.state is ConnState.IDLE:
+            self.state = ConnState.CLOSED
             self.pool._forget(self)
         if transport is not None:
             transport.abort()
 
     def make_idle(self, now: float) -> None:
-        self.state = _IDLE
+        self.state = ConnState.IDLE
         self.idle_since = now
         self.detach()
         self.disarm()

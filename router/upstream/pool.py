@@ -28,7 +28,6 @@ from router.upstream.connection import (
 )
 
 _IDLE_PER_ORIGIN: Final = 256
-_IDLE: Final = ConnState.IDLE  # a module global: Enum.MEMBER is slow on 3.11
 
 
 class UpstreamResponse:
@@ -150,7 +149,7 @@ class UpstreamPool:
             conn = idle.pop()  # the most recently used: the least likely to be timed out
             transport = conn.transport
             if (
-                conn.state is _IDLE
+                conn.state is ConnState.IDLE
                 and transport is not None
                 and not transport.is_closing()
                 and conn.loop.time() - conn.idle_since < self.keepalive_s

@@ -40,6 +40,78 @@ class RelayResult:
     client_gone: bool
 
 
+class _Relay:
+    """One stream's relay: ``sink`` writes each piece of the backend's body to the client's
+    transport as it comes (inside the upstream connection's ``data_received``), pausing
+    the backend when the client falls behind; ``on_end`` hears the upstream end."""
+
+    __slots__ = ("chunked", "ended", "high_water", "paused", "scanner", "transport", "upstream",
+                 "wake")  # fmt: skip
+
+    def __init__(self, transport: asyncio.Transport, upstream: UpstreamResponse,
+                 chunked: bool) -> None:  # fmt: skip
+        self.transport = transport
+        self.upstream = upstream
+        self.chunked = chunked
+        self.scanner = StreamScanner()
+        self.high_water = transport.get_write_buffer_limits()[1]
+        self.ended: list[UpstreamError | None] = []
+        self.paused = False
+        self.wake: asyncio.Future[None] | None = None
+
+    def sink(self, data: bytes) -> None:
+        self.scanner.feed(data)
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        if not self.paused and transport.get_write_buffer_size() > self.high_water:
+            self.paused = True
+            self.upstream.pause()
+            self._wake()
+
+    def on_end(self, error: UpstreamError | None) -> None:
+        self.ended.append(error)
+        self._wake()
+
+    def _wake(self) -> None:
+        wake = self.wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def pump(self, request: web.Request, idle_s: float) -> tuple[str | None, bool]:
+        """Until the upstream ends: resume the backend once the client has drained, and
+        watch for a backend gone silent. Returns (the problem, if any; the client left)."""
+        loop = asyncio.get_running_loop()
+        seen = -1
+        while not self.ended:
+            if self.paused:
+                try:
+                    async with asyncio.timeout(idle_s):
+                        await request.writer.drain()
+                except (TimeoutError, ConnectionError):
+                    self.transport.abort()  # a client that reads nothing for idle_s is gone
+                    return None, True
+                self.paused = False
+                self.upstream.resume()
+                continue
+            if self.scanner.bytes_seen == seen:
+                # a whole idle_s window with no byte (a gap is caught between idle_s and
+                # twice that, so the per-chunk path reads no clock)
+                return f"the backend sent nothing for {idle_s:g}s", False
+            seen = self.scanner.bytes_seen
+            self.wake = loop.create_future()
+            try:
+                async with asyncio.timeout(idle_s):
+                    await self.wake
+            except TimeoutError:
+                pass
+            finally:
+                self.wake = None
+        error = self.ended[0]
+        return (None if error is None else f"upstream stream broken: {error}"), False
+
+
 async def relay_stream(
     request: web.Request,
     upstream: UpstreamResponse,
@@ -52,75 +124,24 @@ async def relay_stream(
     if chunked:
         out.enable_chunked_encoding()
     await out.prepare(request)
-    scanner = StreamScanner()
     transport = request.transport
     if transport is None or transport.is_closing():
+        scanner = StreamScanner()
         scanner.feed(first)
         return out, RelayResult(scanner.summary(), None, client_gone=True)
-
-    loop = asyncio.get_running_loop()
-    high_water = transport.get_write_buffer_limits()[1]
-    ended: list[UpstreamError | None] = []
-    paused = False
-    wake: asyncio.Future[None] | None = None
-
-    def sink(data: bytes) -> None:
-        nonlocal paused
-        scanner.feed(data)
-        if transport.is_closing():
-            return
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
-        if not paused and transport.get_write_buffer_size() > high_water:
-            paused = True
-            upstream.pause()
-            if wake is not None and not wake.done():
-                wake.set_result(None)
-
-    def on_end(error: UpstreamError | None) -> None:
-        ended.append(error)
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    sink(first)
-    upstream.relay(sink, on_end)
-    problem: str | None = None
-    seen = -1
-    while not ended:
-        if paused:
-            try:
-                async with asyncio.timeout(idle_s):
-                    await request.writer.drain()
-            except (TimeoutError, ConnectionError):
-                transport.abort()  # a client that reads nothing for idle_s is gone
-                return out, RelayResult(scanner.summary(), None, client_gone=True)
-            paused = False
-            upstream.resume()
-            continue
-        if scanner.bytes_seen == seen:
-            # a whole idle_s window with no byte (a gap is caught between idle_s and twice
-            # that, so the per-chunk path reads no clock)
-            problem = f"the backend sent nothing for {idle_s:g}s"
-            break
-        seen = scanner.bytes_seen
-        wake = loop.create_future()
-        try:
-            async with asyncio.timeout(idle_s):
-                await wake
-        except TimeoutError:
-            pass
-        finally:
-            wake = None
-    if ended and ended[0] is not None:
-        problem = f"upstream stream broken: {ended[0]}"
-    summary = scanner.summary()
-    if transport.is_closing():
+    relay = _Relay(transport, upstream, chunked)
+    relay.sink(first)
+    upstream.relay(relay.sink, relay.on_end)
+    problem, gone = await relay.pump(request, idle_s)
+    summary = relay.scanner.summary()
+    if gone or transport.is_closing():
         return out, RelayResult(summary, problem, client_gone=True)
     if problem is None and not summary.done:
         problem = "the backend ended the stream before the answer finished"
     if problem is not None:
         upstream.close()  # detach: nothing of the backend's may follow our closing event
         # close an event the backend left half-written, then say what happened
-        prefix = b"" if scanner.ends_event() else b"\n\n"
+        prefix = b"" if relay.scanner.ends_event() else b"\n\n"
         await out.write(prefix + error_event(problem))
     await out.write_eof()
     return out, RelayResult(summary, problem, client_gone=False)

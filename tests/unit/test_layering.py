@@ -3,6 +3,9 @@
 - router/core/ (with model.py and errors.py) is pure: no I/O library, no event loop, no
   clock, and it imports nothing from the router outside the pure set.
 - router/upstream/ is the transport: it knows neither the handlers nor the planner.
+- each folder of router/ imports only from its own layer and the layers below it
+  (``LAYERS``): the core none of the edges, the HTTP face (router/api/) nothing but the
+  process that runs it.
 - nothing in router/ imports vllm or torch, or reaches into aiohttp's private attributes.
 """
 
@@ -15,7 +18,7 @@ import pytest
 
 ROUTER = Path(__file__).resolve().parents[2] / "router"
 PURE = sorted(
-    [p for p in (ROUTER / "core").glob("*.py")] + [ROUTER / "model.py", ROUTER / "errors.py"]
+    [p for p in (ROUTER / "core").rglob("*.py")] + [ROUTER / "model.py", ROUTER / "errors.py"]
 )
 PURE_MODULES = {".".join(p.relative_to(ROUTER.parent).with_suffix("").parts) for p in PURE}
 FORBIDDEN = {"aiohttp", "redis", "asyncio", "time", "datetime", "os", "socket", "uvloop",
@@ -102,3 +105,49 @@ def test_no_private_aiohttp_attributes() -> None:
         if "aiohttp" in roots(path):
             offenders += _private_attributes(path)
     assert not offenders, offenders
+
+
+# bottom first: a module may import from its own layer and the ones below it, never above
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"router.model", "router.errors", "router.config"}),
+    frozenset({"router.core"}),
+    frozenset({"router.upstream", "router.store"}),
+    frozenset({"router.fleet"}),
+    frozenset({"router.observe"}),
+    frozenset({"router.dispatch"}),
+    frozenset({"router.api"}),
+    frozenset({"router.run", "router.cli", "router.__main__"}),
+)
+
+
+def _layer(module: str) -> int:
+    """The layer of ``router.x.y`` (or of ``router.x``); -1 for ``router`` itself."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return -1
+    top = ".".join(parts[:2])
+    for i, layer in enumerate(LAYERS):
+        if top in layer:
+            return i
+    raise AssertionError(f"{module} is in no layer: add its folder to LAYERS")
+
+
+ALL = sorted(ROUTER.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", ALL, ids=_name)
+def test_a_module_imports_only_its_own_layer_and_those_below(path: Path) -> None:
+    module = ".".join(path.relative_to(ROUTER.parent).with_suffix("").parts)
+    mine = _layer(module.removesuffix(".__init__"))
+    for name in imports(path):
+        if name.startswith("router."):
+            assert _layer(name) <= mine, f"{_name(path)} imports {name}, a layer above it"
+
+
+def test_every_folder_of_the_router_says_what_it_is_for() -> None:
+    for folder in [p for p in ROUTER.iterdir() if p.is_dir() and p.name != "__pycache__"]:
+        if not any(folder.glob("*.py")):
+            continue  # static files
+        init = folder / "__init__.py"
+        assert init.exists(), f"{folder.name}/ has no __init__.py"
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{folder.name}/ says nothing"
