@@ -70,15 +70,9 @@ class Fleet:
         for view in views:
             by_model.setdefault(view.model, []).append(view)
         work = long_work(config)
-        r = config.routing
-        settings = PlannerSettings(
-            pool_tolerance_ms=r.pool_tolerance_ms,
-            affinity_tolerance_ms=r.affinity_tolerance_ms,
-            load_factor=r.load_factor,
-            long_wait_limit_ms=r.long_wait_limit_ms,
-            step_ms_per_ktok=r.step_ms_per_ktok,
-            work=work,
-        )
+        # the routing config's fields are the planner's settings, by name
+        planner = config.routing.model_dump(include=set(PlannerSettings.__dataclass_fields__))
+        settings = PlannerSettings(**planner, work=work)
         return cls(
             tuple(views),
             {m: tuple(v) for m, v in by_model.items()},

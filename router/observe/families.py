@@ -189,17 +189,14 @@ def _backend_families(state: RouterState) -> Iterator[Metric]:
     yield from (family for family, _ in probed)
 
 
+_QUEUE_DEPTH_HELP: Final = "Requests held at the router, per pool and priority tier"
+_ADMITTED_HELP: Final = "Requests admitted and not ended, per pool and priority tier"
+
+
 def _admission_families(admission: AdmissionState) -> Iterator[Metric]:
-    depth = GaugeMetricFamily(
-        "ctxroute_queue_depth",
-        "Requests held at the router, per pool and priority tier",
-        labels=["pool", "tier"],
-    )
-    admitted = GaugeMetricFamily(
-        "ctxroute_admitted",
-        "Requests admitted and not ended, per pool and priority tier",
-        labels=["pool", "tier"],
-    )
+    labels = ["pool", "tier"]
+    depth = GaugeMetricFamily("ctxroute_queue_depth", _QUEUE_DEPTH_HELP, labels=labels)
+    admitted = GaugeMetricFamily("ctxroute_admitted", _ADMITTED_HELP, labels=labels)
     for q in admission.queues:
         for t, name in enumerate(admission.tiers):
             depth.add_metric([q.pool, name], q.waiting[t])
