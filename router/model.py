@@ -79,7 +79,7 @@ class BackendView(NamedTuple):
     kv_tokens: int | None = None  # configured, else read from vLLM's cache_config_info
 
 
-class Placement(enum.Enum):
+class Placement(enum.StrEnum):
     """Where a candidate stands with respect to the request's hash owner (its prefix cache),
     or why it was put after the others."""
 
@@ -89,7 +89,7 @@ class Placement(enum.Enum):
     NO_KV_ROOM = "no KV room for its budget"
 
 
-class Rule(enum.Enum):
+class Rule(enum.StrEnum):
     """The long-prefill rule that ordered the candidates before their scores, if any."""
 
     NONE = ""
@@ -101,7 +101,7 @@ class Rule(enum.Enum):
     LEAVES_ONE_CLEAN = "leaves the fleet's last backend free of long prefill to short requests"
 
 
-class Bypass(enum.Enum):
+class Bypass(enum.StrEnum):
     """Why the first candidate is not the preferred pool's hash owner."""
 
     NONE = ""  # it is the owner
@@ -149,21 +149,16 @@ class RoutePlan(NamedTuple):
     @property
     def reason(self) -> str:
         """Why the first candidate was chosen, as phrases joined by "; "."""
-        parts = [
-            f"fits {self.preferred}" if self.fits else "may not fit: the largest window decides"
-        ]
+        fit = f"fits {self.preferred}" if self.fits else "may not fit: the largest window decides"
         if not self.candidates:
-            parts.append("no backend is usable: breakers, memory, drain or max_in_flight")
-        elif not self.usable:
-            parts.append("every usable backend is down: trying anyway")
-        else:
-            where = self.candidates[0].pool
-            parts.append("preferred pool" if where == self.preferred else "spill to " + where)
-            if self.placement is not None:
-                parts.append(self.placement.value)
-            if self.rule is not Rule.NONE:
-                parts.append(self.rule.value)
-        return "; ".join(parts)
+            return fit + "; no backend is usable: breakers, memory, drain or max_in_flight"
+        if not self.usable:
+            return fit + "; every usable backend is down: trying anyway"
+        where = self.candidates[0].pool
+        place = "preferred pool" if where == self.preferred else "spill to " + where
+        if self.rule:  # Rule.NONE is ""
+            return f"{fit}; {place}; {self.placement}; {self.rule}"
+        return f"{fit}; {place}; {self.placement}"
 
 
 class OutcomeKind(enum.Enum):

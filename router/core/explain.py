@@ -27,7 +27,7 @@ def bypass_words(plan: RoutePlan) -> str:
     """Why the plan passed over its hash owner, in words ("" when it did not)."""
     if plan.bypass is Bypass.WAIT:
         return f"wait {plan.owner_wait_ms:.0f}ms"
-    return str(plan.bypass.value)
+    return str(plan.bypass)
 
 
 def owner_note(plan: RoutePlan, answered_by: str, unusable_why: str = "") -> str:
@@ -38,7 +38,7 @@ def owner_note(plan: RoutePlan, answered_by: str, unusable_why: str = "") -> str
     if plan.bypass is Bypass.NONE:
         why = "its attempt failed"  # it was first, and another backend answered
     elif plan.bypass is Bypass.UNUSABLE:
-        why = unusable_why or plan.bypass.value
+        why = unusable_why or str(plan.bypass)
     else:
         why = bypass_words(plan)
     return f"no ({why})"

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from time import monotonic
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -26,8 +25,7 @@ from router.observe.record import RequestRecord
 log = logging.getLogger("ctxroute.handlers")
 
 
-@dataclass(frozen=True, slots=True)
-class Asked:
+class Asked(NamedTuple):
     """What the client sent, as the HTTP face read it: the body (raw and parsed once) and
     the header values that matter here."""
 
@@ -104,7 +102,11 @@ class Dispatcher:
         )
         wait_s = None if asked.timeout is None else timeout_s(asked.timeout)
         record.tier = settings.tiers[tier].name
-        ticket, plan = await self._admit(planned, tier, wait_s, record)
+        long = fleet.work.is_long(planned.facts.prompt.estimate)
+        plan = planned.plan
+        ticket = self.gate.admit_now(tier, long, wait_s, plan)
+        if ticket is None:
+            ticket, plan = await self._wait(planned, tier, long, wait_s, record)
         try:
             exchange = Exchange(
                 request, asked.path, raw, planned.facts, plan, request_id, record, extra
@@ -113,15 +115,10 @@ class Dispatcher:
         finally:
             ticket.release()
 
-    async def _admit(
-        self, planned: Route, tier: int, wait_s: float | None, record: RequestRecord
-    ) -> tuple[Ticket, RoutePlan]:
-        """A ticket, at once or after waiting at the router, and the plan to dispatch on;
-        or the refusal, raised."""
-        long = self.fleet.work.is_long(planned.facts.prompt.estimate)
-        ticket = self.gate.admit_now(tier, long, wait_s, planned.plan)
-        if ticket is not None:
-            return ticket, planned.plan
+    async def _wait(self, planned: Route, tier: int, long: bool, wait_s: float | None,
+                    record: RequestRecord) -> tuple[Ticket, RoutePlan]:  # fmt: skip
+        """Wait at the router for a ticket and the plan to dispatch on (planned again over
+        the load as it is then), or the refusal, raised."""
         fleet = self.fleet
         ledger = self.ledger
 

@@ -26,6 +26,7 @@ from typing import Final
 from router.config import AdmissionConfig
 from router.core.admission import HOLDS, DrainMeter, OverloadGuard, Verdict, Waiter, verdict
 from router.core.admission.queue import WaitQueue
+from router.core.admission.verdict import FULL, HOLD_CLEAN, LATE
 from router.core.breaker import BreakerState
 from router.core.planner import PoolView
 from router.dispatch import refusals
@@ -172,7 +173,7 @@ class Gate:
         self.seq += 1
         # behind others: a long one waits in the long lane (held, and holding no short one
         # back), a short one for room
-        reason = Verdict.HOLD_CLEAN if long else Verdict.FULL
+        reason = HOLD_CLEAN if long else FULL
         waiter = Waiter(tier, long, now, now + allowed_s, self.seq, reason, None, replan)
         refused = queue.offer(waiter)
         if refused is waiter:
@@ -207,7 +208,8 @@ class Gate:
         """How long the request may take to start: its X-Request-Timeout, else its class's."""
         if timeout_s is not None:
             return timeout_s
-        return self.settings.limits(long).deadline_s
+        settings = self.settings
+        return (settings.long if long else settings.short).deadline_s
 
     def _admit(self, pool: str, tier: int, long: bool) -> Ticket:
         admitted = self.admitted[pool]
@@ -272,7 +274,7 @@ class Gate:
             if v in HOLDS:
                 long_held = True
                 continue
-            if v is Verdict.LATE:
+            if v is LATE:
                 continue  # one with more time left may still start in time
             return  # no room: the ones behind it are of its tier or lower
 

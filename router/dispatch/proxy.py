@@ -18,9 +18,9 @@ aborts the request and frees its KV cache).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import monotonic
-from typing import Final
+from typing import Final, NamedTuple
 
 from aiohttp import web
 
@@ -62,24 +62,33 @@ class ForwardSettings:
         return cls(max_attempts, timeouts.ttfb_s, timeouts.unary_s, timeouts.idle_read_s)
 
 
-@dataclass(slots=True)
 class Exchange:
-    """One request on its way to a backend: what every attempt at it shares. ``record`` is
-    given what the attempts learn: the answering backend, attempts, first byte, tokens and
-    finish reason. ``extra_headers`` go on the answer too (``x-ctxroute-fallback``)."""
+    """One request on its way to a backend: what every attempt at it shares, and what the
+    attempts so far left behind. ``record`` is given what the attempts learn: the
+    answering backend, attempts, first byte, tokens and finish reason. ``extra_headers``
+    go on the answer too (``x-ctxroute-fallback``)."""
 
-    request: web.Request
-    path: str
-    body: bytes
-    facts: RequestFacts
-    plan: RoutePlan
-    request_id: str
-    record: RequestRecord
-    extra_headers: tuple[tuple[str, str], ...] = ()
+    __slots__ = ("body", "ended", "extra_headers", "facts", "path", "plan", "record", "refusal",
+                 "refused_window", "request", "request_id", "skipped_at_capacity")  # fmt: skip
+
+    def __init__(self, request: web.Request, path: str, body: bytes, facts: RequestFacts,
+                 plan: RoutePlan, request_id: str, record: RequestRecord,
+                 extra_headers: tuple[tuple[str, str], ...] = ()) -> None:  # fmt: skip
+        self.request = request
+        self.path = path
+        self.body = body
+        self.facts = facts
+        self.plan = plan
+        self.request_id = request_id
+        self.record = record
+        self.extra_headers = extra_headers
+        self.ended: list[tuple[Backend, Outcome]] = []  # each attempt, with how it ended
+        self.skipped_at_capacity = 0  # at max_in_flight when their turn came: never exceeded
+        self.refused_window = 0  # after a context-length 400 from a window, only larger ones
+        self.refusal: ContextRefusal | None = None
 
 
-@dataclass(slots=True)
-class ContextRefusal:
+class ContextRefusal(NamedTuple):
     """vLLM's context-length 400 from a window: the answer if no larger window is left."""
 
     status: int
@@ -89,24 +98,22 @@ class ContextRefusal:
     position: int
 
 
-@dataclass(slots=True)
-class Tried:
-    """What the attempts so far left behind."""
+class _Try:
+    """One attempt: where it went, its ledger entry, its response and how it ended."""
 
-    ended: list[tuple[Backend, Outcome]] = field(default_factory=list)
-    skipped_at_capacity: int = 0  # at max_in_flight when their turn came: never exceeded
-    refused_window: int = 0  # after a context-length 400 from a window, only larger ones
-    refusal: ContextRefusal | None = None
+    __slots__ = ("attempt", "backend", "budget", "outcome", "pool", "position", "response",
+                 "ttft_s")  # fmt: skip
 
-
-class _Step:
-    """One attempt's response and how it ended, for its ``finally``."""
-
-    __slots__ = ("outcome", "response")
-
-    def __init__(self) -> None:
+    def __init__(self, position: int, backend: Backend, pool: PoolView, budget: int,
+                 attempt: Attempt) -> None:  # fmt: skip
+        self.position = position  # the backend's place among the plan's candidates
+        self.backend = backend
+        self.pool = pool
+        self.budget = budget
+        self.attempt = attempt
         self.response: UpstreamResponse | None = None
         self.outcome: Outcome | None = None
+        self.ttft_s: float | None = None
 
 
 class Proxy:
@@ -117,159 +124,137 @@ class Proxy:
         self.ledger = ledger
         self.fleet = fleet
         self.settings = settings
+        # until a whole answer, or a stream's first byte: timed on the connection itself
+        self.deadlines = ((settings.unary_s, "answer"), (settings.ttfb_s, "first byte"))
 
     async def forward(self, x: Exchange) -> web.StreamResponse:
         """Try the plan's candidates in order, as the module's docstring says."""
-        tried = Tried()
         head = (
             f"POST {x.path} HTTP/1.1\r\n".encode(),
             request_head_tail(x.request.raw_headers, x.request_id, len(x.body)),
         )
         for position, backend in enumerate(x.plan.candidates):
-            if len(tried.ended) >= self.settings.max_attempts:
+            if len(x.ended) >= self.settings.max_attempts:
                 break
             pool = self.fleet.pool_named[backend.pool]
-            if pool.max_context_tokens <= tried.refused_window:
+            if pool.max_context_tokens <= x.refused_window:
                 continue
-            answer = await self._attempt(x, head, tried, position, backend, pool)
+            answer = await self._attempt(x, head, position, backend, pool)
             if answer is not None:
                 return answer
-        if tried.refusal is not None:
-            return self._context_refusal(x, tried)
-        raise self._no_backend(x, tried)
+        if x.refusal is not None:
+            return self._context_refusal(x)
+        raise self._no_backend(x)
 
-    async def _attempt(
-        self,
-        x: Exchange,
-        head: tuple[bytes, bytes],
-        tried: Tried,
-        position: int,
-        backend: Backend,
-        pool: PoolView,
-    ) -> web.StreamResponse | None:
+    async def _attempt(self, x: Exchange, head: tuple[bytes, bytes],
+                       position: int, backend: Backend,
+                       pool: PoolView) -> web.StreamResponse | None:  # fmt: skip
         """One attempt on ``backend``: its answer, or None to try the next candidate. It
         ends in exactly one outcome, recorded by the ledger in ``finally``."""
         prompt = x.facts.prompt.estimate
         budget = pool_budget(prompt, x.facts.max_tokens, pool)
-        loop = asyncio.get_running_loop()
-        attempt = self.ledger.begin(backend, prompt, budget, loop.time())
+        attempt = self.ledger.begin(backend, prompt, budget, asyncio.get_running_loop().time())
         if attempt is None:
-            tried.skipped_at_capacity += 1
+            x.skipped_at_capacity += 1
             return None
-        step = _Step()
+        t = _Try(position, backend, pool, budget, attempt)
         try:
             data = b"".join((head[0], self.fleet.host_lines[backend.index], head[1], x.body))
-            first = await self._first_bytes(x, backend, data, step)
-            if first is None:
+            try:
+                resp = t.response = await self.upstream.request(
+                    (backend.host, backend.port), data, deadline=self.deadlines[x.facts.stream]
+                )
+                status = resp.status
+                if status >= 500 or status == 429:
+                    t.outcome = _refused_by_backend(status, await resp.read())
+                    return None
+                streaming = x.facts.stream and status == 200
+                first = await (resp.next_data() if streaming else resp.read())
+                resp.disarm()
+            except UpstreamError as exc:
+                t.outcome = _failure(exc)
+                lost = exc.response_started and not x.facts.stream
+                if lost and t.outcome.kind is OutcomeKind.BROKEN:
+                    # the answer had begun (a non-streaming answer is sent when it is
+                    # complete): retrying would generate it again, so it is lost
+                    raise UpstreamFailed(
+                        f"backend {backend.url} broke while sending the answer: {exc}"
+                    ) from None
                 return None
-            return await self._answer(
-                x, tried, position, backend, pool, budget, attempt, step, first
-            )
+            if streaming and not first:
+                detail = "the stream ended before its first byte"
+                t.outcome = Outcome(OutcomeKind.BROKEN, status, detail=detail)
+                return None
+            headers = self._first_byte(x, t, first, streaming)
+            if headers is None:
+                return None  # a context-length 400: a larger window is tried next
+            if not streaming:
+                return self._whole(x, t, first, headers)
+            return await self._relay(x, t, first, headers)
         except asyncio.CancelledError:
-            if step.outcome is None:
-                step.outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="the client left")
+            if t.outcome is None:
+                t.outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="the client left")
             x.record.client_gone = True
             raise
         finally:
-            if step.response is not None:
-                step.response.close()
-            outcome = step.outcome
+            if t.response is not None:
+                t.response.close()
+            outcome = t.outcome
             if outcome is None:  # an exception nobody expected: the backend is not blamed
                 outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="aborted by a router error")
             self.ledger.end(attempt, outcome)
-            tried.ended.append((backend, outcome))
+            x.ended.append((backend, outcome))
 
-    async def _first_bytes(
-        self, x: Exchange, backend: Backend, data: bytes, step: _Step
-    ) -> bytes | None:
-        """Send the request; the first bytes of its answer (a stream's first chunk, a whole
-        answer), or None with ``step.outcome`` saying why the next candidate is tried."""
-        settings = self.settings
-        # until a stream's first byte, or a whole answer: timed on the connection itself
-        deadline = (
-            (settings.ttfb_s, "first byte") if x.facts.stream else (settings.unary_s, "answer")
-        )
-        try:
-            resp = await self.upstream.request(
-                (backend.host, backend.port), data, deadline=deadline
-            )
-            step.response = resp
-            status = resp.status
-            if status >= 500 or status == 429:
-                detail = (await resp.read())[:200].decode(errors="replace")
-                kind = (
-                    OutcomeKind.BACKPRESSURE if status in (429, 503) else OutcomeKind.UPSTREAM_5XX
-                )
-                step.outcome = Outcome(kind, status, detail=f"status {status}: {detail}")
-                return None
-            streaming = x.facts.stream and status == 200
-            first = await (resp.next_data() if streaming else resp.read())
-            resp.disarm()
-            if streaming and not first:
-                detail = "the stream ended before its first byte"
-                step.outcome = Outcome(OutcomeKind.BROKEN, status, detail=detail)
-                return None
-            return first
-        except ConnectFailed as exc:
-            step.outcome = Outcome(OutcomeKind.CONNECT_ERROR, detail=str(exc))
-        except UpstreamTimeout as exc:
-            step.outcome = Outcome(OutcomeKind.TIMEOUT, detail=str(exc))
-        except UpstreamError as exc:
-            step.outcome = Outcome(OutcomeKind.BROKEN, detail=str(exc))
-            if not x.facts.stream and exc.response_started:
-                # the answer had begun (a non-streaming answer is sent when it is
-                # complete): retrying would generate it again, so it is lost, not retried
-                raise UpstreamFailed(
-                    f"backend {backend.url} broke while sending the answer: {exc}"
-                ) from None
-        return None
-
-    async def _answer(
-        self,
-        x: Exchange,
-        tried: Tried,
-        position: int,
-        backend: Backend,
-        pool: PoolView,
-        budget: int,
-        attempt: Attempt,
-        step: _Step,
-        first: bytes,
-    ) -> web.StreamResponse | None:
-        """The backend answered: settle its first byte, then answer the client (None: a
-        context-length 400, to try a larger window)."""
-        resp = step.response
+    def _first_byte(self, x: Exchange, t: _Try, first: bytes,
+                    streaming: bool) -> list[tuple[str, str]] | None:  # fmt: skip
+        """The backend answered: settle its first byte and fill the record; the answer's
+        headers, or None for vLLM's context-length 400 (kept as the answer of last resort)."""
+        resp = t.response
         assert resp is not None
         status = resp.status
-        streaming = x.facts.stream and status == 200
-        record = x.record
         # a stream's prefill ends at its first byte; a whole answer's load is settled by
         # end() in finally, in one update
         now = asyncio.get_running_loop().time()
         ledger = self.ledger
-        ttft = ledger.first_byte(attempt, now) if streaming else ledger.answered(attempt, now)
+        ttft = ledger.first_byte(t.attempt, now) if streaming else ledger.answered(t.attempt, now)
+        t.ttft_s = ttft
+        backend = t.backend
+        window = t.pool.max_context_tokens
+        record = x.record
         record.first_byte_at = monotonic()
-        record.attempts = len(tried.ended) + 1
+        record.attempts = len(x.ended) + 1
         record.pool = backend.pool
         record.backend = backend.url
-        record.window = pool.max_context_tokens
-        record.budget = budget
+        record.window = window
+        record.budget = t.budget
         record.status = status
         if status == 400 and _CONTEXT_400 in first:
-            step.outcome = Outcome(
-                OutcomeKind.CONTEXT_REJECTED, status, ttft, "context length: trying a larger window"
-            )
-            tried.refused_window = pool.max_context_tokens
-            tried.refusal = ContextRefusal(status, resp.headers, first, backend, position)
+            t.outcome = Outcome(OutcomeKind.CONTEXT_REJECTED, status, ttft,
+                                "context length: trying a larger window")  # fmt: skip
+            x.refused_window = window
+            x.refusal = ContextRefusal(status, resp.headers, first, backend, t.position)
             return None
-        headers = self._headers(x, resp.headers, backend, position, len(tried.ended) + 1)
-        if not streaming:
-            kind = OutcomeKind.SUCCESS if status < 400 else OutcomeKind.CLIENT_ERROR
-            step.outcome = Outcome(kind, status, ttft)
-            if status == 200:
-                read_usage(first, record)
-            return web.Response(status=status, body=first, headers=headers)
+        return self._headers(x, resp.headers, backend, t.position, len(x.ended) + 1)
+
+    def _whole(self, x: Exchange, t: _Try, body: bytes,
+               headers: list[tuple[str, str]]) -> web.Response:  # fmt: skip
+        """A non-streaming answer, whole: its usage counted, passed on as it came."""
+        assert t.response is not None
+        status = t.response.status
+        kind = OutcomeKind.SUCCESS if status < 400 else OutcomeKind.CLIENT_ERROR
+        t.outcome = Outcome(kind, status, t.ttft_s)
+        if status == 200:
+            read_usage(body, x.record)
+        return web.Response(status=status, body=body, headers=headers)
+
+    async def _relay(self, x: Exchange, t: _Try, first: bytes,
+                     headers: list[tuple[str, str]]) -> web.StreamResponse:  # fmt: skip
+        """A stream, relayed chunk by chunk; how it ended is the attempt's outcome."""
+        resp = t.response
+        assert resp is not None
+        status, ttft = resp.status, t.ttft_s
         out, result = await relay_stream(x.request, resp, first, headers, self.settings.idle_read_s)
+        record = x.record
         summary = result.summary
         record.finish_reason = summary.finish_reason
         if summary.prompt_tokens is not None:
@@ -277,11 +262,11 @@ class Proxy:
         record.completion_tokens = summary.completion_tokens
         record.client_gone = result.client_gone
         if result.client_gone:
-            step.outcome = Outcome(OutcomeKind.CLIENT_GONE, status, ttft)
+            t.outcome = Outcome(OutcomeKind.CLIENT_GONE, status, ttft)
         elif result.upstream_error is not None:
-            step.outcome = Outcome(OutcomeKind.BROKEN, status, ttft, result.upstream_error)
+            t.outcome = Outcome(OutcomeKind.BROKEN, status, ttft, result.upstream_error)
         else:
-            step.outcome = Outcome(OutcomeKind.SUCCESS, status, ttft)
+            t.outcome = Outcome(OutcomeKind.SUCCESS, status, ttft)
         return out
 
     def _headers(
@@ -299,17 +284,15 @@ class Proxy:
         headers += x.extra_headers
         return headers
 
-    def _context_refusal(self, x: Exchange, tried: Tried) -> web.Response:
+    def _context_refusal(self, x: Exchange) -> web.Response:
         """No larger window was left to try: the backend's own 400 is the answer."""
-        refusal = tried.refusal
+        refusal = x.refusal
         assert refusal is not None
-        x.record.attempts = len(tried.ended)
-        headers = self._headers(
-            x, refusal.headers, refusal.backend, refusal.position, len(tried.ended)
-        )
+        x.record.attempts = len(x.ended)
+        headers = self._headers(x, refusal.headers, refusal.backend, refusal.position, len(x.ended))
         return web.Response(status=refusal.status, body=refusal.body, headers=headers)
 
-    def _no_backend(self, x: Exchange, tried: Tried) -> NoBackend:
+    def _no_backend(self, x: Exchange) -> NoBackend:
         # the backends that could hold it, not every backend of the model: a pool whose
         # window is too small is no reason to refuse, and its breakers say nothing about
         # when to retry
@@ -318,11 +301,27 @@ class Proxy:
         now = monotonic()
         # when breakers keep every backend away, come back when the first may take a probe
         wait = self.ledger.store.retry_after(backends, now)
-        x.record.attempts = len(tried.ended)
+        x.record.attempts = len(x.ended)
         message = no_backend_message(
-            x.plan, tried.ended, tried.skipped_at_capacity, self.ledger, backends, now
+            x.plan, x.ended, x.skipped_at_capacity, self.ledger, backends, now
         )
         return NoBackend(message, retry_after=wait if wait else 1.0)
+
+
+def _refused_by_backend(status: int, body: bytes) -> Outcome:
+    """A 5xx or 429 before any answer: busy (429, 503) or broken; the next candidate."""
+    detail = body[:200].decode(errors="replace")
+    kind = OutcomeKind.BACKPRESSURE if status in (429, 503) else OutcomeKind.UPSTREAM_5XX
+    return Outcome(kind, status, detail=f"status {status}: {detail}")
+
+
+def _failure(exc: UpstreamError) -> Outcome:
+    """The outcome of an attempt the transport failed before an answer."""
+    if isinstance(exc, ConnectFailed):
+        return Outcome(OutcomeKind.CONNECT_ERROR, detail=str(exc))
+    if isinstance(exc, UpstreamTimeout):
+        return Outcome(OutcomeKind.TIMEOUT, detail=str(exc))
+    return Outcome(OutcomeKind.BROKEN, detail=str(exc))
 
 
 __all__ = ["Exchange", "ForwardSettings", "Proxy", "request_head_tail"]

@@ -3,7 +3,7 @@ of its own is unusable (``fallback:`` in the config)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from router.core.classify import Eligibility, eligible_pools
 from router.core.planner import PoolView, plan
@@ -13,8 +13,7 @@ from router.fleet.topology import Fleet
 from router.model import RequestFacts, RoutePlan
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     """A request planned over one model's pools; ``replan`` plans it again (for a request
     that waited at the router, over the load as it is then)."""
 

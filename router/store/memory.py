@@ -50,13 +50,13 @@ class MemoryStore:
         if self.drain[backend] or self.memory[backend]:
             return False
         b = self.breakers[backend]
-        return b.state is br.BreakerState.CLOSED or br.usable(b, now, self.settings)
+        return b.closed or br.usable(b, now, self.settings)
 
     def allow(self, backend: int, now: float) -> tuple[bool, bool]:
         if self.drain[backend] or self.memory[backend]:
             return False, False
         b = self.breakers[backend]
-        if b.state is br.BreakerState.CLOSED:
+        if b.closed:
             return _GO  # the common case, without a call into the state machine
         allowed, probe, after = br.allow(b, now, self.settings)
         self._set(backend, after, now)
@@ -68,7 +68,8 @@ class MemoryStore:
             after = br.release(before, probe)
         else:
             after = br.record(before, failed, probe, now, self.settings, self.jitter())
-        self._set(backend, after, now)
+        if after is not before:
+            self._set(backend, after, now)
 
     def _set(self, backend: int, after: br.Breaker, now: float) -> None:
         before = self.breakers[backend]

@@ -66,6 +66,12 @@ class ConnState(enum.Enum):
     CLOSED = "closed"
 
 
+# hot-path aliases, read per chunk (why: docs/architecture.md, "Performance budget")
+IDLE: Final = ConnState.IDLE
+BUSY: Final = ConnState.BUSY
+CLOSED: Final = ConnState.CLOSED
+
+
 BodySink = Callable[[bytes], None]
 EndCallback = Callable[[UpstreamError | None], None]
 
@@ -87,7 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.origin = origin
         # made inside loop.create_connection: asking once saves a getpid() per call later
         self.loop = asyncio.get_running_loop()
-        self.state = ConnState.BUSY  # a new connection is made for a request
+        self.state = BUSY  # a new connection is made for a request
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
         self.uses = 0
@@ -129,7 +135,7 @@ class UpstreamConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if self.state is not ConnState.BUSY or self.complete:
+        if self.state is not BUSY or self.complete:
             # bytes nobody asked for (a 408 on an idle connection, more after a complete
             # answer): the connection's framing can no longer be trusted
             self._reusable = False
@@ -168,10 +174,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
-        self.state = ConnState.CLOSED
+        self.state = CLOSED
         self.transport = None
         self.pool._forget(self)
-        if was is not ConnState.BUSY or self.complete or self.error is not None:
+        if was is not BUSY or self.complete or self.error is not None:
             return
         if self.head_done and not self._framed() and exc is None:
             # a close-delimited body ends with a clean close (FIN), never with a reset
@@ -316,7 +322,7 @@ class UpstreamConnection(asyncio.Protocol):
             and self.error is None
             and self.keep_alive
             and self._reusable
-            and self.state is ConnState.BUSY
+            and self.state is BUSY
             and self.transport is not None
             and not self.transport.is_closing()
         )
@@ -324,7 +330,7 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, data: bytes, *, head_only: bool) -> asyncio.Future[None]:
         """Write a request; the future resolves when the response head has arrived."""
         self._begin_exchange(head_only=head_only)
-        self.state = ConnState.BUSY
+        self.state = BUSY
         self.uses += 1
         waiter: asyncio.Future[None] = self.loop.create_future()
         self.head_waiter = waiter
@@ -348,7 +354,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _expire(self, seconds: float, what: str) -> None:
         self._timer = None
-        if self.state is ConnState.BUSY:
+        if self.state is BUSY:
             self._fail(f"no {what} within {seconds:g}s", UpstreamTimeout)
 
     def attach(self, sink: BodySink, on_end: EndCallback) -> None:
@@ -378,14 +384,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.detach()
         self.disarm()
         transport = self.transport
-        if self.state is ConnState.IDLE:
-            self.state = ConnState.CLOSED
+        if self.state is IDLE:
+            self.state = CLOSED
             self.pool._forget(self)
         if transport is not None:
             transport.abort()
 
     def make_idle(self, now: float) -> None:
-        self.state = ConnState.IDLE
+        self.state = IDLE
         self.idle_since = now
         self.detach()
         self.disarm()

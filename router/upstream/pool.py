@@ -18,9 +18,9 @@ from collections import deque
 from typing import Final
 
 from router.upstream.connection import (
+    IDLE,
     BodySink,
     ConnectFailed,
-    ConnState,
     EndCallback,
     UpstreamConnection,
     UpstreamError,
@@ -149,7 +149,7 @@ class UpstreamPool:
             conn = idle.pop()  # the most recently used: the least likely to be timed out
             transport = conn.transport
             if (
-                conn.state is ConnState.IDLE
+                conn.state is IDLE
                 and transport is not None
                 and not transport.is_closing()
                 and conn.loop.time() - conn.idle_since < self.keepalive_s
@@ -161,7 +161,7 @@ class UpstreamPool:
     def _give_back(self, conn: UpstreamConnection) -> None:
         idle = self._idle.setdefault(conn.origin, deque())
         if len(idle) >= _IDLE_PER_ORIGIN:
-            conn.state = ConnState.IDLE
+            conn.state = IDLE
             conn.discard()
             return
         conn.make_idle(conn.loop.time())

@@ -11,7 +11,7 @@ from typing import Any
 from router.core.admission.codel import Codel
 from router.core.admission.drain import DrainMeter, retry_after
 from router.core.admission.settings import ClassLimits
-from router.core.admission.verdict import Verdict
+from router.core.admission.verdict import FULL, HOLD_SHORT, Verdict
 from router.model import RoutePlan
 
 
@@ -25,7 +25,7 @@ class Waiter:
     arrived: float
     deadline: float
     seq: int
-    reason: Verdict = Verdict.FULL
+    reason: Verdict = FULL
     handle: Any = None  # the gate's asyncio future
     replan: Callable[[], RoutePlan] | None = None
     yielded_since: float | None = None  # held for short prefills (HOLD_SHORT) since
@@ -33,7 +33,7 @@ class Waiter:
     def note_verdict(self, v: Verdict, now: float) -> None:
         """Keep the last verdict on it (the bound on yielding is on yielding in a row)."""
         self.reason = v
-        if v is not Verdict.HOLD_SHORT:
+        if v is not HOLD_SHORT:
             self.yielded_since = None
         elif self.yielded_since is None:
             self.yielded_since = now

@@ -26,10 +26,20 @@ class Verdict(enum.Enum):
     @property
     def dispatches(self) -> bool:
         """The request goes on now (NO_BACKEND: to the proxy, which answers the 503)."""
-        return self is Verdict.ADMIT or self is Verdict.NO_BACKEND
+        return self is ADMIT or self is NO_BACKEND
 
 
-HOLDS: Final = frozenset({Verdict.HOLD_CLEAN, Verdict.HOLD_KV, Verdict.HOLD_SHORT})
+# hot-path aliases, read per request (why: docs/architecture.md, "Performance budget")
+ADMIT: Final = Verdict.ADMIT
+FULL: Final = Verdict.FULL
+RESERVED: Final = Verdict.RESERVED
+HOLD_CLEAN: Final = Verdict.HOLD_CLEAN
+HOLD_KV: Final = Verdict.HOLD_KV
+HOLD_SHORT: Final = Verdict.HOLD_SHORT
+LATE: Final = Verdict.LATE
+NO_BACKEND: Final = Verdict.NO_BACKEND
+
+HOLDS: Final = frozenset({HOLD_CLEAN, HOLD_KV, HOLD_SHORT})
 # How long a long request yields to short prefills pending on its best backend: a few
 # engine steps (a short prefill starts in the next one), bounded so that a stream of short
 # requests never starves it
@@ -58,20 +68,20 @@ def verdict(
         # nothing usable, or only backends known down (a last resort, tried anyway: the
         # planner lists them last)
         if plan.candidates:
-            return Verdict.ADMIT
-        return Verdict.FULL if _any_transient(plan, pools, transient) else Verdict.NO_BACKEND
+            return ADMIT
+        return FULL if _any_transient(plan, pools, transient) else NO_BACKEND
     if plan.waits_ms[0] > time_left_ms:
-        return Verdict.LATE
+        return LATE
     if settings.shares[tier] < 1.0 and _over_share(tier, plan, pools, view_of, settings):
-        return Verdict.RESERVED
+        return RESERVED
     if not long:
         if view_of(plan.candidates[0]).load.long_pending and _clean_one_full(pools, view_of):
             # behind a long prefill it would wait for all of it: a backend free of one is
             # only full for now, so it waits here for that one instead
-            return Verdict.FULL
-        return Verdict.ADMIT
+            return FULL
+        return ADMIT
     if not settings.work.hold:
-        return Verdict.ADMIT
+        return ADMIT
     return _long_verdict(plan, pools, view_of, settings, yielded_ms)
 
 
@@ -90,25 +100,25 @@ def _long_verdict(
         # a short request sent there has not started: the engine's next step would take it
         # with this one's first chunk (thousands of tokens), and its first token would wait
         # for the whole chunk. It starts in a step or two; this one waits that long here
-        return Verdict.HOLD_SHORT
+        return HOLD_SHORT
     clean, long_pending = _count_clean(pools, view_of)
     if long_pending == 0:
-        return Verdict.ADMIT  # nothing to wait for: holding would never end
+        return ADMIT  # nothing to wait for: holding would never end
     work = settings.work
     if not _kv_room(best_view, plan.budget, work.kv_fill):
-        return Verdict.HOLD_KV
+        return HOLD_KV
     # the planner puts backends free of long prefill first for long requests: a long one
     # never queues in an engine behind another long prefill, it waits here instead
     if best_view.load.long_pending or clean - 1 < work.keep_clean:
-        return Verdict.HOLD_CLEAN
+        return HOLD_CLEAN
     if best.index in reserved_for_short(pools, view_of, work.keep_clean) and _busy_one_has_room(
         best, plan.budget, pools, view_of, work.kv_fill
     ):
         # the planner puts backends kept light for short requests last: this one is first,
         # so every other one is busy with a long prefill or lacks KV room. Wait for a busy
         # one with room rather than bring long work to a light one; none: the fleet needs it
-        return Verdict.HOLD_CLEAN
-    return Verdict.ADMIT
+        return HOLD_CLEAN
+    return ADMIT
 
 
 def _any_transient(
