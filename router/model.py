@@ -1,7 +1,7 @@
 """Value types shared by the pure core and the edges. Immutable: decisions are values.
 
-The ones made for every request are NamedTuples: they cost half of what a frozen
-dataclass costs to build, and the proxy makes a dozen of them per request (bench/overhead).
+The ones made for every request are NamedTuples (why: docs/architecture.md, "Performance
+budget").
 """
 
 from __future__ import annotations

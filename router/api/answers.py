@@ -4,9 +4,7 @@ bug on some input, logged with its trace and answered 500 in the same shape, and
 router keeps serving.
 
 It wraps each route's handler when the route is added rather than sitting in
-``app.middlewares``: aiohttp runs any middleware list through two more coroutine frames
-and a context manager per request, about 5% of the proxy's CPU per non-streaming request
-(bench/overhead), for the same behaviour.
+``app.middlewares`` (why: docs/architecture.md, "Performance budget").
 """
 
 from __future__ import annotations

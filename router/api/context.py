@@ -27,8 +27,7 @@ from router.upstream.pool import UpstreamPool
 @dataclass(frozen=True, slots=True)
 class HandlerSettings:
     """What a completion handler reads of the config on every request, copied out of the
-    pydantic models once (a pydantic field read costs about three plain attribute reads:
-    BaseModel defines ``__getattr__``)."""
+    pydantic models once (why: docs/architecture.md, "Performance budget")."""
 
     max_body_bytes: int
     session_header: str

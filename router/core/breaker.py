@@ -58,8 +58,8 @@ class Breaker:
     open_until: float = 0.0
     probes_out: int = 0  # half-open probes granted and not ended
     probes_ok: int = 0  # half-open probes that succeeded
-    # state is CLOSED, as a field: read for every backend a request looks at, where an
-    # enum member lookup costs several times a field read on Python 3.11
+    # state is CLOSED, as a field read for every backend a request looks at (why:
+    # docs/architecture.md, "Performance budget")
     closed: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -48,9 +48,8 @@ _CONTEXT_400: Final = b"maximum context length"
 
 @dataclass(frozen=True, slots=True)
 class ForwardSettings:
-    """The attempt loop's settings, copied out of the config once: a pydantic field read
-    costs about three plain attribute reads (BaseModel defines ``__getattr__``), and these
-    are read on every attempt."""
+    """The attempt loop's settings, copied out of the config once (why:
+    docs/architecture.md, "Performance budget")."""
 
     max_attempts: int
     ttfb_s: float

@@ -11,10 +11,9 @@ Two forms: ``json`` (one object per line, for a log pipeline; the default) and `
 router (no backend, overload, a broken upstream) is a warning, every other one is info,
 so ``log_level: warning`` keeps only the failures.
 
-The request line does not go through the logging module: a ``Logger.info`` call with a
-formatter costs about 5 us, 18x a buffered write of the same line (measured), on every
-request. Lines are buffered and written every ``flush_s`` (or at 256 pending, or at
-shutdown) in one ``write``, so a request costs no system call for its log line.
+The request line does not go through the logging module: lines are buffered and written
+every ``flush_s`` (or at 256 pending, or at shutdown) in one ``write``, so a request costs
+no system call for its log line (why: docs/architecture.md, "Performance budget").
 """
 
 from __future__ import annotations

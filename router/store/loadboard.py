@@ -20,8 +20,8 @@ from router.model import Load
 
 FIELDS: Final = 5  # in_flight, pending_prefill, long_pending, budget_in_flight, long_in_flight
 _CELL: Final = 8
-# Load((a, b, c, d)) without the Python-level __new__ a NamedTuple call runs: these are
-# made for every backend the planner looks at, on every request
+# a Load without the NamedTuple's Python-level __new__ (why: docs/architecture.md,
+# "Performance budget")
 _new_tuple = tuple.__new__
 
 

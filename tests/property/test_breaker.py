@@ -108,6 +108,7 @@ class BreakerMachine(RuleBasedStateMachine):
     def same_state_as_the_model(self) -> None:
         b, m = self.breaker, self.model
         assert b.state.value == m.state
+        assert b.closed == (m.state == "closed")  # the field read on the hot path agrees
         assert b.openings == m.openings
         if m.state != "closed":
             assert abs(b.open_until - m.until) < 1e-9
