@@ -114,7 +114,7 @@ def _context(
         upstream, ledger, fleet, ForwardSettings.of(config.routing.max_attempts, config.timeouts)
     )
     dispatcher = Dispatcher(
-        fleet, ledger, gate, proxy, counters, config.routing.prefix_chars, config.fallback
+        fleet, ledger, gate, proxy, counters, config.routing.prefix_chars, dict(config.fallback)
     )
     request_log = None
     stream = log_stream or getattr(sys.stderr, "buffer", None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from time import monotonic
 from typing import Any, NamedTuple
 
@@ -38,24 +39,17 @@ class Asked(NamedTuple):
     timeout: str | None
 
 
+@dataclass(frozen=True, slots=True)
 class Dispatcher:
-    def __init__(
-        self,
-        fleet: Fleet,
-        ledger: Ledger,
-        gate: Gate,
-        proxy: Proxy,
-        counters: Mapping[str, TokenCounter],
-        prefix_chars: int,
-        fallback: Mapping[str, str],
-    ) -> None:
-        self.fleet = fleet
-        self.ledger = ledger
-        self.gate = gate
-        self.proxy = proxy
-        self.counters = counters
-        self.prefix_chars = prefix_chars
-        self.fallback = dict(fallback)
+    """Everything a completion request's way needs, made once per app."""
+
+    fleet: Fleet
+    ledger: Ledger
+    gate: Gate
+    proxy: Proxy
+    counters: Mapping[str, TokenCounter]
+    prefix_chars: int
+    fallback: Mapping[str, str]  # model -> the smaller model answering while it is unusable
 
     async def complete(
         self, request: web.Request, asked: Asked, request_id: str, record: RequestRecord
