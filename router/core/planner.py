@@ -121,19 +121,6 @@ def reserved_for_short(pools: Sequence[PoolView], view_of: ViewOf, keep: int) ->
     return frozenset(index for _, _, index in ranked[:keep])
 
 
-class _Scoring:
-    """The candidates of one request as they are scored, pool by pool."""
-
-    __slots__ = ("down", "no_room", "owner", "owner_left", "scored")
-
-    def __init__(self) -> None:
-        self.scored: list[_Scored] = []
-        self.no_room: list[_Scored] = []  # no KV room for its budget: after the others
-        self.down: list[Backend] = []  # known down: a last resort for retries
-        self.owner = ""  # the preferred pool's hash owner: the affinity choice
-        self.owner_left: Bypass | None = None  # why the owner is not among the scored ones
-
-
 def plan(
     facts: RequestFacts,
     pools: Sequence[PoolView],
@@ -148,21 +135,26 @@ def plan(
     reserved = frozenset[int]()
     if not short and work.hold:
         reserved = reserved_for_short(pools, view_of, work.keep_clean)
-    scoring = _Scoring()
+    scored: list[_Scored] = []
+    no_room: list[_Scored] = []  # no KV room for its budget: after the others
+    down: list[Backend] = []  # known down: a last resort for retries
+    owner = ""  # the preferred pool's hash owner: the affinity choice
+    owner_left: Bypass | None = None  # why the owner is not among the scored ones
     for pool_index, need in zip(eligibility.pools, eligibility.budgets, strict=True):
         pool = pools[pool_index]
-        _score_pool(
-            scoring, facts, pool, need, pool is preferred, short, reserved, view_of, settings
-        )
-    scored = scoring.scored
+        lists = (scored, no_room, down)
+        if pool is preferred:
+            owner, owner_left = _score_pool(lists, facts, pool, need, 0.0, short, reserved,
+                                            view_of, settings)  # fmt: skip
+        else:
+            _score_pool(lists, facts, pool, need, settings.pool_tolerance_ms, short, reserved,
+                        view_of, settings)  # fmt: skip
     rule = _order(scored, short, pools, view_of, settings)
-    if scoring.no_room:
-        scoring.no_room.sort(key=_cost)
-        scored += scoring.no_room
-    down = scoring.down
+    if no_room:
+        no_room.sort(key=_cost)
+        scored += no_room
     candidates = tuple([s.backend for s in scored] + down)
     waits = tuple([s.wait_ms for s in scored] + [float("inf")] * len(down))
-    owner = scoring.owner
     bypass = Bypass.NONE
     owner_wait_ms = 0.0
     placement = None
@@ -170,8 +162,8 @@ def plan(
         best = scored[0]
         placement = best.placement
         if best.backend.url != owner:
-            if scoring.owner_left is not None:
-                bypass = scoring.owner_left
+            if owner_left is not None:
+                bypass = owner_left
             else:
                 bypass, owner_wait_ms = _bypass(owner, scored, best, rule)
     return RoutePlan(
@@ -190,19 +182,15 @@ def plan(
     )
 
 
-def _score_pool(
-    scoring: _Scoring,
-    facts: RequestFacts,
-    pool: PoolView,
-    need: int,
-    preferred: bool,
-    short: bool,
-    reserved: frozenset[int],
-    view_of: ViewOf,
-    settings: PlannerSettings,
-) -> None:
+def _score_pool(lists: tuple[list[_Scored], list[_Scored], list[Backend]],
+                facts: RequestFacts, pool: PoolView, need: int, away: float, short: bool,
+                reserved: frozenset[int], view_of: ViewOf,
+                settings: PlannerSettings) -> tuple[str, Bypass | None]:  # fmt: skip
     """Score every backend of ``pool`` that can take the request (``need``: its budget
-    there), as the module's docstring says."""
+    there; ``away``: the cost of leaving the preferred pool) into ``lists`` (scored, no KV
+    room, down), as the module's docstring says. Returns the pool's hash owner, and why it
+    was left out when it was."""
+    scored, no_room, down = lists
     prompt = facts.prompt.estimate
     # the first token waits for the step under way and its own: two steps' KV reads
     step_ms_per_token = 2.0 * settings.step_ms_per_ktok / 1000.0
@@ -210,10 +198,7 @@ def _score_pool(
     # budget is small next to what the KV pool holds, and it is never held for KV room
     kv_fill = 1.0 if short else settings.work.kv_fill
     owner_url, views, owner_ok = _owner_and_views(pool, facts.hash_key, need, view_of, settings)
-    away = 0.0 if preferred else settings.pool_tolerance_ms
-    if preferred:
-        scoring.owner = owner_url
-    owner = scoring.owner
+    owner_left = None
     for v in views:
         b = v.backend
         load = v.load
@@ -221,14 +206,13 @@ def _score_pool(
             # unusable (a breaker, memory pressure or a drain): not even a last resort;
             # down: a last resort for retries; at max_in_flight: not now
             left = _left_out(v)
-            if b.url == owner:
-                scoring.owner_left = left
+            if b.url == owner_url:
+                owner_left = left
             if left is Bypass.DOWN:
-                scoring.down.append(b)
+                down.append(b)
             continue
-        wait_ms = (
-            load.pending_prefill + prompt
-        ) * 1000.0 / v.prefill_tokens_per_s + load.budget_in_flight * step_ms_per_token
+        wait_ms = ((load.pending_prefill + prompt) * 1000.0 / v.prefill_tokens_per_s
+                   + load.budget_in_flight * step_ms_per_token)  # fmt: skip
         cost = wait_ms + away
         if b.url == owner_url and owner_ok:
             placement = Placement.HASH_OWNER
@@ -237,9 +221,10 @@ def _score_pool(
             placement = Placement.OWNER_OVER_LOAD if b.url == owner_url else Placement.NOT_OWNER
         s = _Scored(cost, wait_ms, load.long_pending == 0, b, placement, b.index in reserved)
         if v.kv_tokens is not None and load.budget_in_flight + need > v.kv_tokens * kv_fill:
-            scoring.no_room.append(s._replace(placement=Placement.NO_KV_ROOM))
+            no_room.append(s._replace(placement=Placement.NO_KV_ROOM))
         else:
-            scoring.scored.append(s)
+            scored.append(s)
+    return owner_url, owner_left
 
 
 def _left_out(v: BackendView) -> Bypass:

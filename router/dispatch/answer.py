@@ -43,13 +43,8 @@ def request_head_tail(
     """The end-to-end headers sent upstream (the backend-specific lines are added per try),
     from the client's header lines as they came (``request.raw_headers``): bytes in,
     bytes out, nothing decoded and encoded again."""
-    parts = [
-        b"Content-Length: ",
-        str(body_length).encode(),
-        b"\r\nX-Request-ID: ",
-        request_id.encode("latin-1", "replace"),
-        b"\r\n",
-    ]
+    parts = [b"Content-Length: ", str(body_length).encode(), b"\r\nX-Request-ID: ",
+             request_id.encode("latin-1", "replace"), b"\r\n"]  # fmt: skip
     for name, value in incoming:
         if name.lower() not in _HOP_BY_HOP_RAW:
             parts += (name, b": ", value, b"\r\n")

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -26,9 +26,11 @@ from router.observe.record import RequestRecord
 log = logging.getLogger("ctxroute.handlers")
 
 
-class Asked(NamedTuple):
+@dataclass(slots=True)
+class Asked:
     """What the client sent, as the HTTP face read it: the body (raw and parsed once) and
-    the header values that matter here."""
+    the header values that matter here. (A slots class, not a NamedTuple: its fields are
+    read on the hot path, where a slot read is the cheapest.)"""
 
     chat: bool
     path: str
@@ -67,13 +69,14 @@ class Dispatcher:
         record.prompt_tokens = facts.prompt.estimate  # the backend's usage replaces it
         record.model = facts.model
         record.stream = facts.stream
-        planned = route(facts, fleet, self.ledger)
+        view_of = self.ledger.views()  # the plan and the verdict on it see the same fleet
+        planned = route(facts, fleet, view_of)
         record.pool = planned.plan.preferred
         record.plan = planned.plan
         raw = asked.raw
         extra: tuple[tuple[str, str], ...] = ()
         small = self.fallback.get(facts.model) if not planned.plan.candidates else None
-        alternative = None if small is None else fallback_route(facts, small, fleet, self.ledger)
+        alternative = None if small is None else fallback_route(facts, small, fleet, view_of)
         if alternative is not None:
             # the small model's servers know only their own name: the body says it
             big = facts.model
@@ -98,7 +101,7 @@ class Dispatcher:
         record.tier = settings.tiers[tier].name
         long = fleet.work.is_long(planned.facts.prompt.estimate)
         plan = planned.plan
-        ticket = self.gate.admit_now(tier, long, wait_s, plan)
+        ticket = self.gate.admit_now(tier, long, wait_s, plan, view_of)
         if ticket is None:
             ticket, plan = await self._wait(planned, tier, long, wait_s, record)
         try:

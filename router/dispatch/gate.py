@@ -28,7 +28,7 @@ from router.core.admission import HOLDS, DrainMeter, OverloadGuard, Verdict, Wai
 from router.core.admission.queue import WaitQueue
 from router.core.admission.verdict import FULL, HOLD_CLEAN, LATE
 from router.core.breaker import BreakerState
-from router.core.planner import PoolView
+from router.core.planner import PoolView, ViewOf
 from router.dispatch import refusals
 from router.errors import RouterError
 from router.fleet.ledger import Ledger
@@ -92,11 +92,11 @@ class Gate:
 
     # -- the request path ------------------------------------------------------------
 
-    def admit_now(
-        self, tier: int, long: bool, timeout_s: float | None, plan: RoutePlan
-    ) -> Ticket | None:
+    def admit_now(self, tier: int, long: bool, timeout_s: float | None, plan: RoutePlan,
+                  view_of: ViewOf) -> Ticket | None:  # fmt: skip
         """The common case, without a coroutine: a ticket when the request may go now,
-        None when it must wait (then ``wait``); raises when the overload guard sheds it."""
+        None when it must wait (then ``wait``); raises when the overload guard sheds it.
+        ``view_of``: the fleet as the plan saw it."""
         if self.guard.level and self.guard.sheds(tier):
             raise self._refuse(refusals.overloaded(self.guard, self.settings.tiers[tier].name))
         pool = plan.preferred
@@ -104,19 +104,10 @@ class Gate:
             queue = self.queues[pool]
             if queue.waiters and queue.must_wait_behind(tier, long):
                 return None
-            left_ms = queue.start_limit_ms(
-                tier, long, self._allowed_s(long, timeout_s), monotonic()
-            )
-            v = verdict(
-                tier,
-                long,
-                plan,
-                self.pools_of[pool],
-                self.ledger.view_of,
-                self.settings,
-                self._transient,
-                left_ms,
-            )
+            now = monotonic()
+            left_ms = queue.start_limit_ms(tier, long, self._allowed_s(long, timeout_s), now)
+            v = verdict(tier, long, plan, self.pools_of[pool], view_of, self.settings,
+                        self._transient, left_ms)  # fmt: skip
             if not v.dispatches:
                 return None
         return self._admit(pool, tier, long)

@@ -44,6 +44,8 @@ from router.upstream.pool import UpstreamPool, UpstreamResponse
 from router.upstream.relay import relay_stream
 
 _CONTEXT_400: Final = b"maximum context length"
+_EMPTY_STREAM: Final = "the stream ended before its first byte"
+_LARGER_WINDOW: Final = "context length: trying a larger window"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,24 +99,6 @@ class ContextRefusal(NamedTuple):
     position: int
 
 
-class _Try:
-    """One attempt: where it went, its ledger entry, its response and how it ended."""
-
-    __slots__ = ("attempt", "backend", "budget", "outcome", "pool", "position", "response",
-                 "ttft_s")  # fmt: skip
-
-    def __init__(self, position: int, backend: Backend, pool: PoolView, budget: int,
-                 attempt: Attempt) -> None:  # fmt: skip
-        self.position = position  # the backend's place among the plan's candidates
-        self.backend = backend
-        self.pool = pool
-        self.budget = budget
-        self.attempt = attempt
-        self.response: UpstreamResponse | None = None
-        self.outcome: Outcome | None = None
-        self.ttft_s: float | None = None
-
-
 class Proxy:
     def __init__(
         self, upstream: UpstreamPool, ledger: Ledger, fleet: Fleet, settings: ForwardSettings
@@ -145,9 +129,8 @@ class Proxy:
             return self._context_refusal(x)
         raise self._no_backend(x)
 
-    async def _attempt(self, x: Exchange, head: tuple[bytes, bytes],
-                       position: int, backend: Backend,
-                       pool: PoolView) -> web.StreamResponse | None:  # fmt: skip
+    async def _attempt(self, x: Exchange, head: tuple[bytes, bytes], position: int,
+                       backend: Backend, pool: PoolView) -> web.StreamResponse | None:  # fmt: skip
         """One attempt on ``backend``: its answer, or None to try the next candidate. It
         ends in exactly one outcome, recorded by the ledger in ``finally``."""
         prompt = x.facts.prompt.estimate
@@ -156,102 +139,80 @@ class Proxy:
         if attempt is None:
             x.skipped_at_capacity += 1
             return None
-        t = _Try(position, backend, pool, budget, attempt)
+        resp: UpstreamResponse | None = None
+        outcome: Outcome | None = None
         try:
             data = b"".join((head[0], self.fleet.host_lines[backend.index], head[1], x.body))
             try:
-                resp = t.response = await self.upstream.request(
+                resp = await self.upstream.request(
                     (backend.host, backend.port), data, deadline=self.deadlines[x.facts.stream]
                 )
                 status = resp.status
                 if status >= 500 or status == 429:
-                    t.outcome = _refused_by_backend(status, await resp.read())
+                    outcome = _refused_by_backend(status, await resp.read())
                     return None
                 streaming = x.facts.stream and status == 200
                 first = await (resp.next_data() if streaming else resp.read())
                 resp.disarm()
             except UpstreamError as exc:
-                t.outcome = _failure(exc)
-                lost = exc.response_started and not x.facts.stream
-                if lost and t.outcome.kind is OutcomeKind.BROKEN:
-                    # the answer had begun (a non-streaming answer is sent when it is
-                    # complete): retrying would generate it again, so it is lost
-                    raise UpstreamFailed(
-                        f"backend {backend.url} broke while sending the answer: {exc}"
-                    ) from None
+                outcome, lost = _failure(exc, backend, x.facts.stream)
+                if lost is not None:
+                    raise lost from None
                 return None
             if streaming and not first:
-                detail = "the stream ended before its first byte"
-                t.outcome = Outcome(OutcomeKind.BROKEN, status, detail=detail)
+                outcome = Outcome(OutcomeKind.BROKEN, status, detail=_EMPTY_STREAM)
                 return None
-            headers = self._first_byte(x, t, first, streaming)
-            if headers is None:
-                return None  # a context-length 400: a larger window is tried next
-            if not streaming:
-                return self._whole(x, t, first, headers)
-            return await self._relay(x, t, first, headers)
+            ttft = self._first_byte(x, attempt, backend, pool, budget, status, streaming)
+            if status == 400 and _CONTEXT_400 in first:
+                outcome = Outcome(OutcomeKind.CONTEXT_REJECTED, status, ttft, _LARGER_WINDOW)
+                x.refused_window = pool.max_context_tokens
+                x.refusal = ContextRefusal(status, resp.headers, first, backend, position)
+                return None
+            headers = self._headers(x, resp.headers, backend, position, len(x.ended) + 1)
+            if streaming:
+                out, outcome = await self._relay(x, resp, first, headers, ttft)
+                return out
+            kind = OutcomeKind.SUCCESS if status < 400 else OutcomeKind.CLIENT_ERROR
+            outcome = Outcome(kind, status, ttft)
+            if status == 200:
+                read_usage(first, x.record)
+            return web.Response(status=status, body=first, headers=headers)
         except asyncio.CancelledError:
-            if t.outcome is None:
-                t.outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="the client left")
+            if outcome is None:
+                outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="the client left")
             x.record.client_gone = True
             raise
         finally:
-            if t.response is not None:
-                t.response.close()
-            outcome = t.outcome
+            if resp is not None:
+                resp.close()
             if outcome is None:  # an exception nobody expected: the backend is not blamed
                 outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="aborted by a router error")
             self.ledger.end(attempt, outcome)
             x.ended.append((backend, outcome))
 
-    def _first_byte(self, x: Exchange, t: _Try, first: bytes,
-                    streaming: bool) -> list[tuple[str, str]] | None:  # fmt: skip
-        """The backend answered: settle its first byte and fill the record; the answer's
-        headers, or None for vLLM's context-length 400 (kept as the answer of last resort)."""
-        resp = t.response
-        assert resp is not None
-        status = resp.status
-        # a stream's prefill ends at its first byte; a whole answer's load is settled by
-        # end() in finally, in one update
+    def _first_byte(self, x: Exchange, attempt: Attempt, backend: Backend, pool: PoolView,
+                    budget: int, status: int, streaming: bool) -> float:  # fmt: skip
+        """The backend answered: its first byte settled in the ledger (a stream's prefill
+        ends there; a whole answer's load is settled by ``end``, in one update) and the
+        record filled. Returns the time to first byte."""
         now = asyncio.get_running_loop().time()
         ledger = self.ledger
-        ttft = ledger.first_byte(t.attempt, now) if streaming else ledger.answered(t.attempt, now)
-        t.ttft_s = ttft
-        backend = t.backend
-        window = t.pool.max_context_tokens
+        ttft = ledger.first_byte(attempt, now) if streaming else ledger.answered(attempt, now)
         record = x.record
         record.first_byte_at = monotonic()
         record.attempts = len(x.ended) + 1
         record.pool = backend.pool
         record.backend = backend.url
-        record.window = window
-        record.budget = t.budget
+        record.window = pool.max_context_tokens
+        record.budget = budget
         record.status = status
-        if status == 400 and _CONTEXT_400 in first:
-            t.outcome = Outcome(OutcomeKind.CONTEXT_REJECTED, status, ttft,
-                                "context length: trying a larger window")  # fmt: skip
-            x.refused_window = window
-            x.refusal = ContextRefusal(status, resp.headers, first, backend, t.position)
-            return None
-        return self._headers(x, resp.headers, backend, t.position, len(x.ended) + 1)
+        return ttft
 
-    def _whole(self, x: Exchange, t: _Try, body: bytes,
-               headers: list[tuple[str, str]]) -> web.Response:  # fmt: skip
-        """A non-streaming answer, whole: its usage counted, passed on as it came."""
-        assert t.response is not None
-        status = t.response.status
-        kind = OutcomeKind.SUCCESS if status < 400 else OutcomeKind.CLIENT_ERROR
-        t.outcome = Outcome(kind, status, t.ttft_s)
-        if status == 200:
-            read_usage(body, x.record)
-        return web.Response(status=status, body=body, headers=headers)
-
-    async def _relay(self, x: Exchange, t: _Try, first: bytes,
-                     headers: list[tuple[str, str]]) -> web.StreamResponse:  # fmt: skip
+    async def _relay(self, x: Exchange, resp: UpstreamResponse, first: bytes,
+                     headers: list[tuple[str, str]],
+                     ttft: float) -> tuple[web.StreamResponse, Outcome]:  # fmt: skip
         """A stream, relayed chunk by chunk; how it ended is the attempt's outcome."""
-        resp = t.response
-        assert resp is not None
-        status, ttft = resp.status, t.ttft_s
+        status = resp.status
         out, result = await relay_stream(x.request, resp, first, headers, self.settings.idle_read_s)
         record = x.record
         summary = result.summary
@@ -261,12 +222,10 @@ class Proxy:
         record.completion_tokens = summary.completion_tokens
         record.client_gone = result.client_gone
         if result.client_gone:
-            t.outcome = Outcome(OutcomeKind.CLIENT_GONE, status, ttft)
-        elif result.upstream_error is not None:
-            t.outcome = Outcome(OutcomeKind.BROKEN, status, ttft, result.upstream_error)
-        else:
-            t.outcome = Outcome(OutcomeKind.SUCCESS, status, ttft)
-        return out
+            return out, Outcome(OutcomeKind.CLIENT_GONE, status, ttft)
+        if result.upstream_error is not None:
+            return out, Outcome(OutcomeKind.BROKEN, status, ttft, result.upstream_error)
+        return out, Outcome(OutcomeKind.SUCCESS, status, ttft)
 
     def _headers(
         self,
@@ -314,13 +273,20 @@ def _refused_by_backend(status: int, body: bytes) -> Outcome:
     return Outcome(kind, status, detail=f"status {status}: {detail}")
 
 
-def _failure(exc: UpstreamError) -> Outcome:
-    """The outcome of an attempt the transport failed before an answer."""
+def _failure(exc: UpstreamError, backend: Backend,
+             stream: bool) -> tuple[Outcome, UpstreamFailed | None]:  # fmt: skip
+    """The outcome of an attempt the transport failed before an answer, and the error to
+    answer with when a whole answer was lost while it was being sent (retrying it would
+    generate it again)."""
     if isinstance(exc, ConnectFailed):
-        return Outcome(OutcomeKind.CONNECT_ERROR, detail=str(exc))
+        return Outcome(OutcomeKind.CONNECT_ERROR, detail=str(exc)), None
     if isinstance(exc, UpstreamTimeout):
-        return Outcome(OutcomeKind.TIMEOUT, detail=str(exc))
-    return Outcome(OutcomeKind.BROKEN, detail=str(exc))
+        return Outcome(OutcomeKind.TIMEOUT, detail=str(exc)), None
+    outcome = Outcome(OutcomeKind.BROKEN, detail=str(exc))
+    if exc.response_started and not stream:
+        message = f"backend {backend.url} broke while sending the answer: {exc}"
+        return outcome, UpstreamFailed(message)
+    return outcome, None
 
 
 __all__ = ["Exchange", "ForwardSettings", "Proxy", "request_head_tail"]

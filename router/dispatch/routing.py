@@ -3,17 +3,18 @@ of its own is unusable (``fallback:`` in the config)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from router.core.classify import Eligibility, eligible_pools
-from router.core.planner import PoolView, plan
+from router.core.planner import PoolView, ViewOf, plan
 from router.errors import RouterError
 from router.fleet.ledger import Ledger
 from router.fleet.topology import Fleet
 from router.model import RequestFacts, RoutePlan
 
 
-class Route(NamedTuple):
+@dataclass(slots=True)
+class Route:
     """A request planned over one model's pools; ``replan`` plans it again (for a request
     that waited at the router, over the load as it is then)."""
 
@@ -26,21 +27,21 @@ class Route(NamedTuple):
         return plan(self.facts, self.pools, self.eligibility, ledger.view_of, fleet.settings)
 
 
-def route(facts: RequestFacts, fleet: Fleet, ledger: Ledger) -> Route:
+def route(facts: RequestFacts, fleet: Fleet, view_of: ViewOf) -> Route:
     """Plan ``facts`` over its model's pools (ContextTooLong when no window can hold it)."""
     pools = fleet.by_model[facts.model]
     eligibility = eligible_pools(facts.prompt, facts.max_tokens, pools)
-    return Route(
-        facts, pools, eligibility, plan(facts, pools, eligibility, ledger.view_of, fleet.settings)
-    )
+    return Route(facts, pools, eligibility,
+                 plan(facts, pools, eligibility, view_of, fleet.settings))  # fmt: skip
 
 
-def fallback_route(facts: RequestFacts, small: str, fleet: Fleet, ledger: Ledger) -> Route | None:
+def fallback_route(facts: RequestFacts, small: str, fleet: Fleet,
+                   view_of: ViewOf) -> Route | None:  # fmt: skip
     """The request planned on the fallback model's pools, when one of them can take it
     now; None when none can (then the first model's 503 stands)."""
     facts = RequestFacts(small, facts.prompt, facts.max_tokens, facts.stream, facts.hash_key)
     try:
-        alternative = route(facts, fleet, ledger)
+        alternative = route(facts, fleet, view_of)
     except RouterError:
         return None  # over the small model's window: no fallback for this request
     return alternative if alternative.plan.candidates else None

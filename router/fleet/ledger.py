@@ -86,15 +86,27 @@ class Ledger:
         self.outcomes: dict[OutcomeKind, int] = dict.fromkeys(OutcomeKind, 0)
 
     def view_of(self, backend: Backend) -> BackendView:
+        """The backend as it is now."""
+        return self._view(backend, monotonic())
+
+    def views(self) -> Callable[[Backend], BackendView]:
+        """A view of the fleet for one decision (a plan and the admission verdict on it):
+        each backend read once, all at one moment."""
+        now = monotonic()
+        seen: dict[int, BackendView] = {}
+
+        def view_of(backend: Backend) -> BackendView:
+            view = seen.get(backend.index)
+            if view is None:
+                view = seen[backend.index] = self._view(backend, now)
+            return view
+
+        return view_of
+
+    def _view(self, backend: Backend, now: float) -> BackendView:
         i = backend.index
-        return BackendView(
-            backend,
-            self.board.fleet(i),
-            self.up[i],
-            self.rates[i],
-            self.store.usable(i, monotonic()),
-            self.kv_tokens[i],
-        )
+        return BackendView(backend, self.board.fleet(i), self.up[i], self.rates[i],
+                           self.store.usable(i, now), self.kv_tokens[i])  # fmt: skip
 
     def begin(self, backend: Backend, prefill: int, budget: int, now: float) -> Attempt | None:
         """Count a request as dispatched to ``backend``; None when it is at max_in_flight

@@ -168,9 +168,13 @@ async def test_the_sim_profile_wires_up_as_local_processes(
     for name in routers:
         base = f"http://127.0.0.1:{ports[name]}"
         await _until_ok(base + "/readyz")
-        for _ in range(100):  # redis-server may have come up after the router's first try
+        # redis-server may have come up after the router's first try, and a simulator after
+        # its first probe (ready needs one backend per pool, not all): wait for both, within
+        # a bound, rather than sample once
+        for _ in range(100):
             status = await _until_ok(base + "/status")
-            if status["store"]["up"]:
+            backends_up = all(b["up"] for p in status["pools"] for b in p["backends"])
+            if status["store"]["up"] and backends_up:
                 break
             await asyncio.sleep(0.2)
         assert status["store"] == {"kind": "redis", "up": True}

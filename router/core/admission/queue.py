@@ -177,6 +177,8 @@ class WaitQueue:
         """Whether a standing queue of the class cuts a request of ``tier`` back to the
         target."""
         codel = self.codel[long]
+        if not codel.standing:
+            return False
         codel.update(now)
         return codel.standing and not self._spared(tier, long, now)
 
