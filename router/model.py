@@ -172,6 +172,10 @@ class OutcomeKind(enum.Enum):
     CLIENT_ERROR = "client_error"  # any other 4xx: the request's fault
     CLIENT_GONE = "client_gone"  # the client left before the end
 
+    # hashed by identity, not by name: counted and looked up for every attempt (why:
+    # docs/architecture.md, "Performance budget")
+    __hash__ = object.__hash__
+
 
 # the three kinds of signal (ARCHITECTURE: "Breakers"), never mixed
 FAILURES = frozenset(
