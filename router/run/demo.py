@@ -1,9 +1,10 @@
 """``ctxroute demo``: simulated vLLM pools on loopback and the router in front of them.
 
-Loads ``config/demo.yaml`` through config.py (the embedded default: in-process state, no
-Redis), starts a simulator for every backend it lists (profile by pool: ``DEMO_PROFILES``),
-then the router.
-``--free-ports`` binds everything to free ports instead (tests, busy machines).
+Loads ``config/demo.yaml`` through router/config (the embedded default: in-process state,
+no Redis), starts a simulator for every backend it lists (profile by pool:
+``DEMO_PROFILES``), then the router. When one of the configured ports is taken (another
+demo, another server), everything binds to free ports instead, and the banner says so;
+``--free-ports`` asks for that from the start (tests, busy machines).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +36,12 @@ async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    taken = [] if free_ports else _taken_ports(config)
+    if taken:
+        print(f"ctxroute demo: port {', '.join(map(str, taken))} is in use: binding the router "
+              "and the simulators to free ports instead (pass --free-ports to ask for this)",
+              flush=True)  # fmt: skip
+        free_ports = True
     sims: list[Simulator] = []
     runner: web.AppRunner | None = None
     try:
@@ -93,8 +102,36 @@ def _banner(config: RouterConfig, router_url: str) -> None:
           f"-d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":"
           f"\"hello\"}}],\"max_tokens\":16}}' -i")  # fmt: skip
     print(f"  curl -s {router_url}/status")
+    print(f"  {_command()} status {router_url}          # the same, as tables")
+    print(f"  open {router_url}/dashboard          # live, in a browser")
+    print(f"  curl -s {router_url}/metrics         # Prometheus")
     print(
         "  (the x-ctxroute-route header says where a request went and why; each request"
         " is logged below)"
     )
     print("\nCtrl-C stops everything.", flush=True)
+
+
+def _command() -> str:
+    """How this process was started, for commands the banner suggests (``.venv/bin/ctxroute``
+    when that is what the user typed, not a bare name that is not on their PATH)."""
+    argv0 = Path(sys.argv[0])
+    return str(argv0) if argv0.name == "ctxroute" else "ctxroute"
+
+
+def _taken_ports(config: RouterConfig) -> list[int]:
+    """The configured ports (the router's and every simulator's) that cannot be bound now."""
+    wanted = [(config.listen.host, config.listen.port)]
+    for pool in config.pools:
+        for backend in pool.backends:
+            url = urlsplit(backend.url)
+            wanted.append((url.hostname or "127.0.0.1", url.port or 80))
+    taken = []
+    for host, port in wanted:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                taken.append(port)
+    return taken

@@ -277,15 +277,31 @@ async def test_metric_names_types_and_labels_match(
     assert set(real) >= set(ROUTER_READS)
 
 
+def _peaks(readings: list[dict[str, float]]) -> dict[str, float]:
+    names = ("vllm:kv_cache_usage_perc", "vllm:num_requests_waiting")
+    return {n: max((r.get(n, 0.0) for r in readings), default=0.0) for n in names}
+
+
+def _under_pressure(readings: list[dict[str, float]]) -> bool:
+    """The readings showed the KV cache over 90% full, and requests waiting."""
+    peaks = _peaks(readings)
+    return peaks["vllm:kv_cache_usage_perc"] > 0.9 and peaks["vllm:num_requests_waiting"] > 0
+
+
 async def test_memory_pressure_is_visible_the_same_way_on_both(
     vllm_server: VllmServer, twin_sim: Simulator
 ) -> None:
-    """8 x (100 prompt + 1,700 output) tokens on 48 blocks of 128: usage, waiting, preemption."""
+    """8 x (100 prompt + 1,700 output) tokens on 48 blocks of 128: usage, waiting, preemption.
+
+    The state is a moment, and a gauge read every few milliseconds can miss it on a slow
+    host: the engine is driven into it again (up to ``rounds`` batches) until the readings
+    have shown the cache over 90% full and requests waiting."""
     import asyncio
 
+    rounds = 4
     body = completion(tokens_text(100), max_tokens=1700, ignore_eos=True)
     for server in (vllm_server, twin_sim):
-        peak = {"vllm:kv_cache_usage_perc": 0.0, "vllm:num_requests_waiting": 0.0}
+        seen: list[dict[str, float]] = []
         async with aiohttp.ClientSession() as s:
 
             async def one(url: str = server.url) -> int:
@@ -299,16 +315,16 @@ async def test_memory_pressure_is_visible_the_same_way_on_both(
                     n: float(v) for n, v in re.findall(r"^(vllm:\w+)\{[^}]*\} (\S+)$", text, re.M)
                 }
 
-            tasks = [asyncio.create_task(one()) for _ in range(8)]
-            while not all(t.done() for t in tasks):
-                values = await scrape()
-                for name in peak:
-                    peak[name] = max(peak[name], values.get(name, 0.0))
-                await asyncio.sleep(0.05)
-            assert [t.result() for t in tasks] == [200] * 8
+            for _ in range(rounds):
+                tasks = [asyncio.create_task(one()) for _ in range(8)]
+                while not all(t.done() for t in tasks):
+                    seen.append(await scrape())
+                    await asyncio.sleep(0.01)
+                assert [t.result() for t in tasks] == [200] * 8
+                if _under_pressure(seen):
+                    break
             final = await scrape()
-        assert peak["vllm:kv_cache_usage_perc"] > 0.9, (server.url, peak)
-        assert peak["vllm:num_requests_waiting"] > 0, (server.url, peak)
+        assert _under_pressure(seen), (server.url, _peaks(seen))
         assert final["vllm:num_preemptions_total"] > 0, server.url
         assert final["vllm:num_requests_running"] == 0 and final["vllm:kv_cache_usage_perc"] == 0
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +83,39 @@ def test_demo_routes_through_the_router_and_stops_cleanly_on_ctrl_c() -> None:
     # the demo logs each request as one readable line, with the route the header gave
     (logged,) = [line for line in rest.decode().splitlines() if " 200 chat demo-model " in line]
     assert logged.endswith(f"[{route}]") and "-> low-latency http://" in logged
+
+
+def test_demo_moves_to_free_ports_when_a_configured_port_is_taken() -> None:
+    # hold the demo router's configured port (if something else holds it, so much the better)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with contextlib.suppress(OSError):
+        holder.bind(("127.0.0.1", 8080))
+        holder.listen()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*CLI, "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.decode())
+            if "Ctrl-C" in lines[-1] or "stopped" in lines[-1]:
+                break
+        text = "".join(lines)
+        assert "8080 is in use" in text and "--free-ports" in text, text
+        router = text.split("router on ", 1)[1].split()[0]
+        assert not router.endswith(":8080")
+        # the banner points at the other ways to look at it
+        for what in (f"{router}/dashboard", f"{router}/metrics", f"status {router}"):
+            assert what in text, what
+        with urllib.request.urlopen(router + "/readyz") as r:
+            assert r.status == 200
+    finally:
+        holder.close()
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, rest
 
 
 def write(tmp_path: Path, text: str) -> Path:
