@@ -37,6 +37,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import Result, Targets, run_load
+from bench.report import plot, print_report, progress
 from bench.workload import Workload, plan_requests
 from router.config import ConfigError, RouterConfig, load_config
 
@@ -69,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long-slo-s", type=float, default=15.0)
     p.add_argument("--grace", type=float, default=60.0, help="seconds to wait after the last send")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="draw the TTFT distributions (and goodput against rate, with --rates) "
+                        "here; needs matplotlib (pip install 'ctxroute[bench]')")  # fmt: skip
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     p.add_argument(
         "--rates",
@@ -82,8 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="router variant, repeatable (default: admission): admission (as configured), "
         "no-hold (queues, but long work is neither held at the router nor stacked in "
         "engines: the plain token-work policy), stack (no holding at the router; long work "
-        "queues in engines that already have some, to keep one clean: the previous "
-        "release), no-admission (no queue: full means 503 at once)",
+        "queues in engines that already have some, to keep one clean), no-admission (no "
+        "queue: full means 503 at once)",
     )
     p.add_argument(
         "--no-deadlines",
@@ -307,8 +311,6 @@ class Fleet:
 
 def _run_one(args: argparse.Namespace, workload: Workload, target: str,
              config: RouterConfig | None, variant: str) -> dict[str, Any]:  # fmt: skip
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     planned = plan_requests(workload)
     if config is not None and target == "router" and VARIANTS[variant]:
         data = config.model_dump(mode="json", exclude_none=True)
@@ -332,11 +334,8 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
         if fleet is not None and not args.no_pin and shutil.which("taskset"):
             os.sched_setaffinity(0, {1})
         session_header = config.routing.session_header if config else "X-Session-ID"
-        with Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), transient=True,
-        ) as bar:  # fmt: skip
-            task = bar.add_task(f"{target}, {workload.rate:g} req/s", total=len(planned))
+        label = f"{target}, {workload.rate:g} req/s"
+        with progress(label, len(planned)) as advance:
             slos = {"short": f"{args.short_slo_ms / 1e3:g}", "long": f"{args.long_slo_s:g}"}
             deadlines = {} if args.no_deadlines else slos
             results, elapsed = asyncio.run(
@@ -345,7 +344,7 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
                     targets,
                     session_header=session_header,
                     grace_s=args.grace,
-                    progress=lambda n: bar.advance(task, n),
+                    progress=advance,
                     deadlines=deadlines,
                 )
             )
@@ -376,61 +375,16 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
         "errors": errors,
         "preemptions": counters.get("preemptions"),
         "prefix_cache_hit_rate": (hits / queries) if queries else None,
+        # the TTFT of every request that finished, for --plot's distributions
+        "ttft_ms": {
+            kind: sorted(
+                round(1e3 * r.ttft_s, 2)
+                for r in results
+                if r.kind == kind and r.finished and r.ttft_s is not None
+            )
+            for kind in ("short", "long")
+        },
     }
-
-
-def _fmt_ms(v: float) -> str:
-    if math.isinf(v):
-        return "failed"
-    if math.isnan(v):
-        return "-"
-    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
-
-
-def print_table(runs: list[dict[str, Any]], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in ("target", "rate", "class", "n", "ok", "shed", "err", "stuck", "TTFT p50 ms",
-                "p95 ms", "p99 ms", "served p99", "goodput", "good/s", "preempt",
-                "prefix hit"):  # fmt: skip
-        table.add_column(col, justify="right")
-    for run in runs:
-        name = run["target"]
-        if run.get("variant") not in ("admission", None):
-            name += f" {run['variant']}"
-        if run.get("workers") not in (1, None):
-            name += f" x{run['workers']}"
-        if run.get("replicas") not in (1, None):
-            name += f" {run['replicas']} replicas" + (" +redis" if run.get("redis") else "")
-        for kind in ("short", "long"):
-            s = run[kind]
-            hit = run["prefix_cache_hit_rate"]
-            table.add_row(
-                name if kind == "short" else "", f"{run['rate']:g}" if kind == "short" else "",
-                kind, str(s["n"]), str(s["ok"]), str(s["refused"]),
-                str(s["errors"]), str(s["stuck"]), _fmt_ms(s["ttft_p50_ms"]),
-                _fmt_ms(s["ttft_p95_ms"]), _fmt_ms(s["ttft_p99_ms"]),
-                _fmt_ms(s["served_p99_ms"]), f"{s['goodput']:.3f}", f"{s['good_per_s']:.2f}",
-                "" if kind == "long" or run["preemptions"] is None else f"{run['preemptions']:.0f}",
-                "" if kind == "long" or hit is None else f"{hit:.2f}",
-            )  # fmt: skip
-    Console(width=max(170, shutil.get_terminal_size().columns)).print(table)
-    for run in runs:
-        if run["errors"]:
-            print(f"{run['target']} {run.get('variant') or ''} at {run['rate']:g} req/s: "
-                  f"errors by kind: {run['errors']}")  # fmt: skip
-    names = sorted({(r["target"], r.get("variant") or "") for r in runs})
-    if len({r["rate"] for r in runs}) > 1:
-        for target, variant in names:
-            mine = [
-                r for r in runs if r["target"] == target and (r.get("variant") or "") == variant
-            ]
-            good = [r["rate"] for r in mine
-                    if r["short"]["goodput"] >= 0.99 and r["long"]["goodput"] >= 0.99]  # fmt: skip
-            best = f"{max(good):g} req/s" if good else "below every rate tried"
-            print(f"capacity at SLO (goodput >= 0.99 in both classes), {target} {variant}: {best}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -477,7 +431,10 @@ def run(args: argparse.Namespace) -> int:
         f"{where}: {rates} req/s for {workload.duration_s:g}s, seed {workload.seed}; "
         f"SLO short {args.short_slo_ms:g} ms, long {args.long_slo_s:g} s"
     )
-    print_table(runs, title)
+    print_report(runs, title)
+    if args.plot is not None:
+        plot(runs, title, args.plot)
+        print(f"plot written to {args.plot}")
     if args.json is not None:
         args.json.write_bytes(
             orjson.dumps(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,15 +47,16 @@ def test_the_same_seed_plans_the_same_requests_and_the_mix_is_as_asked() -> None
     assert len({p.session for p in short}) > 100
 
 
-def run_bench(tmp_path: Path, *flags: str) -> tuple[list[dict[str, Any]], str]:
-    """``ctxroute bench`` on the tiny fleet and workload above: its runs and its table."""
+def run_bench(tmp_path: Path, *flags: str, columns: int = 200) -> tuple[list[dict[str, Any]], str]:
+    """``ctxroute bench`` on the tiny fleet and workload above: its runs and its output
+    (not a terminal: the progress lines and the table, at ``columns``)."""
     fleet, workload, out = tmp_path / "fleet.yaml", tmp_path / "w.yaml", tmp_path / "r.json"
     fleet.write_text(FLEET)
     workload.write_text(WORKLOAD)
     proc = subprocess.run(
         [sys.executable, "-m", "router", "bench", "--fleet", str(fleet), "--profile", "tiny",
          "--workload", str(workload), "--json", str(out), "--no-pin", *flags],
-        capture_output=True, timeout=120,
+        capture_output=True, timeout=120, env={**os.environ, "COLUMNS": str(columns)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     return json.loads(out.read_text())["runs"], proc.stdout.decode()
@@ -68,7 +70,7 @@ def test_bench_runs_both_targets_on_a_fleet_and_writes_json(tmp_path: Path) -> N
         assert total == run["requests"] > 5
         assert run["short"]["ok"] + run["long"]["ok"] == total, run["errors"]
         assert run["preemptions"] is not None
-    assert "TTFT p50" in table
+    assert "TTFT ms p50/p95/p99" in table
 
 
 def test_bench_refuses_a_bad_workload_file_with_exit_2(tmp_path: Path) -> None:
@@ -109,3 +111,22 @@ def test_bench_compares_admission_variants_over_rates_and_names_the_capacity(
          "--rates", "3,x"], capture_output=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "expected numbers separated by commas" in bad.stderr.decode()
+
+
+def test_bench_off_a_terminal_says_how_far_it_is_and_fits_80_columns(tmp_path: Path) -> None:
+    runs, out = run_bench(tmp_path, "--target", "both", "--plot", str(tmp_path / "b.png"),
+                          columns=80)  # fmt: skip
+    # a line per run at least (more on a long run), never silence until the table
+    assert "round-robin, 6 req/s: " in out and "router, 6 req/s: " in out
+    assert "requests ended" in out
+    # (the paths of the files written are as long as they are)
+    lines = [line for line in out.splitlines() if " written to " not in line]
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in out
+    assert "TTFT ms p50/p95/p99" in out
+    # the plot: a real PNG, with a distribution per run drawn from every finished request
+    png = (tmp_path / "b.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    for run in runs:
+        assert len(run["ttft_ms"]["short"]) == run["short"]["ok"]
+        assert run["ttft_ms"]["short"] == sorted(run["ttft_ms"]["short"])
