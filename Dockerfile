@@ -5,8 +5,8 @@ COPY pyproject.toml README.md ./
 COPY router ./router
 COPY backends ./backends
 COPY bench ./bench
-RUN pip install --no-cache-dir .
 COPY config ./config
+RUN pip install --no-cache-dir .
 EXPOSE 8080
 # SIGTERM: the router stops accepting, lets requests in flight finish, then exits
 STOPSIGNAL SIGTERM

@@ -3,7 +3,7 @@
 Parses the JSON body once (orjson), forwards to one upstream, relays the answer (chunks as
 they arrive for streams). No routing, no accounting, no retries.
 
-    python -m bench.bare_proxy --port 9000 --upstream http://127.0.0.1:8001
+    python -m ctxroute.bench.bare_proxy --port 9000 --upstream http://127.0.0.1:8001
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import argparse
 import aiohttp
 import orjson
 from aiohttp import web
-
-from router.run.runtime import run_async
+from ctxroute.router.run.runtime import run_async
 
 
 def make_app(upstream: str) -> web.Application:

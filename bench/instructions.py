@@ -7,8 +7,8 @@ twice: once started and warmed up only, once also serving N requests; the differ
 over N is what one request costs in user space (the kernel's share is not counted:
 both builds make the same system calls per request, ``strace -c`` shows it).
 
-    python -m bench.instructions --baseline /tmp/base             # unary, 1200 requests
-    python -m bench.instructions --baseline /tmp/base --stream --requests 150
+    python -m ctxroute.bench.instructions --baseline /tmp/base             # unary, 1200 requests
+    python -m ctxroute.bench.instructions --baseline /tmp/base --stream --requests 150
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.overhead import ROUTER_CONF, drive
-from router.run.runtime import run_async
+from ctxroute.bench.checkout import router_command
+from ctxroute.bench.overhead import ROUTER_CONF, drive
+from ctxroute.router.run.runtime import run_async
+
 from tests.fixtures.servers import free_port, wait_for_port
 
 PY = sys.executable
@@ -49,11 +51,12 @@ def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool,
         conf.write_text(ROUTER_CONF.format(port=port, backend=backend)
                         + "probe: {interval_s: 3600}\n")  # fmt: skip
         out = tmp / f"{name}.{requests}.callgrind"
+        launch, env = router_command(root, tmp)
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PY, "-m", "router",
-             "serve", "--config", str(conf)],
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *launch, "serve",
+             "--config", str(conf)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root,
-            env={**os.environ, "PYTHONPATH": str(root.resolve())},
+            env={**os.environ, **env},
         )  # fmt: skip
         procs[name] = (proc, port, out)
     for proc, port, _ in procs.values():
@@ -90,7 +93,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ctxroute-instr-"))
     backend = free_port()
     sim = subprocess.Popen(
-        [PY, "-m", "router", "sim", "--profile", "tiny", "--port", str(backend),
+        [PY, "-m", "ctxroute.router", "sim", "--profile", "tiny", "--port", str(backend),
          "--max-model-len", "8192", "--num-blocks", "65536", "--max-num-seqs", "1024",
          "--max-num-batched-tokens", "65536", "--set", "weights_floor_ms=9.5",
          "--set", "step_overhead_ms=0.5"],

@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
-
-from bench.workload import Planned
+from ctxroute.bench.workload import Planned
 
 
 @dataclass

@@ -22,9 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ctxroute.bench.workload import Planned, Workload, plan_requests
 from locust import HttpUser, constant_throughput, events, task
-
-from bench.workload import Planned, Workload, plan_requests
 
 _lock = threading.Lock()
 _plan: Iterator[Planned] | None = None

@@ -29,24 +29,26 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, replace
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
+from ctxroute.bench.loadgen import Result, Targets, run_load
+from ctxroute.bench.report import plot, print_report, progress
+from ctxroute.bench.workload import Workload, plan_requests
+from ctxroute.router.config import ConfigError, RouterConfig, load_config
 from prometheus_client.parser import text_string_to_metric_families
-
-from bench.loadgen import Result, Targets, run_load
-from bench.report import plot, print_report, progress
-from bench.workload import Workload, plan_requests
-from router.config import ConfigError, RouterConfig, load_config
 
 PY = sys.executable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--fleet", type=Path, help="router config: start engines (+ router)")
+    where.add_argument("--fleet", type=_fleet,
+                       help="router config: start engines (+ router); a file, or the name of "
+                            f"a shipped fleet ({', '.join(shipped_fleets())})")  # fmt: skip
     where.add_argument("--url", help="send to this router (already running); no engines started")
     p.add_argument("--target", choices=["router", "round-robin", "both"], default="router")
     p.add_argument("--workers", type=int, default=1, help="router processes (serve --workers)")
@@ -103,6 +105,27 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "stack": {"admission": {"hold_long": False}},
     "no-admission": {"admission": {"enabled": False}},
 }
+
+
+def shipped_fleets() -> list[str]:
+    """The fleets that ship with ctxroute (bench/fleets/), by name."""
+    folder = files("ctxroute.bench") / "fleets"
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def _fleet(text: str) -> Path:
+    """``--fleet``: a file, else a shipped fleet's name (``one-pool`` or ``one-pool.yaml``)."""
+    path = Path(text)
+    if path.exists():
+        return path
+    name = text.removesuffix(".yaml")
+    if "/" not in text and name in shipped_fleets():
+        return Path(str(files("ctxroute.bench") / "fleets" / f"{name}.yaml"))
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a file nor a shipped fleet ({', '.join(shipped_fleets())})"
+    )
 
 
 def _rates(text: str) -> list[float]:
@@ -215,7 +238,7 @@ class Fleet:
             for _ in pool.backends:
                 port = _free_port()
                 proc = subprocess.Popen(
-                    [*self.pin_load, PY, "-m", "router", "sim", "--profile", self.profile,
+                    [*self.pin_load, PY, "-m", "ctxroute.router", "sim", "--profile", self.profile,
                      "--port", str(port), "--model", pool.model,
                      "--max-model-len", str(pool.max_context_tokens), "--seed", str(seed)],
                     stdout=subprocess.DEVNULL,
@@ -268,7 +291,7 @@ class Fleet:
             path = self.tmp / f"router-{replica}.yaml"
             path.write_text(yaml.safe_dump(data))
             proc = subprocess.Popen(
-                [*self.pin_router, PY, "-m", "router", "serve", "--config", str(path),
+                [*self.pin_router, PY, "-m", "ctxroute.router", "serve", "--config", str(path),
                  "--workers", str(workers)],
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip

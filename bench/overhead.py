@@ -11,9 +11,9 @@ without health probes: a probe's cost is per second and per backend (about 4 ms 
 second for one simulator backend), not per request, and would be charged to whichever run
 lasts longest.
 
-    python -m bench.overhead                      # full table (about 2 minutes)
-    python -m bench.overhead --requests 400 --concurrency 32
-    git worktree add /tmp/base HEAD~3 && python -m bench.overhead --baseline /tmp/base
+    python -m ctxroute.bench.overhead                      # full table (about 2 minutes)
+    python -m ctxroute.bench.overhead --requests 400 --concurrency 32
+    git worktree add /tmp/base HEAD~3 && python -m ctxroute.bench.overhead --baseline /tmp/base
                                                   # before/after a change, same run
 """
 
@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from ctxroute.bench.checkout import router_command
+from ctxroute.router.run.runtime import run_async
 
-from router.run.runtime import run_async
 from tests.fixtures.servers import free_port, wait_for_port
 
 PY = sys.executable
+ROUTER = [PY, "-m", "ctxroute.router"]
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -211,7 +213,7 @@ def main() -> None:
         (tmp / "router.yaml").write_text(ROUTER_CONF.format(port=router_port, backend=backend))
         # each router's log (a line per request: part of its cost) goes to a file in tmp
         router = subprocess.Popen(
-            [*pin_proxy, PY, "-m", "router", "serve", "--config", str(tmp / "router.yaml")],
+            [*pin_proxy, *ROUTER, "serve", "--config", str(tmp / "router.yaml")],
             stdout=subprocess.DEVNULL, stderr=(tmp / "router.log").open("wb"),
         )  # fmt: skip
         procs.append(router)
@@ -220,20 +222,21 @@ def main() -> None:
         if args.baseline is not None:
             base_port = free_port()
             (tmp / "base.yaml").write_text(ROUTER_CONF.format(port=base_port, backend=backend))
+            base_command, base_env = router_command(args.baseline, tmp)
             base = subprocess.Popen(
-                [*pin_proxy, PY, "-m", "router", "serve", "--config", str(tmp / "base.yaml")],
+                [*pin_proxy, *base_command, "serve", "--config", str(tmp / "base.yaml")],
+                env={**os.environ, **base_env},
                 stdout=subprocess.DEVNULL,
                 stderr=(tmp / "base.log").open("wb"),
                 cwd=args.baseline,
-                env={**os.environ, "PYTHONPATH": str(args.baseline.resolve())},
             )
             procs.append(base)
             wait_for_port("127.0.0.1", base_port, 20, base)
             targets["base"] = (f"http://127.0.0.1:{base_port}", [base.pid])
         bare_port = free_port()
         bare = subprocess.Popen(
-            [*pin_proxy, PY, "-m", "bench.bare_proxy", "--port", str(bare_port), "--upstream",
-             f"http://127.0.0.1:{backend}"],
+            [*pin_proxy, PY, "-m", "ctxroute.bench.bare_proxy", "--port", str(bare_port),
+             "--upstream", f"http://127.0.0.1:{backend}"],
         )  # fmt: skip
         procs.append(bare)
         wait_for_port("127.0.0.1", bare_port, 20, bare)

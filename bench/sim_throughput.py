@@ -5,7 +5,7 @@ on the other. N concurrent streams, each token ``--step-ms`` apart (the engine's
 ``--tokens`` tokens per stream. Printed: events/s received by the clients, the simulator's
 step lag (from /sim/stats) and its CPU time per event (from /proc).
 
-    python -m bench.sim_throughput --streams 200 --step-ms 20 --tokens 300
+    python -m ctxroute.bench.sim_throughput --streams 200 --step-ms 20 --tokens 300
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import sys
 import time
 
 import aiohttp
+from ctxroute.router.run.runtime import run_async
 
-from router.run.runtime import run_async
 from tests.fixtures.servers import free_port, wait_for_port
 
 
@@ -66,7 +66,8 @@ def main() -> None:
 
     port = free_port()
     pin = ["taskset", "-c", args.sim_core] if shutil.which("taskset") else []
-    cmd = [*pin, sys.executable, "-m", "router", "sim", "--profile", "tiny", "--port", str(port),
+    cmd = [*pin, sys.executable, "-m", "ctxroute.router", "sim", "--profile", "tiny",
+           "--port", str(port),
            "--set", f"weights_floor_ms={args.step_ms - 0.5}", "--set", "step_overhead_ms=0.5",
            "--max-num-seqs", str(max(256, args.streams)), "--num-blocks", "65536",
            "--max-num-batched-tokens", "65536"]  # fmt: skip

@@ -1,3 +1,3 @@
-from router.cli import main
+from ctxroute.router.cli import main
 
 raise SystemExit(main())

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from router.config import ConfigError, RouterConfig, load_config
+from ctxroute.router.config import ConfigError, RouterConfig, load_config
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,17 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="processes sharing the port (reuse_port); default 1")  # fmt: skip
 
     demo = sub.add_parser("demo", help="simulated vLLM pools + the router, on loopback")
+    demo.add_argument(
+        "--config",
+        metavar="FILE",
+        help="pools and router settings to simulate (default: the shipped "
+        "demo.yaml; `ctxroute demo --print-config` shows it)",
+    )
+    demo.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the shipped demo configuration, to start your own from",
+    )
     demo.add_argument("--free-ports", action="store_true",
                       help="bind the router and simulators to free ports (the default when "
                            "a configured port is taken)")  # fmt: skip
@@ -38,18 +50,18 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="the mixed workload against a fleet: TTFT, goodput, errors"
     )
-    from bench.mixed import add_arguments as add_bench_arguments
+    from ctxroute.bench.mixed import add_arguments as add_bench_arguments
 
     add_bench_arguments(bench)
 
-    from backends.vllm.cli import add_args_arguments, add_capacity_arguments
+    from ctxroute.backends.vllm.cli import add_args_arguments, add_capacity_arguments
 
     add_args_arguments(sub.add_parser("vllm-args", help="a pool's vLLM engine arguments"))
     capacity_help = "KV tokens, sequences per context length and router limits of a pool"
     add_capacity_arguments(sub.add_parser("capacity", help=capacity_help))
 
     sim = sub.add_parser("sim", help="run one simulated vLLM server")
-    from backends.simulator.cli import add_arguments
+    from ctxroute.backends.simulator.cli import add_arguments
 
     add_arguments(sim)
     return parser
@@ -66,19 +78,19 @@ def _load(path: str) -> RouterConfig | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "sim":
-        from backends.simulator.cli import run
+        from ctxroute.backends.simulator.cli import run
 
         return run(args)
     if args.command in ("vllm-args", "capacity"):
-        from backends.vllm.cli import run_args, run_capacity
+        from ctxroute.backends.vllm.cli import run_args, run_capacity
 
         return run_args(args) if args.command == "vllm-args" else run_capacity(args)
     if args.command == "bench":
-        from bench.mixed import run as run_bench
+        from ctxroute.bench.mixed import run as run_bench
 
         return run_bench(args)
     if args.command == "status":
-        from router.observe.status_view import run as run_status
+        from ctxroute.router.observe.status_view import run as run_status
 
         if args.watch is not None and args.watch <= 0:
             print("ctxroute status: --watch must be above 0 seconds", file=sys.stderr)
@@ -92,29 +104,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(config.pools)} pools, {backends} backends)")
         return 0
     if args.command == "serve":
-        config = _load(args.config)
-        if config is None:
-            return 2
-        if args.workers < 1:
-            print("ctxroute serve: --workers must be at least 1", file=sys.stderr)
-            return 2
-        from router.run.server import serve
-
-        return serve(config, args.workers)
+        return _serve(args)
     if args.command == "demo":
-        from router.run.demo import run_demo
-        from router.run.runtime import run_async
-
-        try:
-            run_async(run_demo(free_ports=args.free_ports))
-        except ConfigError as exc:
-            print(f"ctxroute demo: {exc}", file=sys.stderr)
-            return 2
-        except OSError as exc:
-            print(f"ctxroute demo: {exc}", file=sys.stderr)  # fmt: skip
-            return 2
-        return 0
+        return _demo(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    if args.workers < 1:
+        print("ctxroute serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    from ctxroute.router.run.server import serve
+
+    return serve(config, args.workers)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ctxroute.router.config import shipped
+    from ctxroute.router.run.demo import run_demo
+    from ctxroute.router.run.runtime import run_async
+
+    if args.print_config:
+        print(shipped("demo.yaml").read_text(), end="")
+        return 0
+    config_path = None if args.config is None else Path(args.config)
+    try:
+        run_async(run_demo(free_ports=args.free_ports, config_path=config_path))
+    except (ConfigError, OSError) as exc:
+        print(f"ctxroute demo: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

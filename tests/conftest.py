@@ -6,9 +6,9 @@ from typing import Any, BinaryIO
 
 import pytest
 import uvloop
+from ctxroute.backends.simulator import PROFILES, SimConfig, Simulator
+from ctxroute.router.config import RouterConfig
 
-from backends.simulator import PROFILES, SimConfig, Simulator
-from router.config import RouterConfig
 from tests.fixtures.router import RunningRouter, start_router
 from tests.fixtures.servers import RedisServer, run_redis_server
 

@@ -2,8 +2,8 @@
 over an explicit, seeded engine model (KV blocks, continuous batching, chunked prefill,
 preemption, prefix caching) with injectable faults."""
 
-from backends.simulator.faults import Faults
-from backends.simulator.profiles import PROFILES, Profile
-from backends.simulator.server import SimConfig, Simulator
+from ctxroute.backends.simulator.faults import Faults
+from ctxroute.backends.simulator.profiles import PROFILES, Profile
+from ctxroute.backends.simulator.server import SimConfig, Simulator
 
 __all__ = ["PROFILES", "Faults", "Profile", "SimConfig", "Simulator"]

@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import signal
 
-from backends.simulator.faults import Faults
-from backends.simulator.profiles import PROFILES, parse_overrides, validate
-from backends.simulator.server import SimConfig, Simulator
+from ctxroute.backends.simulator.faults import Faults
+from ctxroute.backends.simulator.profiles import PROFILES, parse_overrides, validate
+from ctxroute.backends.simulator.server import SimConfig, Simulator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backends.simulator.profiles import Profile
+from ctxroute.backends.simulator.profiles import Profile
 
 
 class Status(enum.Enum):

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from ctxroute.backends.simulator.engine import EngineCore, SimRequest
+from ctxroute.backends.simulator.profiles import Profile
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from backends.simulator.engine import EngineCore, SimRequest
-from backends.simulator.profiles import Profile
 
 TTFT_BUCKETS = (
     0.001,

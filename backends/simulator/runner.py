@@ -14,8 +14,8 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass
 
-from backends.simulator.engine import EngineCore, SimRequest
-from backends.simulator.metrics import VllmMetrics
+from ctxroute.backends.simulator.engine import EngineCore, SimRequest
+from ctxroute.backends.simulator.metrics import VllmMetrics
 
 # Behind by more than this, the timeline is reset to now instead of catching up with a
 # burst of zero-length steps.

@@ -21,14 +21,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from backends.simulator import responses as R
-from backends.simulator.engine import EngineCore, SimRequest, Status
-from backends.simulator.faults import Faults
-from backends.simulator.metrics import VllmMetrics
-from backends.simulator.profiles import PROFILES, Profile, validate
-from backends.simulator.prompt import (
+from ctxroute.backends.simulator import responses as R
+from ctxroute.backends.simulator.engine import EngineCore, SimRequest, Status
+from ctxroute.backends.simulator.faults import Faults
+from ctxroute.backends.simulator.metrics import VllmMetrics
+from ctxroute.backends.simulator.profiles import PROFILES, Profile, validate
+from ctxroute.backends.simulator.prompt import (
     ByteTokenizer,
     HFTokenizer,
     PromptError,
@@ -36,7 +34,8 @@ from backends.simulator.prompt import (
     completion_text,
     render_chat,
 )
-from backends.simulator.runner import EngineRunner
+from ctxroute.backends.simulator.runner import EngineRunner
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 _JSON = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}

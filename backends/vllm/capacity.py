@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.vllm.engines import EngineError, PoolEngine
+from ctxroute.backends.vllm.engines import EngineError, PoolEngine
 
 GIB = 1024**3
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default on GPUs (its CPU build uses 128)

@@ -8,7 +8,7 @@ import json
 import shlex
 import sys
 
-from backends.vllm.engines import ENGINES, EngineError, load_engines
+from ctxroute.backends.vllm.engines import ENGINES, EngineError, load_engines
 
 
 def add_args_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def run_args(args: argparse.Namespace) -> int:
 
 
 def run_capacity(args: argparse.Namespace) -> int:
-    from backends.vllm.capacity import GIB, ModelShape, describe, gpu_memory, plan_capacity
+    from ctxroute.backends.vllm.capacity import GIB, ModelShape, describe, gpu_memory, plan_capacity
 
     try:
         engines = load_engines(args.engines)

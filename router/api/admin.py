@@ -8,12 +8,11 @@ import time
 
 import orjson
 from aiohttp import web
-
-from router.api.answers import JSON, RouteHandler
-from router.api.body import read_json
-from router.api.context import RouterContext
-from router.errors import BadRequest, Forbidden, NotFound
-from router.observe.status import backend_json
+from ctxroute.router.api.answers import JSON, RouteHandler
+from ctxroute.router.api.body import read_json
+from ctxroute.router.api.context import RouterContext
+from ctxroute.router.errors import BadRequest, Forbidden, NotFound
+from ctxroute.router.observe.status import backend_json
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 

@@ -15,8 +15,7 @@ from random import getrandbits
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-
-from router.errors import RouterError
+from ctxroute.router.errors import RouterError
 
 log = logging.getLogger("ctxroute.handlers")
 

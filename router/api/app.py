@@ -11,26 +11,25 @@ from collections.abc import AsyncIterator, Sequence
 from typing import BinaryIO
 
 from aiohttp import web
-
-from router.api.context import HandlerSettings, RouterContext
-from router.api.routes import add_routes
-from router.config import RouterConfig
-from router.config.tokenizers import load_counters
-from router.core.tokens import TokenCounter
-from router.dispatch.completion import Dispatcher
-from router.dispatch.gate import Gate
-from router.dispatch.overload import watch_overload
-from router.dispatch.proxy import ForwardSettings, Proxy
-from router.fleet.ledger import Ledger
-from router.fleet.probe import make_probe_session, probe_forever
-from router.fleet.topology import Fleet
-from router.model import Backend
-from router.observe.logs import RequestLog
-from router.observe.metrics import Metrics, MetricsShare
-from router.store import Store
-from router.store.loadboard import LoadBoard, LoadView
-from router.store.memory import MemoryStore, breaker_settings
-from router.upstream.pool import UpstreamPool
+from ctxroute.router.api.context import HandlerSettings, RouterContext
+from ctxroute.router.api.routes import add_routes
+from ctxroute.router.config import RouterConfig
+from ctxroute.router.config.tokenizers import load_counters
+from ctxroute.router.core.tokens import TokenCounter
+from ctxroute.router.dispatch.completion import Dispatcher
+from ctxroute.router.dispatch.gate import Gate
+from ctxroute.router.dispatch.overload import watch_overload
+from ctxroute.router.dispatch.proxy import ForwardSettings, Proxy
+from ctxroute.router.fleet.ledger import Ledger
+from ctxroute.router.fleet.probe import make_probe_session, probe_forever
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.model import Backend
+from ctxroute.router.observe.logs import RequestLog
+from ctxroute.router.observe.metrics import Metrics, MetricsShare
+from ctxroute.router.store import Store
+from ctxroute.router.store.loadboard import LoadBoard, LoadView
+from ctxroute.router.store.memory import MemoryStore, breaker_settings
+from ctxroute.router.upstream.pool import UpstreamPool
 
 
 def make_store(config: RouterConfig, backends: Sequence[Backend], board: LoadView) -> Store:
@@ -38,7 +37,7 @@ def make_store(config: RouterConfig, backends: Sequence[Backend], board: LoadVie
     settings = breaker_settings(config.breakers)
     if config.store.redis_url is None:
         return MemoryStore(backends, settings, board)
-    from router.store.redis import RedisStore  # only deployments that share state need it
+    from ctxroute.router.store.redis import RedisStore  # only deployments that share state need it
 
     return RedisStore(backends, settings, board, config.store)
 

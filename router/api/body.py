@@ -6,8 +6,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
-from router.errors import BadRequest, PayloadTooLarge
+from ctxroute.router.errors import BadRequest, PayloadTooLarge
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -7,13 +7,12 @@ import asyncio
 from time import monotonic
 
 from aiohttp import web
-
-from router.api.answers import RouteHandler
-from router.api.body import read_json
-from router.api.context import RouterContext
-from router.dispatch.completion import Asked
-from router.errors import RouterError
-from router.observe.record import RequestRecord
+from ctxroute.router.api.answers import RouteHandler
+from ctxroute.router.api.body import read_json
+from ctxroute.router.api.context import RouterContext
+from ctxroute.router.dispatch.completion import Asked
+from ctxroute.router.errors import RouterError
+from ctxroute.router.observe.record import RequestRecord
 
 
 def completion_handler(*, chat: bool, path: str) -> RouteHandler:

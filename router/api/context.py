@@ -10,18 +10,17 @@ from typing import ClassVar
 
 import aiohttp
 from aiohttp import web
-
-from router.config import RouterConfig
-from router.core.breaker import BreakerState, retry_after
-from router.dispatch.completion import Dispatcher
-from router.dispatch.gate import Gate
-from router.fleet.ledger import Ledger
-from router.fleet.probe import Reading
-from router.fleet.topology import Fleet
-from router.observe.logs import RequestLog
-from router.observe.metrics import Metrics
-from router.observe.snapshot import BackendState, PoolState, RouterState
-from router.upstream.pool import UpstreamPool
+from ctxroute.router.config import RouterConfig
+from ctxroute.router.core.breaker import BreakerState, retry_after
+from ctxroute.router.dispatch.completion import Dispatcher
+from ctxroute.router.dispatch.gate import Gate
+from ctxroute.router.fleet.ledger import Ledger
+from ctxroute.router.fleet.probe import Reading
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.observe.logs import RequestLog
+from ctxroute.router.observe.metrics import Metrics
+from ctxroute.router.observe.snapshot import BackendState, PoolState, RouterState
+from ctxroute.router.upstream.pool import UpstreamPool
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
+from ctxroute.router.api.answers import JSON
+from ctxroute.router.api.context import RouterContext
+from ctxroute.router.observe.status import status_json
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from router.api.answers import JSON
-from router.api.context import RouterContext
-from router.observe.status import status_json
 
 
 async def models(request: web.Request, request_id: str) -> web.Response:

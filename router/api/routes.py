@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
-
-from router.api import info
-from router.api.admin import admin_drain
-from router.api.answers import answers_errors
-from router.api.completions import chat_completions, completions
+from ctxroute.router.api import info
+from ctxroute.router.api.admin import admin_drain
+from ctxroute.router.api.answers import answers_errors
+from ctxroute.router.api.completions import chat_completions, completions
 
 
 def add_routes(app: web.Application) -> None:

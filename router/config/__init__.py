@@ -13,8 +13,8 @@ indices as numbers and values parsed as YAML scalars, e.g.::
     CTXROUTE__POOLS__0__BACKENDS__1__URL=http://10.0.0.7:8000
 """
 
-from router.config.load import ENV_PREFIX, load_config, parse_config
-from router.config.schema import (
+from ctxroute.router.config.load import ENV_PREFIX, load_config, parse_config, shipped
+from ctxroute.router.config.schema import (
     AdminConfig,
     AdmissionConfig,
     BackendConfig,
@@ -55,4 +55,5 @@ __all__ = [
     "TokenizerConfig",
     "load_config",
     "parse_config",
+    "shipped",
 ]

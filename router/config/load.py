@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
+from ctxroute.router.config.schema import ConfigError, RouterConfig
 from pydantic import ValidationError
-
-from router.config.schema import ConfigError, RouterConfig
 
 ENV_PREFIX = "CTXROUTE__"
 
@@ -57,6 +57,12 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> RouterC
     except ValidationError as exc:
         problems = [_describe(e) for e in exc.errors()]
         raise ConfigError("; ".join(problems)) from None
+
+
+def shipped(name: str) -> Path:
+    """A configuration file that ships inside the package (``config/`` of the repository,
+    installed as ``ctxroute.config``): ``demo.yaml``, ``router.yaml``."""
+    return Path(str(files("ctxroute.config") / name))
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> RouterConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.config import ConfigError, TokenizerConfig
+from ctxroute.router.config import ConfigError, TokenizerConfig
 
 
 @dataclass(slots=True)

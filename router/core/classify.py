@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
-from router.errors import context_too_long
-from router.model import TokenBounds
+from ctxroute.router.errors import context_too_long
+from ctxroute.router.model import TokenBounds
 
 
 class PoolWindow(Protocol):

@@ -20,7 +20,7 @@ The same words go in the answer's ``x-ctxroute-route`` header and the request's 
 
 from __future__ import annotations
 
-from router.model import Bypass, RoutePlan
+from ctxroute.router.model import Bypass, RoutePlan
 
 
 def bypass_words(plan: RoutePlan) -> str:

@@ -6,9 +6,14 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from router.core.tokens import PromptShapeError, TokenCounter, chat_bounds, completion_bounds
-from router.errors import BadRequest, ModelNotFound
-from router.model import RequestFacts
+from ctxroute.router.core.tokens import (
+    PromptShapeError,
+    TokenCounter,
+    chat_bounds,
+    completion_bounds,
+)
+from ctxroute.router.errors import BadRequest, ModelNotFound
+from ctxroute.router.model import RequestFacts
 
 
 def _optional_int(body: dict[str, Any], name: str) -> int | None:

@@ -43,10 +43,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from router.core.classify import Eligibility
-from router.core.hashring import PoolRing
-from router.core.longwork import LongWork
-from router.model import Backend, BackendView, Bypass, Placement, RequestFacts, RoutePlan, Rule
+from ctxroute.router.core.classify import Eligibility
+from ctxroute.router.core.hashring import PoolRing
+from ctxroute.router.core.longwork import LongWork
+from ctxroute.router.model import (
+    Backend,
+    BackendView,
+    Bypass,
+    Placement,
+    RequestFacts,
+    RoutePlan,
+    Rule,
+)
 
 ViewOf = Callable[[Backend], BackendView]
 

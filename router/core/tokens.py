@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from router.model import TokenBounds
+from ctxroute.router.model import TokenBounds
 
 UPPER_BYTES_PER_TOKEN = 2
 LOWER_BYTES_PER_TOKEN = 10

@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from time import monotonic
 
 import orjson
-
-from router.core.breaker import BreakerState, retry_after
-from router.core.explain import owner_note, route_line
-from router.fleet.ledger import Ledger
-from router.fleet.topology import Fleet
-from router.model import Backend, Bypass, Outcome, RequestFacts, RoutePlan
-from router.observe.record import RequestRecord
+from ctxroute.router.core.breaker import BreakerState, retry_after
+from ctxroute.router.core.explain import owner_note, route_line
+from ctxroute.router.fleet.ledger import Ledger
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.model import Backend, Bypass, Outcome, RequestFacts, RoutePlan
+from ctxroute.router.observe.record import RequestRecord
 
 # RFC 9110 hop-by-hop headers, plus the ones the relay recomputes
 _HOP_BY_HOP = frozenset(

@@ -12,16 +12,15 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
-from router.core.facts import priority_value, read_facts, timeout_s
-from router.core.tokens import TokenCounter
-from router.dispatch.gate import Gate, Ticket
-from router.dispatch.proxy import Exchange, Proxy
-from router.dispatch.routing import Route, fallback_route, route
-from router.fleet.ledger import Ledger
-from router.fleet.topology import Fleet
-from router.model import RoutePlan
-from router.observe.record import RequestRecord
+from ctxroute.router.core.facts import priority_value, read_facts, timeout_s
+from ctxroute.router.core.tokens import TokenCounter
+from ctxroute.router.dispatch.gate import Gate, Ticket
+from ctxroute.router.dispatch.proxy import Exchange, Proxy
+from ctxroute.router.dispatch.routing import Route, fallback_route, route
+from ctxroute.router.fleet.ledger import Ledger
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.model import RoutePlan
+from ctxroute.router.observe.record import RequestRecord
 
 log = logging.getLogger("ctxroute.handlers")
 

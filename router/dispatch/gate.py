@@ -23,18 +23,25 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Final
 
-from router.config import AdmissionConfig
-from router.core.admission import HOLDS, DrainMeter, OverloadGuard, Verdict, Waiter, verdict
-from router.core.admission.queue import WaitQueue
-from router.core.admission.verdict import FULL, HOLD_CLEAN, LATE
-from router.core.breaker import BreakerState
-from router.core.planner import PoolView, ViewOf
-from router.dispatch import refusals
-from router.errors import RouterError
-from router.fleet.ledger import Ledger
-from router.fleet.topology import Fleet
-from router.model import Backend, RoutePlan
-from router.observe.snapshot import AdmissionState, QueueState
+from ctxroute.router.config import AdmissionConfig
+from ctxroute.router.core.admission import (
+    HOLDS,
+    DrainMeter,
+    OverloadGuard,
+    Verdict,
+    Waiter,
+    verdict,
+)
+from ctxroute.router.core.admission.queue import WaitQueue
+from ctxroute.router.core.admission.verdict import FULL, HOLD_CLEAN, LATE
+from ctxroute.router.core.breaker import BreakerState
+from ctxroute.router.core.planner import PoolView, ViewOf
+from ctxroute.router.dispatch import refusals
+from ctxroute.router.errors import RouterError
+from ctxroute.router.fleet.ledger import Ledger
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.model import Backend, RoutePlan
+from ctxroute.router.observe.snapshot import AdmissionState, QueueState
 
 _TICK_S: Final = 0.01
 Replan = Callable[[], RoutePlan]

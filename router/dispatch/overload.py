@@ -10,7 +10,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from router.dispatch.gate import Gate
+    from ctxroute.router.dispatch.gate import Gate
 
 log = logging.getLogger("ctxroute.gate")
 

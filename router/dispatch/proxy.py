@@ -23,25 +23,24 @@ from time import monotonic
 from typing import Final, NamedTuple
 
 from aiohttp import web
-
-from router.config import TimeoutsConfig
-from router.core.classify import budget as pool_budget
-from router.core.planner import PoolView
-from router.dispatch.answer import (
+from ctxroute.router.config import TimeoutsConfig
+from ctxroute.router.core.classify import budget as pool_budget
+from ctxroute.router.core.planner import PoolView
+from ctxroute.router.dispatch.answer import (
     no_backend_message,
     read_usage,
     request_head_tail,
     response_headers,
     route_line_of,
 )
-from router.errors import NoBackend, UpstreamFailed
-from router.fleet.ledger import Attempt, Ledger
-from router.fleet.topology import Fleet
-from router.model import Backend, Outcome, OutcomeKind, RequestFacts, RoutePlan
-from router.observe.record import RequestRecord
-from router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
-from router.upstream.pool import UpstreamPool, UpstreamResponse
-from router.upstream.relay import relay_stream
+from ctxroute.router.errors import NoBackend, UpstreamFailed
+from ctxroute.router.fleet.ledger import Attempt, Ledger
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.model import Backend, Outcome, OutcomeKind, RequestFacts, RoutePlan
+from ctxroute.router.observe.record import RequestRecord
+from ctxroute.router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
+from ctxroute.router.upstream.pool import UpstreamPool, UpstreamResponse
+from ctxroute.router.upstream.relay import relay_stream
 
 _CONTEXT_400: Final = b"maximum context length"
 _EMPTY_STREAM: Final = "the stream ended before its first byte"

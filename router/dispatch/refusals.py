@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from router.core.admission import OverloadGuard, WaitQueue
-from router.errors import DeadlineExceeded, Overloaded, QueueFull, RouterError
+from ctxroute.router.core.admission import OverloadGuard, WaitQueue
+from ctxroute.router.errors import DeadlineExceeded, Overloaded, QueueFull, RouterError
 
 E = TypeVar("E", bound=RouterError)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.core.classify import Eligibility, eligible_pools
-from router.core.planner import PoolView, ViewOf, plan
-from router.errors import RouterError
-from router.fleet.ledger import Ledger
-from router.fleet.topology import Fleet
-from router.model import RequestFacts, RoutePlan
+from ctxroute.router.core.classify import Eligibility, eligible_pools
+from ctxroute.router.core.planner import PoolView, ViewOf, plan
+from ctxroute.router.errors import RouterError
+from ctxroute.router.fleet.ledger import Ledger
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.model import RequestFacts, RoutePlan
 
 
 @dataclass(slots=True)

@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Final
 
-from router.core.longwork import LongWork
-from router.model import FAILURES, Backend, BackendView, Outcome, OutcomeKind
+from ctxroute.router.core.longwork import LongWork
+from ctxroute.router.model import FAILURES, Backend, BackendView, Outcome, OutcomeKind
 
 if TYPE_CHECKING:
-    from router.store import Store
+    from ctxroute.router.store import Store
 
 # a first-token time says something about the prefill rate only when the prefill ahead of
 # it was sizeable (short ones are dominated by the engine's step overhead)

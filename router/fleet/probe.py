@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import aiohttp
+from ctxroute.router.config import RouterConfig
+from ctxroute.router.core.breaker import MemorySettings, memory_open
+from ctxroute.router.fleet.ledger import Ledger
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.model import Backend
 from prometheus_client.parser import text_string_to_metric_families
-
-from router.config import RouterConfig
-from router.core.breaker import MemorySettings, memory_open
-from router.fleet.ledger import Ledger
-from router.fleet.topology import Fleet
-from router.model import Backend
 
 log = logging.getLogger("ctxroute.probe")
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.config import AdmissionConfig, ClassAdmissionConfig, RouterConfig
-from router.core.admission import AdmissionSettings, ClassLimits, Tier
-from router.core.breaker import MemorySettings
-from router.core.hashring import PoolRing
-from router.core.longwork import LongWork
-from router.core.planner import PlannerSettings, PoolView
-from router.model import Backend
+from ctxroute.router.config import AdmissionConfig, ClassAdmissionConfig, RouterConfig
+from ctxroute.router.core.admission import AdmissionSettings, ClassLimits, Tier
+from ctxroute.router.core.breaker import MemorySettings
+from ctxroute.router.core.hashring import PoolRing
+from ctxroute.router.core.longwork import LongWork
+from ctxroute.router.core.planner import PlannerSettings, PoolView
+from ctxroute.router.model import Backend
 
 
 @dataclass(frozen=True, slots=True)

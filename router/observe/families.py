@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
+from ctxroute.router.core.breaker import BreakerState
+from ctxroute.router.observe.snapshot import AdmissionState, BackendState, RouterState
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -16,11 +18,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from router.core.breaker import BreakerState
-from router.observe.snapshot import AdmissionState, BackendState, RouterState
-
 if TYPE_CHECKING:
-    from router.observe.metrics import Metrics
+    from ctxroute.router.observe.metrics import Metrics
 
 _BREAKER_VALUE: Final = {
     BreakerState.CLOSED: 0.0,

@@ -24,8 +24,7 @@ import time
 from typing import BinaryIO, Literal
 
 import orjson
-
-from router.observe.record import RequestRecord
+from ctxroute.router.observe.record import RequestRecord
 
 LogFormat = Literal["json", "text"]
 _INFO = logging.INFO

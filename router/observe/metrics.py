@@ -27,16 +27,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
+from ctxroute.router.core.breaker import BreakerState
+from ctxroute.router.observe.families import RequestCollector, StateCollector
+from ctxroute.router.observe.record import RequestRecord
+from ctxroute.router.observe.snapshot import RouterState
 from prometheus_client import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from router.core.breaker import BreakerState
-from router.observe.families import RequestCollector, StateCollector
-from router.observe.record import RequestRecord
-from router.observe.snapshot import RouterState
-
 if TYPE_CHECKING:
-    from router.config import RouterConfig
+    from ctxroute.router.config import RouterConfig
 
 # 5 ms to 60 s: a short chat's first token and a 60k-token document's
 SECONDS: Final = (

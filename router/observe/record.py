@@ -7,7 +7,7 @@ object per request, no per-chunk work.
 
 from __future__ import annotations
 
-from router.model import RoutePlan
+from ctxroute.router.model import RoutePlan
 
 
 class RequestRecord:

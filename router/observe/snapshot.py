@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from router.core.breaker import Breaker
-from router.model import Backend, Load, OutcomeKind
+from ctxroute.router.core.breaker import Breaker
+from ctxroute.router.model import Backend, Load, OutcomeKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from router.core.breaker import BreakerState
-from router.observe.snapshot import AdmissionState, BackendState, RouterState
+from ctxroute.router.core.breaker import BreakerState
+from ctxroute.router.observe.snapshot import AdmissionState, BackendState, RouterState
 
 RecentTtft = Callable[[str], dict[str, float | int | None]]  # pool -> recent percentiles
 

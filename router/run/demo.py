@@ -18,18 +18,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from ctxroute.backends.simulator import PROFILES, SimConfig, Simulator
+from ctxroute.router.api.app import create_app, make_runner
+from ctxroute.router.config import RouterConfig, load_config, shipped
+from ctxroute.router.observe.logs import setup_logging
 
-from backends.simulator import PROFILES, SimConfig, Simulator
-from router.api.app import create_app, make_runner
-from router.config import RouterConfig, load_config
-from router.observe.logs import setup_logging
-
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
+DEMO_CONFIG = shipped("demo.yaml")
 DEMO_PROFILES = {"low-latency": "l4-1b", "high-memory": "h100-8b"}
 
 
-async def run_demo(*, free_ports: bool = False, config_path: Path = DEMO_CONFIG) -> None:
-    config = load_config(config_path)  # router/config is the one reader of configuration files
+async def run_demo(*, free_ports: bool = False, config_path: Path | None = None) -> None:
+    """``config_path``: the pools to simulate and the router's settings (default: the
+    shipped ``demo.yaml``)."""
+    # router/config is the one reader of configuration files
+    config = load_config(config_path if config_path is not None else DEMO_CONFIG)
     setup_logging(config.log_level, config.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,14 +17,13 @@ import time
 from typing import cast
 
 from aiohttp import web
-
-from router.api.app import create_app, make_runner
-from router.config import RouterConfig
-from router.fleet.topology import Fleet
-from router.observe.logs import setup_logging
-from router.observe.metrics import Metrics, MetricsShare
-from router.run.runtime import run_async
-from router.store.loadboard import LoadBoard, LoadView
+from ctxroute.router.api.app import create_app, make_runner
+from ctxroute.router.config import RouterConfig
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.observe.logs import setup_logging
+from ctxroute.router.observe.metrics import Metrics, MetricsShare
+from ctxroute.router.run.runtime import run_async
+from ctxroute.router.store.loadboard import LoadBoard, LoadView
 
 log = logging.getLogger("ctxroute.serve")
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from router.core.breaker import Breaker
-from router.model import Backend
-from router.store.loadboard import LoadView
+from ctxroute.router.core.breaker import Breaker
+from ctxroute.router.model import Backend
+from ctxroute.router.store.loadboard import LoadView
 
 
 class Store(Protocol):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 from typing import Final, Protocol
 
-from router.model import Load
+from ctxroute.router.model import Load
 
 FIELDS: Final = 5  # in_flight, pending_prefill, long_pending, budget_in_flight, long_in_flight
 _CELL: Final = 8

@@ -11,10 +11,10 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 
-from router.config import BreakersConfig
-from router.core import breaker as br
-from router.model import Backend
-from router.store.loadboard import LoadView
+from ctxroute.router.config import BreakersConfig
+from ctxroute.router.core import breaker as br
+from ctxroute.router.model import Backend
+from ctxroute.router.store.loadboard import LoadView
 
 log = logging.getLogger("ctxroute.breakers")
 

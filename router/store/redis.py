@@ -27,16 +27,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from ctxroute.router.config import StoreConfig
+from ctxroute.router.core import breaker as br
+from ctxroute.router.model import Backend
+from ctxroute.router.store import redis_scripts as scripts
+from ctxroute.router.store.loadboard import LoadView
+from ctxroute.router.store.memory import MemoryStore
+from ctxroute.router.store.redis_client import make_client
+from ctxroute.router.store.shared_load import SharedLoad
 from redis.exceptions import RedisError
-
-from router.config import StoreConfig
-from router.core import breaker as br
-from router.model import Backend
-from router.store import redis_scripts as scripts
-from router.store.loadboard import LoadView
-from router.store.memory import MemoryStore
-from router.store.redis_client import make_client
-from router.store.shared_load import SharedLoad
 
 log = logging.getLogger("ctxroute.store")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from router.model import Load
-from router.store.loadboard import LoadView
+from ctxroute.router.model import Load
+from ctxroute.router.store.loadboard import LoadView
 
 
 class SharedLoad:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 if TYPE_CHECKING:
-    from router.upstream.pool import UpstreamPool
+    from ctxroute.router.upstream.pool import UpstreamPool
 
 MAX_HEAD_BYTES: Final = 64 * 1024  # status line + headers (+ trailers), as nginx's large buffers
 MAX_HEADERS: Final = 128

@@ -17,7 +17,7 @@ import contextlib
 from collections import deque
 from typing import Final
 
-from router.upstream.connection import (
+from ctxroute.router.upstream.connection import (
     IDLE,
     BodySink,
     ConnectFailed,

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
-
-from router.core.sse import StreamScanner, StreamSummary, error_event
-from router.upstream.connection import UpstreamError
-from router.upstream.pool import UpstreamResponse
+from ctxroute.router.core.sse import StreamScanner, StreamSummary, error_event
+from ctxroute.router.upstream.connection import UpstreamError
+from ctxroute.router.upstream.pool import UpstreamResponse
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from ctxroute.backends.simulator import PROFILES, SimConfig, Simulator
+from ctxroute.backends.vllm.launch import VllmServer, vllm_python
+from ctxroute.backends.vllm.tiny_model import write_tiny_model
 
-from backends.simulator import PROFILES, SimConfig, Simulator
-from backends.vllm.launch import VllmServer, vllm_python
-from backends.vllm.tiny_model import write_tiny_model
 from tests.fixtures.servers import free_port
 
 MODEL = "tiny"

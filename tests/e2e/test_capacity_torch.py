@@ -9,17 +9,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from backends.vllm.capacity import GIB, ModelShape, plan_capacity
-from backends.vllm.engines import load_engines
-from backends.vllm.launch import vllm_python
+from ctxroute.backends.vllm.capacity import GIB, ModelShape, plan_capacity
+from ctxroute.backends.vllm.engines import load_engines
+from ctxroute.backends.vllm.launch import vllm_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import json, torch
-from backends.vllm.capacity import GIB, ModelShape, dtype_bytes, gpu_memory, plan_capacity
-from backends.vllm.engines import load_engines
+from ctxroute.backends.vllm.capacity import GIB, ModelShape, dtype_bytes, gpu_memory, plan_capacity
+from ctxroute.backends.vllm.engines import load_engines
 engine = load_engines().pool("high-memory")
 plan = plan_capacity(ModelShape.from_ref("llama-3.1-8b"), engine, 80 * GIB)
 print(json.dumps({

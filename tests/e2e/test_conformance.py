@@ -30,9 +30,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from ctxroute.backends.simulator import Simulator
+from ctxroute.backends.vllm.launch import VllmServer
 
-from backends.simulator import Simulator
-from backends.vllm.launch import VllmServer
 from tests.fixtures.metrics import ROUTER_READS
 from tests.fixtures.sse import parse_stream, split_events
 

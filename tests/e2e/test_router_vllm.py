@@ -11,12 +11,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from ctxroute.backends.simulator import Simulator
+from ctxroute.backends.vllm.launch import VllmServer
+from ctxroute.router.config import TokenizerConfig, parse_config
+from ctxroute.router.config.tokenizers import LoadedCounter, load_counter
+from ctxroute.router.core.tokens import chat_bounds, completion_bounds
 
-from backends.simulator import Simulator
-from backends.vllm.launch import VllmServer
-from router.config import TokenizerConfig, parse_config
-from router.config.tokenizers import LoadedCounter, load_counter
-from router.core.tokens import chat_bounds, completion_bounds
 from tests.fixtures.router import RunningRouter, start_router
 from tests.fixtures.sse import parse_stream
 

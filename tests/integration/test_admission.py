@@ -12,9 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ctxroute.backends.simulator import Simulator
+from ctxroute.router.config import RouterConfig, parse_config
 
-from backends.simulator import Simulator
-from router.config import RouterConfig, parse_config
 from tests.conftest import SimFactory
 from tests.fixtures.router import RunningRouter
 

@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from ctxroute.backends.simulator import Simulator
+from ctxroute.router.config import parse_config
 
-from backends.simulator import Simulator
-from router.config import parse_config
 from tests.fixtures.router import RunningRouter
 from tests.fixtures.servers import free_port
 

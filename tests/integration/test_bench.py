@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.workload import Workload, plan_requests
+from ctxroute.bench.workload import Workload, plan_requests
 
 FLEET = """
 pools:
@@ -54,8 +54,8 @@ def run_bench(tmp_path: Path, *flags: str, columns: int = 200) -> tuple[list[dic
     fleet.write_text(FLEET)
     workload.write_text(WORKLOAD)
     proc = subprocess.run(
-        [sys.executable, "-m", "router", "bench", "--fleet", str(fleet), "--profile", "tiny",
-         "--workload", str(workload), "--json", str(out), "--no-pin", *flags],
+        [sys.executable, "-m", "ctxroute.router", "bench", "--fleet", str(fleet), "--profile",
+         "tiny", "--workload", str(workload), "--json", str(out), "--no-pin", *flags],
         capture_output=True, timeout=120, env={**os.environ, "COLUMNS": str(columns)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
@@ -78,7 +78,7 @@ def test_bench_refuses_a_bad_workload_file_with_exit_2(tmp_path: Path) -> None:
     fleet.write_text(FLEET)
     workload.write_text("rate: 3\ncolour: red\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "router", "bench", "--fleet", str(fleet), "--workload",
+        [sys.executable, "-m", "ctxroute.router", "bench", "--fleet", str(fleet), "--workload",
          str(workload)], capture_output=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2
@@ -107,7 +107,7 @@ def test_bench_compares_admission_variants_over_rates_and_names_the_capacity(
             assert s["good_per_s"] >= 0
     assert "capacity at SLO" in table and "no-admission" in table
     bad = subprocess.run(
-        [sys.executable, "-m", "router", "bench", "--fleet", str(tmp_path / "fleet.yaml"),
+        [sys.executable, "-m", "ctxroute.router", "bench", "--fleet", str(tmp_path / "fleet.yaml"),
          "--rates", "3,x"], capture_output=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "expected numbers separated by commas" in bad.stderr.decode()

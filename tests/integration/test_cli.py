@@ -18,11 +18,11 @@ from typing import Any, cast
 
 import aiohttp
 import pytest
+from ctxroute.router.config import parse_config
 
-from router.config import parse_config
 from tests.fixtures.servers import free_port, wait_for_port
 
-CLI = [sys.executable, "-m", "router"]
+CLI = [sys.executable, "-m", "ctxroute.router"]
 
 
 def test_sim_command_serves_vllm_routes_and_stops_on_sigterm() -> None:

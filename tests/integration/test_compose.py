@@ -97,7 +97,11 @@ async def processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
 def _local(command: list[str]) -> list[str]:
     """A compose command run here: ``ctxroute`` is this checkout, /app is the repo root
     (the caller sets the host and port its service was given)."""
-    out = [sys.executable, "-m", "router", *command[1:]] if command[0] == "ctxroute" else command
+    out = (
+        [sys.executable, "-m", "ctxroute.router", *command[1:]]
+        if command[0] == "ctxroute"
+        else command
+    )
     out = [arg.replace("/app/", str(ROOT) + "/") for arg in out]
     return out
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ctxroute.router.config import parse_config
 
-from router.config import parse_config
 from tests.conftest import SimFactory
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import aiohttp
 import yaml
+from ctxroute.backends.simulator import Simulator
+from ctxroute.router.config import parse_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from backends.simulator import Simulator
-from router.config import parse_config
 from tests.fixtures.router import RunningRouter
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"

@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
-
-from backends.vllm.engines import load_engines
+from ctxroute.backends.vllm.engines import load_engines
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "router"]
+CLI = [sys.executable, "-m", "ctxroute.router"]
 ENGINES = load_engines()
 POOL_OF_SERVICE = {"short": "low-latency", "long": "high-memory"}
 

@@ -12,8 +12,7 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
-
-from router.config import parse_config
+from ctxroute.router.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "k8s" / "base"

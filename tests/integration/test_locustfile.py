@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from ctxroute.backends.simulator import Simulator
+from ctxroute.router.config import parse_config
 
-from backends.simulator import Simulator
-from router.config import parse_config
 from tests.fixtures.router import RunningRouter
 
 ROOT = Path(__file__).resolve().parents[2]

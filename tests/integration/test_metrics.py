@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from ctxroute.backends.simulator import Simulator
+from ctxroute.router.config import RouterConfig, parse_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from backends.simulator import Simulator
-from router.config import RouterConfig, parse_config
 from tests.fixtures.router import RunningRouter
 
 RouterFactory = Callable[..., Awaitable[RunningRouter]]

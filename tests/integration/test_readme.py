@@ -38,7 +38,7 @@ def argv(command: str) -> list[str]:
     checkout has no .venv of its own (tests run from another environment)."""
     words = shlex.split(command)
     if words[0] == ".venv/bin/ctxroute" and not VENV_CTXROUTE.exists():
-        return [sys.executable, "-m", "router", *words[1:]]
+        return [sys.executable, "-m", "ctxroute.router", *words[1:]]
     return words
 
 

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from ctxroute.backends.simulator import Simulator
+from ctxroute.router.config import RouterConfig, parse_config
 
-from backends.simulator import Simulator
-from router.config import RouterConfig, parse_config
 from tests.conftest import SimFactory
 from tests.fixtures.router import RunningRouter
 from tests.fixtures.servers import RedisServer, run_redis_server

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+from ctxroute.router.config import parse_config
 
-from router.config import parse_config
 from tests.conftest import SimFactory
 from tests.fixtures.router import RunningRouter
 
@@ -119,7 +119,7 @@ def test_check_config_refuses_a_url_whose_port_is_not_a_number(tmp_path: Path) -
     path = tmp_path / "r.yaml"
     path.write_text("pools:\n  - name: a\n    model: m\n    max_context_tokens: 1000\n"
                     "    backends: [{url: 'http://h:abc'}]\n")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "router", "check-config", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "ctxroute.router", "check-config", str(path)],
                           capture_output=True, timeout=30)  # fmt: skip
     assert proc.returncode == 2
     err = proc.stderr.decode()

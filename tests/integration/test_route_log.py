@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from ctxroute.backends.simulator import Simulator
 
-from backends.simulator import Simulator
 from tests.conftest import SimFactory
 from tests.fixtures.router import RunningRouter, two_pool_config, two_pools
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import openai
 import pytest
+from ctxroute.backends.simulator import Simulator
+from ctxroute.router.config import parse_config
 
-from backends.simulator import Simulator
-from router.config import parse_config
 from tests.conftest import SimFactory
 from tests.fixtures.metrics import metric
 from tests.fixtures.router import RunningRouter, two_pool_config, two_pools

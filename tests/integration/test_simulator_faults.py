@@ -6,8 +6,8 @@ import asyncio
 
 import aiohttp
 import pytest
+from ctxroute.backends.simulator import Simulator
 
-from backends.simulator import Simulator
 from tests.conftest import SimFactory
 from tests.fixtures.sse import split_events
 

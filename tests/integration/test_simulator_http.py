@@ -10,8 +10,8 @@ import struct
 import aiohttp
 import orjson
 import pytest
+from ctxroute.backends.simulator import Simulator
 
-from backends.simulator import Simulator
 from tests.conftest import SimFactory
 from tests.fixtures.metrics import HISTOGRAMS, ROUTER_READS
 from tests.fixtures.metrics import metric as metric_at

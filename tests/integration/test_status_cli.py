@@ -9,14 +9,14 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+from ctxroute.backends.simulator import Simulator
+from ctxroute.router.config import parse_config
 
-from backends.simulator import Simulator
-from router.config import parse_config
 from tests.fixtures.router import RunningRouter
 from tests.fixtures.servers import free_port
 
 RouterFactory = Callable[..., Awaitable[RunningRouter]]
-CLI = [sys.executable, "-m", "router"]
+CLI = [sys.executable, "-m", "ctxroute.router"]
 
 
 async def status_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from ctxroute.router.config import StoreConfig
+from ctxroute.router.core import breaker as br
+from ctxroute.router.model import Backend
+from ctxroute.router.store import Store
+from ctxroute.router.store.loadboard import LoadBoard
+from ctxroute.router.store.memory import MemoryStore
+from ctxroute.router.store.redis import RedisStore
 
-from router.config import StoreConfig
-from router.core import breaker as br
-from router.model import Backend
-from router.store import Store
-from router.store.loadboard import LoadBoard
-from router.store.memory import MemoryStore
-from router.store.redis import RedisStore
 from tests.fixtures.servers import RedisServer, run_redis_server
 
 SETTINGS = br.BreakerSettings(consecutive_failures=3, open_s=0.3, jitter=0.0, max_open_s=2.0,

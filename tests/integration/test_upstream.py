@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import pytest
 import uvloop
+from ctxroute.router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
+from ctxroute.router.upstream.pool import UpstreamPool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
-from router.upstream.pool import UpstreamPool
 from tests.fixtures.servers import free_port
 
 REQUEST = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"

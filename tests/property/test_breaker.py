@@ -4,11 +4,10 @@ leaves both in the same state, and the invariants hold throughout."""
 
 from __future__ import annotations
 
+from ctxroute.router.core import breaker as br
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from router.core import breaker as br
 
 SETTINGS = br.BreakerSettings(consecutive_failures=3, failure_rate=0.5, min_calls=4, window=6,
                               open_s=1.0, growth=2.0, max_open_s=5.0, jitter=0.5,

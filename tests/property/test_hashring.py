@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from ctxroute.router.core.hashring import PoolRing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from router.core.hashring import PoolRing
 
 KEYS = [f"session-{i}" for i in range(10_000)]
 

@@ -3,10 +3,9 @@ rules."""
 
 from __future__ import annotations
 
+from ctxroute.router.core.admission.codel import Codel
 from hypothesis import given
 from hypothesis import strategies as st
-
-from router.core.admission.codel import Codel
 
 
 @given(st.lists(st.tuples(st.floats(0, 2), st.floats(0, 1)), max_size=60))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from ctxroute.router.core.admission.drain import DrainMeter, retry_after
 from hypothesis import given
 from hypothesis import strategies as st
-
-from router.core.admission.drain import DrainMeter, retry_after
 
 
 @given(st.lists(st.floats(0, 0.7), max_size=200))

@@ -3,10 +3,9 @@ highest, one slow check sheds nothing."""
 
 from __future__ import annotations
 
+from ctxroute.router.core.admission.overload import OverloadGuard
 from hypothesis import given
 from hypothesis import strategies as st
-
-from router.core.admission.overload import OverloadGuard
 
 
 @given(st.integers(1, 5), st.integers(1, 3), st.lists(st.booleans(), max_size=40))

@@ -4,11 +4,10 @@ arrival, shedding only the lowest tier; CoDel's cut, the start limit and adaptiv
 from __future__ import annotations
 
 import pytest
+from ctxroute.router.core.admission.queue import Waiter, WaitQueue
+from ctxroute.router.core.admission.settings import ClassLimits
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from router.core.admission.queue import Waiter, WaitQueue
-from router.core.admission.settings import ClassLimits
 
 SHORT = ClassLimits(deadline_s=30.0, max_wait_s=10.0, codel_target_s=0.25, codel_interval_s=1.0)
 LONG = ClassLimits(deadline_s=120.0, max_wait_s=60.0, codel_target_s=5.0, codel_interval_s=20.0)

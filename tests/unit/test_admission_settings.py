@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.core.admission.settings import AdmissionSettings
+from ctxroute.router.core.admission.settings import AdmissionSettings
 
 
 def test_tiers_are_named_aliased_or_defaulted() -> None:

@@ -3,15 +3,14 @@ reference written from the rules."""
 
 from __future__ import annotations
 
+from ctxroute.router.core.admission.settings import AdmissionSettings, Tier
+from ctxroute.router.core.admission.verdict import HOLDS, YIELD_TO_SHORT_MS, Verdict, verdict
+from ctxroute.router.core.hashring import PoolRing
+from ctxroute.router.core.longwork import LongWork
+from ctxroute.router.core.planner import PoolView
+from ctxroute.router.model import Backend, BackendView, Load, RoutePlan
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from router.core.admission.settings import AdmissionSettings, Tier
-from router.core.admission.verdict import HOLDS, YIELD_TO_SHORT_MS, Verdict, verdict
-from router.core.hashring import PoolRing
-from router.core.longwork import LongWork
-from router.core.planner import PoolView
-from router.model import Backend, BackendView, Load, RoutePlan
 
 
 def _fleet(n: int, cap: int = 8, kv: int | None = None) -> tuple[PoolView, ...]:

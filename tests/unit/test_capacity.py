@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from backends.vllm.capacity import GIB, ModelShape, dtype_bytes, plan_capacity
-from backends.vllm.engines import EngineError, PoolEngine
+from ctxroute.backends.vllm.capacity import GIB, ModelShape, dtype_bytes, plan_capacity
+from ctxroute.backends.vllm.engines import EngineError, PoolEngine
 
 LLAMA_8B = ModelShape.from_ref("llama-3.1-8b")
 H100 = int(79.2 * GIB)  # the device memory an H100 80GB reports

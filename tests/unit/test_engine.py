@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from backends.simulator.engine import EngineCore, SimRequest, Status
-from backends.simulator.profiles import PROFILES, Profile
+from ctxroute.backends.simulator.engine import EngineCore, SimRequest, Status
+from ctxroute.backends.simulator.profiles import PROFILES, Profile
 
 
 def make_req(

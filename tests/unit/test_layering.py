@@ -20,7 +20,9 @@ ROUTER = Path(__file__).resolve().parents[2] / "router"
 PURE = sorted(
     [p for p in (ROUTER / "core").rglob("*.py")] + [ROUTER / "model.py", ROUTER / "errors.py"]
 )
-PURE_MODULES = {".".join(p.relative_to(ROUTER.parent).with_suffix("").parts) for p in PURE}
+# import names: router/ is installed as ctxroute.router (pyproject.toml)
+PURE_MODULES = {"ctxroute." + ".".join(p.relative_to(ROUTER.parent).with_suffix("").parts)
+                for p in PURE}  # fmt: skip
 FORBIDDEN = {"aiohttp", "redis", "asyncio", "time", "datetime", "os", "socket", "uvloop",
              "vllm", "torch", "random", "httptools", "multiprocessing", "mmap"}  # fmt: skip
 
@@ -58,19 +60,19 @@ def test_pure_modules_import_no_io_loop_or_clock(path: Path) -> None:
 @pytest.mark.parametrize("path", PURE, ids=_name)
 def test_pure_modules_import_only_pure_modules_of_the_router(path: Path) -> None:
     for name in imports(path):
-        if not name.startswith("router."):
+        if not name.startswith("ctxroute.router."):
             continue
         # "from router.core import planner" names router.core.planner; either form is fine
         ok = name in PURE_MODULES or any(name.startswith(m + ".") for m in PURE_MODULES)
-        ok = ok or name == "router.core"
+        ok = ok or name == "ctxroute.router.core"
         assert ok, f"{_name(path)} imports {name}"
 
 
 def test_the_transport_knows_nothing_of_routing_or_handlers() -> None:
-    allowed = PURE_MODULES | {"router.upstream"}
+    allowed = PURE_MODULES | {"ctxroute.router.upstream"}
     for path in (ROUTER / "upstream").glob("*.py"):
         for name in imports(path):
-            if name.startswith("router."):
+            if name.startswith("ctxroute.router."):
                 ok = any(name == m or name.startswith(m + ".") for m in allowed)
                 assert ok, f"{_name(path)} imports {name}"
 
@@ -121,8 +123,9 @@ LAYERS: tuple[frozenset[str], ...] = (
 
 
 def _layer(module: str) -> int:
-    """The layer of ``router.x.y`` (or of ``router.x``); -1 for ``router`` itself."""
-    parts = module.split(".")
+    """The layer of ``router.x.y`` (or of ``router.x``, with or without the ``ctxroute.``
+    of its import name); -1 for ``router`` itself."""
+    parts = module.removeprefix("ctxroute.").split(".")
     if len(parts) < 2:
         return -1
     top = ".".join(parts[:2])
@@ -140,7 +143,7 @@ def test_a_module_imports_only_its_own_layer_and_those_below(path: Path) -> None
     module = ".".join(path.relative_to(ROUTER.parent).with_suffix("").parts)
     mine = _layer(module.removesuffix(".__init__"))
     for name in imports(path):
-        if name.startswith("router."):
+        if name.startswith("ctxroute.router."):
             assert _layer(name) <= mine, f"{_name(path)} imports {name}, a layer above it"
 
 

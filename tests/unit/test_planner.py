@@ -9,13 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-
-from router.core.classify import eligible_pools
-from router.core.explain import bypass_words
-from router.core.hashring import PoolRing
-from router.core.longwork import LongWork
-from router.core.planner import PlannerSettings, PoolView, plan
-from router.model import (
+from ctxroute.router.core.classify import eligible_pools
+from ctxroute.router.core.explain import bypass_words
+from ctxroute.router.core.hashring import PoolRing
+from ctxroute.router.core.longwork import LongWork
+from ctxroute.router.core.planner import PlannerSettings, PoolView, plan
+from ctxroute.router.model import (
     IDLE,
     Backend,
     BackendView,

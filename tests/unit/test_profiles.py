@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import pytest
-
-from backends.simulator.profiles import PROFILES, parse_overrides, validate
+from ctxroute.backends.simulator.profiles import PROFILES, parse_overrides, validate
 
 
 def test_overrides_are_typed() -> None:

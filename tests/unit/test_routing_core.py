@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-
-from router.core.classify import eligible_pools
-from router.core.tokens import chat_bounds, completion_bounds
-from router.errors import ContextTooLong
-from router.model import TokenBounds
+from ctxroute.router.core.classify import eligible_pools
+from ctxroute.router.core.tokens import chat_bounds, completion_bounds
+from ctxroute.router.errors import ContextTooLong
+from ctxroute.router.model import TokenBounds
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,19 @@ families: both speak of the same state, value for value."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
-from router.core.breaker import Breaker, BreakerState
-from router.model import Backend, Load, OutcomeKind
-from router.observe.families import StateCollector
-from router.observe.snapshot import (
+from ctxroute.router.core.breaker import Breaker, BreakerState
+from ctxroute.router.model import Backend, Load, OutcomeKind
+from ctxroute.router.observe.families import StateCollector
+from ctxroute.router.observe.snapshot import (
     AdmissionState,
     BackendState,
     PoolState,
     QueueState,
     RouterState,
 )
-from router.observe.status import status_json
+from ctxroute.router.observe.status import status_json
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def _backend(i: int, load: Load, breaker: Breaker, kv: float | None) -> BackendState:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import orjson
-
-from router.core.sse import StreamScanner, error_event
+from ctxroute.router.core.sse import StreamScanner, error_event
 
 CHUNK = b'data: {"id":"c","choices":[{"index":0,"text":" a","finish_reason":null}]}\n\n'
 LAST = (b'data: {"id":"c","choices":[{"index":0,"text":" b","finish_reason":"length",'

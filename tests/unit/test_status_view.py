@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import io
 
+from ctxroute.router.observe.status_view import render
 from rich.console import Console
-
-from router.observe.status_view import render
 
 
 def _backend(port: int, **extra: object) -> dict[str, object]:

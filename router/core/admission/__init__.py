@@ -41,12 +41,12 @@ cut has refused nobody for an interval. So a queue that absorbs a burst is fine,
 queue that only adds delay is cut back.
 """
 
-from router.core.admission.codel import Codel
-from router.core.admission.drain import DrainMeter, retry_after
-from router.core.admission.overload import OverloadGuard
-from router.core.admission.queue import Waiter, WaitQueue
-from router.core.admission.settings import AdmissionSettings, ClassLimits, Tier
-from router.core.admission.verdict import HOLDS, YIELD_TO_SHORT_MS, Verdict, verdict
+from ctxroute.router.core.admission.codel import Codel
+from ctxroute.router.core.admission.drain import DrainMeter, retry_after
+from ctxroute.router.core.admission.overload import OverloadGuard
+from ctxroute.router.core.admission.queue import Waiter, WaitQueue
+from ctxroute.router.core.admission.settings import AdmissionSettings, ClassLimits, Tier
+from ctxroute.router.core.admission.verdict import HOLDS, YIELD_TO_SHORT_MS, Verdict, verdict
 
 __all__ = [
     "HOLDS",

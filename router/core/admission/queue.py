@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.core.admission.codel import Codel
-from router.core.admission.drain import DrainMeter, retry_after
-from router.core.admission.settings import ClassLimits
-from router.core.admission.verdict import FULL, HOLD_SHORT, Verdict
-from router.model import RoutePlan
+from ctxroute.router.core.admission.codel import Codel
+from ctxroute.router.core.admission.drain import DrainMeter, retry_after
+from ctxroute.router.core.admission.settings import ClassLimits
+from ctxroute.router.core.admission.verdict import FULL, HOLD_SHORT, Verdict
+from ctxroute.router.model import RoutePlan
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from router.core.longwork import LongWork
+from ctxroute.router.core.longwork import LongWork
 
 
 @dataclass(frozen=True, slots=True)

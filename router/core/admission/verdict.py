@@ -6,9 +6,9 @@ import enum
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from router.core.admission.settings import AdmissionSettings
-from router.core.planner import PoolView, reserved_for_short
-from router.model import Backend, BackendView, RoutePlan
+from ctxroute.router.core.admission.settings import AdmissionSettings
+from ctxroute.router.core.planner import PoolView, reserved_for_short
+from ctxroute.router.model import Backend, BackendView, RoutePlan
 
 ViewOf = Callable[[Backend], BackendView]
 
