@@ -1,5 +1,6 @@
-"""Running the router of another checkout of ctxroute, for the benchmarks that compare two
-builds in the same run (``--baseline DIR``)."""
+"""Importing and running another checkout of ctxroute: for the benchmarks that compare two
+builds in the same run (``--baseline DIR``), and for a Python that has not installed it
+(vLLM's own environment, in the e2e tier)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import sys
 from pathlib import Path
 
 
-def router_command(root: Path, tmp: Path) -> tuple[list[str], dict[str, str]]:
-    """The command and the environment that run the router of the checkout at ``root``.
+def installs_as_ctxroute(root: Path) -> bool:
+    """Whether the checkout installs its folders as one ``ctxroute`` namespace (its
+    pyproject.toml's package-dir); older ones were the top-level package ``router``."""
+    return '"ctxroute.router" = "router"' in (root / "pyproject.toml").read_text()
 
-    A checkout that installs its folders as one ``ctxroute`` namespace (pyproject.toml's
-    package-dir) is run through a tree of links named as the installed package, so that
-    this interpreter's own installation is not the one imported; an older checkout ran
-    as the top-level package ``router``."""
+
+def import_path(root: Path, tmp: Path) -> str:
+    """A ``PYTHONPATH`` entry under which ``import ctxroute.router`` imports the checkout
+    at ``root``: a tree of links named as the installed package (the folders of the
+    checkout keep their own names), so that no installed ctxroute is imported instead."""
     root = root.resolve()
-    if '"ctxroute.router" = "router"' not in (root / "pyproject.toml").read_text():
-        return [sys.executable, "-m", "router"], {"PYTHONPATH": str(root)}
     tree = tmp / ("pkg-" + hashlib.sha1(str(root).encode()).hexdigest()[:12])
     package = tree / "ctxroute"
     package.mkdir(parents=True, exist_ok=True)
@@ -25,4 +27,11 @@ def router_command(root: Path, tmp: Path) -> tuple[list[str], dict[str, str]]:
         link = package / name
         if not link.exists():
             link.symlink_to(root / name)
-    return [sys.executable, "-m", "ctxroute.router"], {"PYTHONPATH": str(tree)}
+    return str(tree)
+
+
+def router_command(root: Path, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and the environment that run the router of the checkout at ``root``."""
+    if not installs_as_ctxroute(root):
+        return [sys.executable, "-m", "router"], {"PYTHONPATH": str(root.resolve())}
+    return [sys.executable, "-m", "ctxroute.router"], {"PYTHONPATH": import_path(root, tmp)}

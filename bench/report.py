@@ -157,6 +157,7 @@ def plot(runs: list[dict[str, Any]], title: str, path: Path) -> None:
             ax.step(samples, ys, where="post", label=label)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("time to first token (ms)")
         ax.set_ylabel("share of requests")
         ax.set_ylim(0, 1.02)

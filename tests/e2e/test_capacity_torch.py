@@ -12,6 +12,7 @@ import pytest
 from ctxroute.backends.vllm.capacity import GIB, ModelShape, plan_capacity
 from ctxroute.backends.vllm.engines import load_engines
 from ctxroute.backends.vllm.launch import vllm_python
+from ctxroute.bench.checkout import import_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,11 +33,13 @@ print(json.dumps({
 
 
 @pytest.mark.e2e
-def test_the_planner_under_torch_agrees_with_the_planner_without_it() -> None:
+def test_the_planner_under_torch_agrees_with_the_planner_without_it(tmp_path: Path) -> None:
     python = vllm_python()
     assert python is not None, "no vLLM CPU venv: run backends/vllm/install_cpu_venv.sh"
+    # vLLM's environment has not installed ctxroute: this checkout, importable as it
+    env = {"PYTHONPATH": import_path(ROOT, tmp_path)}
     out = subprocess.run([str(python), "-c", SCRIPT], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+                         timeout=120, cwd=ROOT, env=env)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["torch"]  # torch answered the dtype sizes
