@@ -10,6 +10,7 @@ It wraps each route's handler when the route is added rather than sitting in
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from random import getrandbits
 
@@ -20,6 +21,7 @@ from ctxroute.router.errors import RouterError
 log = logging.getLogger("ctxroute.handlers")
 
 JSON = "application/json"
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
 # a handler is given the request's id (the client's X-Request-ID, or a new one)
 RouteHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
@@ -39,8 +41,11 @@ def answers_errors(handler: RouteHandler) -> Handler:
     """The error middleware: ``handler`` with every error answered as described above."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        # unique, not secret: 96 random bits without a getrandom() system call per request
-        request_id = request.headers.get("X-Request-ID") or f"{getrandbits(96):024x}"
+        # the client's X-Request-ID only when it is a short token of safe characters (it is
+        # echoed, logged and sent upstream, where vLLM makes it the answer's id); else a new
+        # one: unique, not secret, 96 random bits without a getrandom() system call
+        given = request.headers.get("X-Request-ID")
+        request_id = given if given and _SAFE_ID.fullmatch(given) else f"{getrandbits(96):024x}"
         try:
             return await handler(request, request_id)
         except RouterError as exc:

@@ -57,15 +57,22 @@ def leading_text(body: dict[str, Any], chat: bool) -> str:
 
 def hash_key(body: dict[str, Any], model: str, chat: bool, session: str | None,
              prefix_chars: int) -> str:  # fmt: skip
-    """The affinity key: the session header, else the body's ``user``, else a digest of the
-    model and the shared start of the prompt."""
+    """The affinity key: the session header, else the body's ``user``, else the model and
+    the shared start of the prompt; always as a fixed-size digest, since whatever a client
+    sends here becomes a key of the hash ring's cache (a megabyte ``user`` must cost what
+    a short one does)."""
     if session:
-        return "s:" + session
+        return "s:" + _digest(session)
     user = body.get("user")
     if isinstance(user, str) and user:
-        return "u:" + user
+        return "u:" + _digest(user)
     prefix = leading_text(body, chat)[:prefix_chars]
-    return "p:" + hashlib.blake2b((model + "\x00" + prefix).encode(), digest_size=8).hexdigest()
+    return "p:" + _digest(model + "\x00" + prefix)
+
+
+def _digest(text: str) -> str:
+    # surrogateescape: header values that were not UTF-8 still hash, and hash apart
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def read_facts(

@@ -11,6 +11,7 @@ import openai
 import pytest
 from ctxroute.backends.simulator import Simulator
 from ctxroute.router.config import parse_config
+from ctxroute.router.core.facts import hash_key
 
 from tests.conftest import SimFactory
 from tests.fixtures.metrics import metric
@@ -178,7 +179,7 @@ async def test_streams_through_the_router_are_byte_identical_to_direct(
     }
     async with aiohttp.ClientSession() as s:
         async with s.post(router.url + CHAT, json=body, headers={"X-Request-ID": "same-1"}) as r:
-            assert r.headers["X-Request-ID"] == "same-1"
+            assert r.headers["X-Request-ID"] == "same-1"  # a safe id is kept
             backend = r.headers["x-ctxroute-backend"]
             via_router = await r.read()
         async with s.post(backend + CHAT, json=body, headers={"X-Request-ID": "same-1"}) as r:
@@ -352,7 +353,8 @@ async def test_a_non_streaming_answer_cut_after_its_first_byte_is_a_502_not_a_re
     data["pools"][0]["backends"] = [{"url": url}, *data["pools"][0]["backends"][1:]]
     router = await make_router(parse_config(data, environ={}))
     ring = router.ctx.fleet.pools[0].ring
-    key = next(f"k{i}" for i in range(1000) if ring.owner(f"s:k{i}") == url)
+    key = next(f"k{i}" for i in range(1000)
+               if ring.owner(hash_key({}, "m", False, f"k{i}", 0)) == url)  # fmt: skip
     try:
         async with aiohttp.ClientSession() as s:
             async with s.post(
@@ -542,3 +544,17 @@ async def test_models_health_ready_and_status(
     assert models["data"][0]["id"] == "sim-model"
     assert models["data"][0]["max_model_len"] == 8192
     assert [p["name"] for p in status["pools"]] == ["low-latency", "high-memory"]
+
+
+async def test_an_unsafe_request_id_is_replaced_never_echoed_or_sent_upstream(
+    router: RunningRouter,
+) -> None:
+    hostile = "<script>alert(1)</script>" + "x" * 500
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(router.url + CHAT, json=body, headers={"X-Request-ID": hostile}) as r:
+            assert r.status == 200
+            given = r.headers["X-Request-ID"]
+            answer = await r.json()
+    assert re.fullmatch(r"[0-9a-f]{24}", given)  # a new one, made by the router
+    assert "<script>" not in answer["id"] and given in answer["id"]  # vLLM's id is built on it

@@ -110,3 +110,18 @@ def test_exact_counter_counts_completions_exactly_and_chat_within_one_per_messag
 def test_malformed_messages_are_refused(bad: object) -> None:
     with pytest.raises(ValueError):
         chat_bounds(bad, None)
+
+
+def test_affinity_keys_are_fixed_size_digests_whatever_the_client_sends() -> None:
+    from ctxroute.router.core.facts import hash_key
+
+    huge = "u" * 1_000_000
+    keys = {
+        hash_key({"user": huge}, "m", True, None, 256),
+        hash_key({}, "m", True, huge, 256),
+        hash_key({"user": huge + "!"}, "m", True, None, 256),
+        hash_key({}, "m", True, "\udcff", 256),  # a header value that was not UTF-8
+    }
+    assert len(keys) == 4  # each input its own key
+    assert all(len(k) <= 20 for k in keys)
+    assert hash_key({}, "m", True, "sess-1", 256) == hash_key({}, "m", True, "sess-1", 256)
