@@ -79,6 +79,12 @@ class BackendView(NamedTuple):
     kv_tokens: int | None = None  # configured, else read from vLLM's cache_config_info
 
 
+def fit_phrase(fits: bool, pool: str) -> str:
+    """Whether the preferred pool surely holds the likely budget, in words (the plan's
+    reason and the eligibility's say it the same way)."""
+    return f"fits {pool}" if fits else "may not fit: the largest window decides"
+
+
 class Placement(enum.StrEnum):
     """Where a candidate stands with respect to the request's hash owner (its prefix cache),
     or why it was put after the others."""
@@ -149,7 +155,7 @@ class RoutePlan(NamedTuple):
     @property
     def reason(self) -> str:
         """Why the first candidate was chosen, as phrases joined by "; "."""
-        fit = f"fits {self.preferred}" if self.fits else "may not fit: the largest window decides"
+        fit = fit_phrase(self.fits, self.preferred)
         if not self.candidates:
             return fit + "; no backend is usable: breakers, memory, drain or max_in_flight"
         if not self.usable:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from ctxroute.router.errors import context_too_long
-from ctxroute.router.model import TokenBounds
+from ctxroute.router.model import TokenBounds, fit_phrase
 
 
 class PoolWindow(Protocol):
@@ -49,7 +49,7 @@ class Eligibility(NamedTuple):
 
     @property
     def reason(self) -> str:
-        return f"fits {self.first}" if self.fits else "may not fit: the largest window decides"
+        return fit_phrase(self.fits, self.first)
 
 
 def eligible_pools(

@@ -146,9 +146,9 @@ class _Probe:
             return False, f"/health failed: {exc}"
 
     async def check_memory(self, backend: Backend) -> None:
-        await self._read_metrics(backend, self.readings[backend.index])
-        # per backend, as soon as its reading is in
         reading = self.readings[backend.index]
+        await self._read_metrics(backend, reading)
+        # per backend, as soon as its reading is in
         fresh = reading.fresh(time.monotonic(), self.interval_s)
         store = self.ledger.store
         is_open = memory_open(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ctxroute.router.core.breaker import BreakerState
 from ctxroute.router.observe.snapshot import AdmissionState, BackendState, RouterState
 
 RecentTtft = Callable[[str], dict[str, float | int | None]]  # pool -> recent percentiles
@@ -64,9 +63,8 @@ def backend_json(b: BackendState) -> dict[str, object]:
             "error": breaker.state.value,
             "memory": "open" if b.memory_open else "closed",
             "openings": breaker.openings,
-            "probe_in_s": round(b.probe_in_s, 3)
-            if breaker.state is BreakerState.OPEN and b.probe_in_s is not None
-            else None,
+            # set only while the breaker is open (the snapshot's rule)
+            "probe_in_s": None if b.probe_in_s is None else round(b.probe_in_s, 3),
         },
         "drained": b.drained,
         "kv_cache_usage": b.kv_usage,

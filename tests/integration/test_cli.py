@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from ctxroute.router.config import parse_config
 
+from tests.fixtures.demo import demo_banner
 from tests.fixtures.servers import free_port, wait_for_port
 
 CLI = [sys.executable, "-m", "ctxroute.router"]
@@ -57,15 +58,8 @@ def test_demo_routes_through_the_router_and_stops_cleanly_on_ctrl_c() -> None:
         [*CLI, "demo", "--free-ports"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
     )
     try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line.decode())
-            if "Ctrl-C" in lines[-1]:
-                break
-        text = "".join(lines)
+        text, router = demo_banner(proc)
         assert "low-latency" in text and "high-memory" in text and "curl" in text
-        router = text.split("router on ", 1)[1].split()[0]
         body = b'{"model":"demo-model","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
         request = urllib.request.Request(
             router + "/v1/chat/completions", data=body, headers={"content-type": "application/json"}
@@ -96,15 +90,8 @@ def test_demo_moves_to_free_ports_when_a_configured_port_is_taken() -> None:
         [*CLI, "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
     )
     try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line.decode())
-            if "Ctrl-C" in lines[-1] or "stopped" in lines[-1]:
-                break
-        text = "".join(lines)
+        text, router = demo_banner(proc)
         assert "8080 is in use" in text and "--free-ports" in text, text
-        router = text.split("router on ", 1)[1].split()[0]
         assert not router.endswith(":8080")
         # the banner points at the other ways to look at it
         for what in (f"{router}/dashboard", f"{router}/metrics", f"status {router}"):

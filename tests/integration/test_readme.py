@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.demo import demo_banner
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 VENV_CTXROUTE = ROOT / ".venv" / "bin" / "ctxroute"
@@ -87,13 +89,7 @@ def test_the_tour_works_against_the_demo_as_written() -> None:
     demo = subprocess.Popen([*argv(".venv/bin/ctxroute demo"), "--free-ports"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)  # fmt: skip
     try:
-        assert demo.stdout is not None
-        banner = ""
-        for line in demo.stdout:
-            banner += line.decode()
-            if "Ctrl-C" in banner:
-                break
-        router = banner.split("router on ", 1)[1].split()[0]
+        _, router = demo_banner(demo)
         tour = [c for c in shell_commands() if "http://127.0.0.1:8080" in c]
         assert len(tour) >= 4
         for command in tour:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.demo import demo_banner
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -71,13 +73,7 @@ def test_the_installed_demo_serves(installed: Path, tmp_path: Path) -> None:
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        assert demo.stdout is not None
-        banner = ""
-        for line in demo.stdout:
-            banner += line.decode()
-            if "Ctrl-C" in banner or "stopped" in banner:
-                break
-        router = banner.split("router on ", 1)[1].split()[0]
+        _, router = demo_banner(demo)
         body = b'{"model":"demo-model","messages":[{"role":"user","content":"hi"}],"max_tokens":4}'
         request = urllib.request.Request(router + "/v1/chat/completions", data=body,
                                          headers={"content-type": "application/json"})  # fmt: skip

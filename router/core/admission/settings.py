@@ -54,6 +54,3 @@ class AdmissionSettings:
     def allowed_share(self, tier: int) -> float:
         """The share of capacity a tier may fill: what the tiers above it reserve is theirs."""
         return self.shares[tier]
-
-    def limits(self, long: bool) -> ClassLimits:
-        return self.long if long else self.short
