@@ -1,5 +1,5 @@
-"""The ``ctxroute`` command line: serve, demo, status, check-config, sim, bench, vllm-args,
-capacity."""
+"""The ``ctxroute`` command line: serve, demo, status, keys, check-config, sim, bench,
+vllm-args, capacity."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="bind the router and simulators to free ports (the default when "
                            "a configured port is taken)")  # fmt: skip
 
+    _add_keys(sub.add_parser("keys", help="API keys: `keys new TENANT` makes one"))
+
     check = sub.add_parser("check-config", help="validate a router YAML file and exit")
     check.add_argument("config", help="router YAML file")
 
@@ -65,6 +67,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_arguments(sim)
     return parser
+
+
+def _add_keys(keys: argparse.ArgumentParser) -> None:
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="print a new key once, and its config entry")
+    new.add_argument("tenant", nargs="?", help="the tenant it belongs to (not with --admin)")
+    new.add_argument("--admin", action="store_true", help="an admin key (admin.keys)")
+    new.add_argument("--rpm", type=int, help="requests per minute")
+    new.add_argument("--tpm", type=int, help="tokens per minute (prompt + max_tokens)")
+    new.add_argument("--models", help="comma-separated models it may use (default: all)")
+    new.add_argument("--max-priority", help="the highest tier it may ask for")
+    new.add_argument("--weight", type=float, help="its fair share, relative (default 1)")
 
 
 def _load(path: str) -> RouterConfig | None:
@@ -103,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         backends = sum(len(p.backends) for p in config.pools)
         print(f"{args.config}: ok ({len(config.pools)} pools, {backends} backends)")
         return 0
+    if args.command == "keys":
+        from ctxroute.router.run.keys import new_key_command
+
+        return new_key_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":

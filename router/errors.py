@@ -5,10 +5,17 @@
     RouterError                      status, OpenAI type, param
     +-- BadRequest                   400  invalid JSON, wrong types, missing fields
     |   +-- ContextTooLong           400  over every pool's window (vLLM's wording)
+    +-- Unauthorized                 401  no key, or a key the router does not know
     +-- PayloadTooLarge              413  body over max_body_bytes
+    +-- RequestTimeout               408  the body did not arrive within body_timeout_s
+    +-- HeadersTooLarge              431  the request's headers over limits.max_header_bytes
+    +-- UnsupportedMediaType         415  an admin request whose body is not JSON
+    +-- MethodNotAllowed             405  a known path with another method
+    +-- RateLimited                  429  the key's requests or tokens per minute are spent
     +-- ModelNotFound                404  no pool serves that model (vLLM's wording)
     +-- NotFound                     404  an admin request names no configured backend
-    +-- Forbidden                    403  an admin request from another host than loopback
+    +-- Forbidden                    403  a model the key may not use; an admin request
+    |                                     without the admin key or from another host
     +-- NoBackend                    503  every candidate failed or none is usable
     +-- QueueFull                    429  the pool's queue is full, or a higher tier took the place
     +-- DeadlineExceeded             429  it could not start before its deadline
@@ -25,13 +32,15 @@ class RouterError(Exception):
     status = 500
     error_type = "InternalServerError"
     reject: str | None = None  # the router's own refusal: sent as x-ctxroute-reject
+    close = False  # the connection ends with the answer (the request was not read whole)
 
-    def __init__(self, message: str, param: str | None = None,
-                 retry_after: float | None = None) -> None:  # fmt: skip
+    def __init__(self, message: str, param: str | None = None, retry_after: float | None = None,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:  # fmt: skip
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.headers = headers  # more response headers (the rate limits, Allow)
 
     def body(self) -> bytes:
         return error_body(self.message, self.error_type, self.param, self.status)
@@ -44,6 +53,41 @@ class BadRequest(RouterError):
 
 class ContextTooLong(BadRequest):
     pass
+
+
+class Unauthorized(RouterError):
+    status = 401
+    error_type = "AuthenticationError"
+    reject = "unauthorized"
+
+
+class RequestTimeout(RouterError):
+    status = 408
+    error_type = "BadRequestError"
+    reject = "body_timeout"
+    close = True
+
+
+class HeadersTooLarge(RouterError):
+    status = 431
+    error_type = "BadRequestError"
+    close = True
+
+
+class UnsupportedMediaType(RouterError):
+    status = 415
+    error_type = "BadRequestError"
+
+
+class MethodNotAllowed(RouterError):
+    status = 405
+    error_type = "BadRequestError"
+
+
+class RateLimited(RouterError):
+    status = 429
+    error_type = "RateLimitError"
+    reject = "rate_limited"
 
 
 class PayloadTooLarge(RouterError):

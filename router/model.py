@@ -47,6 +47,8 @@ class Backend:
     weight: int = 1
     kv_tokens: int | None = None  # KV cache capacity in tokens, when known
     prefill_tokens_per_s: float | None = None  # configured; else learned online
+    name: str = ""  # its configured name, else <pool>-<n>
+    shown: str = ""  # what clients are told: its name, or its URL with expose_backends
 
 
 class Load(NamedTuple):

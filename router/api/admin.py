@@ -1,6 +1,6 @@
-"""``POST /admin/drain`` and ``/admin/undrain`` with ``{"backend": URL}``: a drained
+"""``POST /admin/drain`` and ``/admin/undrain`` with ``{"backend": URL or name}``: a drained
 backend finishes what it has in flight and gets no new request, on every replica sharing
-the store (for a planned vLLM restart)."""
+the store (for a planned vLLM restart). Who may: ``router/api/access.py``."""
 
 from __future__ import annotations
 
@@ -8,31 +8,28 @@ import time
 
 import orjson
 from aiohttp import web
+from ctxroute.router.api.access import check_admin
 from ctxroute.router.api.answers import JSON, RouteHandler
 from ctxroute.router.api.body import read_json
 from ctxroute.router.api.context import RouterContext
-from ctxroute.router.errors import BadRequest, Forbidden, NotFound
+from ctxroute.router.errors import BadRequest, NotFound
 from ctxroute.router.observe.status import backend_json
-
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
 def admin_drain(drained: bool) -> RouteHandler:
     async def handle(request: web.Request, request_id: str) -> web.StreamResponse:
         ctx = request.app[RouterContext.KEY]
-        if not ctx.config.admin.allow_remote and request.remote not in _LOOPBACK:
-            raise Forbidden(
-                "admin requests are answered from loopback only "
-                "(set admin.allow_remote: true to allow other hosts)"
-            )
+        check_admin(request)
         _, body = await read_json(request, 64 * 1024)
         url = body.get("backend") if isinstance(body, dict) else None
         if not isinstance(url, str):
-            raise BadRequest('expected {"backend": "http://host:port"}', "backend")
-        backend = ctx.fleet.by_url.get(url.rstrip("/"))
+            raise BadRequest('expected {"backend": "http://host:port" or a backend name}',
+                             "backend")  # fmt: skip
+        backend = ctx.fleet.by_url.get(url.rstrip("/")) or ctx.fleet.by_name.get(url)
         if backend is None:
-            known = ", ".join(b.url for b in ctx.fleet.backends)
-            raise NotFound(f"no configured backend is {url!r} (configured: {known})", "backend")
+            known = ", ".join(f"{b.name} ({b.url})" for b in ctx.fleet.backends)
+            raise NotFound(f"no configured backend is {url[:200]!r} (configured: {known})",
+                           "backend")  # fmt: skip
         await ctx.ledger.store.set_drained(backend.index, drained)
         state = ctx.backend_state(backend.index, time.monotonic())
         return web.Response(body=orjson.dumps(backend_json(state)), content_type=JSON)

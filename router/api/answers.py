@@ -16,7 +16,7 @@ from random import getrandbits
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from ctxroute.router.errors import RouterError
+from ctxroute.router.errors import HeadersTooLarge, RouterError
 
 log = logging.getLogger("ctxroute.handlers")
 
@@ -27,20 +27,28 @@ RouteHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
 
 def error_response(exc: RouterError, request_id: str | None = None) -> web.Response:
-    headers = {}
+    headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if exc.reject is not None:
         headers["x-ctxroute-reject"] = exc.reject
     if request_id:
         headers["X-Request-ID"] = request_id
-    return web.Response(status=exc.status, body=exc.body(), content_type=JSON, headers=headers)
+    response = web.Response(status=exc.status, body=exc.body(), content_type=JSON, headers=headers)
+    if exc.close:
+        response.force_close()
+    return response
 
 
-def answers_errors(handler: RouteHandler) -> Handler:
-    """The error middleware: ``handler`` with every error answered as described above."""
+def answers_errors(handler: RouteHandler, max_header_bytes: int = 16 * 1024) -> Handler:
+    """The error middleware: ``handler`` with every error answered as described above, and
+    requests whose headers together exceed ``max_header_bytes`` answered 431 before it."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        if sum(len(k) + len(v) for k, v in request.raw_headers) > max_header_bytes:
+            return error_response(
+                HeadersTooLarge(f"the request's headers are over {max_header_bytes} bytes")
+            )
         # the client's X-Request-ID only when it is a short token of safe characters (it is
         # echoed, logged and sent upstream, where vLLM makes it the answer's id); else a new
         # one: unique, not secret, 96 random bits without a getrandom() system call

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import BinaryIO
 
 from aiohttp import web
+from ctxroute.router.api.auth import Gatekeeper
 from ctxroute.router.api.context import HandlerSettings, RouterContext
 from ctxroute.router.api.routes import add_routes
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.config.tokenizers import load_counters
+from ctxroute.router.core.admission.fairshare import VirtualCounters
 from ctxroute.router.core.tokens import TokenCounter
 from ctxroute.router.dispatch.completion import Dispatcher
 from ctxroute.router.dispatch.gate import Gate
@@ -27,6 +29,8 @@ from ctxroute.router.model import Backend
 from ctxroute.router.observe.logs import RequestLog
 from ctxroute.router.observe.metrics import Metrics, MetricsShare
 from ctxroute.router.store import Store
+from ctxroute.router.store.fairshare import SharedCounters
+from ctxroute.router.store.limits import Limiter
 from ctxroute.router.store.loadboard import LoadBoard, LoadView
 from ctxroute.router.store.memory import MemoryStore, breaker_settings
 from ctxroute.router.upstream.pool import UpstreamPool
@@ -56,6 +60,7 @@ def create_app(
     ``log_stream``: where request lines go (default: stderr)."""
     app = web.Application(client_max_size=config.max_body_bytes)
     counters: dict[str, TokenCounter] = dict(load_counters(config.tokenizers))
+    gatekeeper = Gatekeeper(config)  # a bad keys file stops the start, as a bad config does
     fleet = Fleet.from_config(config)
     store = make_store(
         config, fleet.backends, board if board is not None else LoadBoard(len(fleet.backends))
@@ -68,13 +73,16 @@ def create_app(
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        ctx = _context(config, fleet, ledger, counters, log_stream)
+        ctx = _context(config, fleet, ledger, counters, log_stream, gatekeeper)
         if metrics_share is not None:
             ctx.metrics.attach(metrics_share)
         app[RouterContext.KEY] = ctx
         await store.start()
+        shared = _share_tenants(config, ctx.dispatcher.tenants)
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(watch_overload(ctx.gate, ctx.gate.check_interval_s))]
+        if gatekeeper.file is not None:
+            tasks.append(loop.create_task(gatekeeper.watch_forever()))
         if metrics_share is not None:
             tasks.append(loop.create_task(_flush_metrics_forever(ctx.metrics)))
         if probes:
@@ -84,19 +92,47 @@ def create_app(
                 )
             )
         yield
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if ctx.request_log is not None:
-            ctx.request_log.flush()
-        await store.close()
-        await ctx.upstream.close()
-        await ctx.probe_session.close()
+        await _close(ctx, tasks, shared)
 
     app.cleanup_ctx.append(lifecycle)
-    add_routes(app)
+    add_routes(app, config.limits.max_header_bytes)
     return app
+
+
+async def _close(ctx: RouterContext, tasks: list[asyncio.Task[None]],
+                 shared: SharedCounters | None) -> None:  # fmt: skip
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if ctx.request_log is not None:
+        ctx.request_log.flush()
+    if shared is not None:
+        await shared.close()
+    if ctx.dispatcher.limiter is not None:
+        await ctx.dispatcher.limiter.close()
+    await ctx.ledger.store.close()
+    await ctx.upstream.close()
+    await ctx.probe_session.close()
+
+
+def _redis(config: RouterConfig) -> object | None:
+    if config.store.redis_url is None:
+        return None
+    from ctxroute.router.store.redis_client import make_client
+
+    return make_client(config.store.redis_url, config.store.timeout_ms / 1000.0)
+
+
+def _share_tenants(config: RouterConfig, tenants: VirtualCounters | None) -> SharedCounters | None:
+    """With Redis, the tenants' counters are shared by every replica."""
+    client = None if tenants is None else _redis(config)
+    if client is None or tenants is None:
+        return None
+    shared = SharedCounters(tenants, client, config.store.key_prefix,
+                            timeout_s=config.store.timeout_ms / 1000.0)  # fmt: skip
+    shared.start()
+    return shared
 
 
 def _context(
@@ -105,15 +141,32 @@ def _context(
     ledger: Ledger,
     counters: dict[str, TokenCounter],
     log_stream: BinaryIO | None,
+    gatekeeper: Gatekeeper,
 ) -> RouterContext:
     """Everything the handlers share, made inside the running loop."""
     upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
-    gate = Gate(fleet, ledger, config.admission)
+    auth = config.auth
+    keyed = gatekeeper.required and auth is not None
+    tenants = VirtualCounters() if keyed and auth is not None and auth.fair_share else None
+    limiter = None
+    if keyed and auth is not None:
+        limiter = Limiter(auth.burst_s, _redis(config), config.store.key_prefix,
+                          config.store.timeout_ms / 1000.0)  # fmt: skip
+    gate = Gate(fleet, ledger, config.admission, tenants)
     proxy = Proxy(
         upstream, ledger, fleet, ForwardSettings.of(config.routing.max_attempts, config.timeouts)
     )
     dispatcher = Dispatcher(
-        fleet, ledger, gate, proxy, counters, config.routing.prefix_chars, dict(config.fallback)
+        fleet,
+        ledger,
+        gate,
+        proxy,
+        counters,
+        config.routing.prefix_chars,
+        dict(config.fallback),
+        limiter,
+        tenants,
+        config.limits.exact_count_inline_bytes,
     )
     request_log = None
     stream = log_stream or getattr(sys.stderr, "buffer", None)
@@ -133,6 +186,7 @@ def _context(
         HandlerSettings.of(config),
         Metrics.for_config(config),
         request_log,
+        gatekeeper,
     )
     ctx.metrics.watch(ctx.snapshot)
     return ctx
@@ -147,5 +201,46 @@ async def _flush_metrics_forever(metrics: Metrics, every_s: float = 1.0) -> None
 
 def make_runner(app: web.Application) -> web.AppRunner:
     # handler_cancellation: a client that leaves cancels its handler, which closes the
-    # upstream response, which makes vLLM abort the request and free its KV cache
-    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    # upstream response, which makes vLLM abort the request and free its KV cache.
+    # aiohttp's own header limits sit above limits.max_header_bytes (at its highest), so
+    # that the router's check answers first, with a 431 in OpenAI's shape
+    return web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=5.0,
+        max_line_size=_HEADER_CEILING,
+        max_field_size=_HEADER_CEILING,
+    )
+
+
+_HEADER_CEILING = 64 * 1024 + 1024
+
+
+async def start_sites(runner: web.AppRunner, config: RouterConfig, *, host: str | None = None,
+                      port: int | None = None, reuse_port: bool = False,
+                      ) -> tuple[str, str | None]:  # fmt: skip
+    """Bind the router's address and, with ``admin.listen``, the admin address (after
+    ``runner.setup()``); their URLs."""
+    site = web.TCPSite(
+        runner,
+        config.listen.host if host is None else host,
+        config.listen.port if port is None else port,
+        reuse_port=reuse_port or None,
+        backlog=1024,
+    )
+    await site.start()
+    main = runner.addresses[0]
+    admin_url = None
+    listen = config.admin.listen
+    if listen is not None:
+        before = set(runner.addresses)
+        await web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse_port or None).start()
+        added = [a for a in runner.addresses if a not in before]
+        runner.app[RouterContext.KEY].admin_ports = frozenset(a[1] for a in added)
+        admin_url = f"http://{_host(added[0][0])}:{added[0][1]}"
+    return f"http://{_host(main[0])}:{main[1]}", admin_url
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
-from ctxroute.router.errors import BadRequest, PayloadTooLarge
+from ctxroute.router.errors import BadRequest, PayloadTooLarge, RequestTimeout
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout_s: float | None = None) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
             f"request body of {request.content_length} bytes is over the limit of {limit} bytes"
@@ -23,14 +24,22 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         return body
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes") from None
+    except TimeoutError:
+        # (the error answer closes the connection: the rest of a half-sent body would be
+        # read as the next request)
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
 
 
-async def read_json(request: web.Request, limit: int) -> tuple[bytes, Any]:
-    """The body, read once under ``limit``, and parsed once (400 when it is not JSON)."""
-    raw = await read_body(request, limit)
+async def read_json(
+    request: web.Request, limit: int, timeout_s: float | None = None
+) -> tuple[bytes, Any]:
+    """The body, read once under ``limit`` within ``timeout_s``, and parsed once (400 when
+    it is not JSON)."""
+    raw = await read_body(request, limit, timeout_s)
     try:
         return raw, orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

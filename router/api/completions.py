@@ -26,8 +26,9 @@ def completion_handler(*, chat: bool, path: str) -> RouteHandler:
         record = RequestRecord(monotonic(), request_id, endpoint)
         try:
             opts = ctx.handler_settings
-            raw, body = await read_json(request, opts.max_body_bytes)
             headers = request.headers
+            tenant = ctx.gatekeeper.client(headers) if ctx.gatekeeper.required else None
+            raw, body = await read_json(request, opts.max_body_bytes, opts.body_timeout_s)
             asked = Asked(
                 chat,
                 path,
@@ -36,6 +37,7 @@ def completion_handler(*, chat: bool, path: str) -> RouteHandler:
                 headers.get(opts.session_header),
                 headers.get(opts.priority_header),
                 headers.get("X-Request-Timeout"),
+                tenant,
             )
             return await ctx.dispatcher.complete(request, asked, request_id, record)
         except RouterError as exc:

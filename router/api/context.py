@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import aiohttp
 from aiohttp import web
+from ctxroute.router.api.auth import Gatekeeper
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.core.breaker import BreakerState, retry_after
 from ctxroute.router.dispatch.completion import Dispatcher
@@ -31,11 +32,15 @@ class HandlerSettings:
     max_body_bytes: int
     session_header: str
     priority_header: str
+    body_timeout_s: float
 
     @classmethod
     def of(cls, config: RouterConfig) -> HandlerSettings:
         return cls(
-            config.max_body_bytes, config.routing.session_header, config.admission.priority_header
+            config.max_body_bytes,
+            config.routing.session_header,
+            config.admission.priority_header,
+            config.limits.body_timeout_s,
         )
 
 
@@ -54,7 +59,9 @@ class RouterContext:
     handler_settings: HandlerSettings
     metrics: Metrics
     request_log: RequestLog | None  # None: request lines are off
+    gatekeeper: Gatekeeper
     readings: list[Reading] = field(init=False)  # the last /metrics of each backend
+    admin_ports: frozenset[int] = frozenset()  # local ports of the admin address, once bound
 
     def __post_init__(self) -> None:
         self.readings = [Reading() for _ in self.fleet.backends]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
+from ctxroute.router.api.access import check_page
 from ctxroute.router.api.answers import JSON
 from ctxroute.router.api.context import RouterContext
 from ctxroute.router.observe.status import status_json
@@ -47,6 +48,7 @@ async def readyz(request: web.Request, request_id: str) -> web.Response:
 
 
 async def status(request: web.Request, request_id: str) -> web.Response:
+    check_page(request, "status")
     ctx = request.app[RouterContext.KEY]
     now = time.monotonic()
     body = status_json(ctx.snapshot(), lambda pool: ctx.metrics.recent_ttft(pool, now))
@@ -54,6 +56,7 @@ async def status(request: web.Request, request_id: str) -> web.Response:
 
 
 async def metrics(request: web.Request, request_id: str) -> web.Response:
+    check_page(request, "metrics")
     ctx = request.app[RouterContext.KEY]
     return web.Response(
         body=generate_latest(ctx.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -71,6 +74,7 @@ _DASHBOARD_HEADERS = {
 
 async def dashboard(request: web.Request, request_id: str) -> web.Response:
     """``/dashboard``: the live status page (plain HTML and JS polling ``/status``)."""
+    check_page(request, "dashboard")
     return web.Response(
         body=_DASHBOARD, content_type="text/html", charset="utf-8", headers=_DASHBOARD_HEADERS
     )

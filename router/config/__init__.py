@@ -13,9 +13,9 @@ indices as numbers and values parsed as YAML scalars, e.g.::
     CTXROUTE__POOLS__0__BACKENDS__1__URL=http://10.0.0.7:8000
 """
 
+from ctxroute.router.config.edge import AdminConfig, AuthConfig, KeyConfig, LimitsConfig
 from ctxroute.router.config.load import ENV_PREFIX, load_config, parse_config, shipped
 from ctxroute.router.config.schema import (
-    AdminConfig,
     AdmissionConfig,
     BackendConfig,
     BreakersConfig,
@@ -38,10 +38,13 @@ __all__ = [
     "ENV_PREFIX",
     "AdminConfig",
     "AdmissionConfig",
+    "AuthConfig",
     "BackendConfig",
     "BreakersConfig",
     "ClassAdmissionConfig",
     "ConfigError",
+    "KeyConfig",
+    "LimitsConfig",
     "ListenConfig",
     "MemoryBreakerConfig",
     "OverloadConfig",

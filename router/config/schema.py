@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
+from ctxroute.router.config.edge import AdminConfig, AuthConfig, LimitsConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -19,6 +20,11 @@ class _Frozen(BaseModel):
 
 class BackendConfig(_Frozen):
     url: str
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="what clients are shown instead of the URL; default: <pool>-<n>",
+    )
     model: str | None = Field(default=None, description="served model name; default: the pool's")
     max_in_flight: int = Field(default=64, ge=1)
     weight: int = Field(default=1, ge=1)
@@ -225,6 +231,13 @@ class ClassAdmissionConfig(_Frozen):
 
 class TierConfig(_Frozen):
     name: str = Field(min_length=1, pattern=r"^[a-z0-9_-]+$")
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="its share of the dispatches while tiers wait together: a lower tier "
+        "is slowed by a higher one, never starved",
+    )
     reserve: float = Field(
         default=0.0, ge=0, lt=1, description="share of a pool's capacity lower tiers may not use"
     )
@@ -258,7 +271,11 @@ class AdmissionConfig(_Frozen):
         default=True, description="long requests wait while they would crowd out short ones"
     )
     tiers: tuple[TierConfig, ...] = Field(
-        default=(TierConfig(name="high"), TierConfig(name="normal"), TierConfig(name="low")),
+        default=(
+            TierConfig(name="high", weight=8.0),
+            TierConfig(name="normal", weight=4.0),
+            TierConfig(name="low", weight=1.0),
+        ),
         min_length=1,
         description="priority tiers, highest first",
     )
@@ -282,12 +299,6 @@ class AdmissionConfig(_Frozen):
         return self
 
 
-class AdminConfig(_Frozen):
-    allow_remote: bool = Field(
-        default=False, description="answer /admin/* from other hosts than loopback"
-    )
-
-
 class RouterConfig(_Frozen):
     listen: ListenConfig = ListenConfig()
     pools: tuple[PoolConfig, ...] = Field(min_length=1)
@@ -297,6 +308,15 @@ class RouterConfig(_Frozen):
     breakers: BreakersConfig = BreakersConfig()
     store: StoreConfig = StoreConfig()
     admin: AdminConfig = AdminConfig()
+    auth: AuthConfig | None = Field(
+        default=None,
+        description="API keys; absent: serve listens on loopback only (auth: {mode: none} "
+        "to run open elsewhere)",
+    )
+    limits: LimitsConfig = LimitsConfig()
+    expose_backends: bool = Field(
+        default=False, description="show clients backend URLs rather than backend names"
+    )
     admission: AdmissionConfig = AdmissionConfig()
     # model -> a smaller model to answer with while every backend of the first is unusable
     fallback: dict[str, str] = Field(default_factory=dict)
@@ -319,6 +339,10 @@ class RouterConfig(_Frozen):
         duplicates = sorted({u for u in urls if urls.count(u) > 1})
         if duplicates:
             raise ValueError(f"a backend may belong to one pool only: {', '.join(duplicates)}")
+        named = [b.name or f"{p.name}-{n}" for p in self.pools for n, b in enumerate(p.backends, 1)]
+        clash = sorted({n for n in named if named.count(n) > 1})
+        if clash:
+            raise ValueError(f"backend names must be unique: {', '.join(clash)}")
         models = {p.model for p in self.pools}
         for big, small in self.fallback.items():
             unknown = [m for m in (big, small) if m not in models]
@@ -326,7 +350,19 @@ class RouterConfig(_Frozen):
                 raise ValueError(f"fallback {big} -> {small}: no pool serves {', '.join(unknown)}")
             if big == small or small in self.fallback:
                 raise ValueError(f"fallback {big} -> {small}: a fallback must not fall back again")
+        self._keys_known(models)
         return self
+
+    def _keys_known(self, models: set[str]) -> None:
+        if self.auth is None:
+            return
+        tiers = {t.name for t in self.admission.tiers}
+        for key in self.auth.keys:
+            unknown = sorted(set(key.models or ()) - models)
+            if unknown:
+                raise ValueError(f"key of {key.tenant}: no pool serves {', '.join(unknown)}")
+            if key.max_priority is not None and key.max_priority not in tiers:
+                raise ValueError(f"key of {key.tenant}: {key.max_priority!r} is not a tier")
 
     def pools_by_window(self) -> tuple[PoolConfig, ...]:
         return tuple(sorted(self.pools, key=lambda p: p.max_context_tokens))

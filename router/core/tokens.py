@@ -91,10 +91,20 @@ def completion_bounds(prompt: Any, counter: TokenCounter | None) -> TokenBounds:
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         # batched prompts: the longest one decides the window
         return max((completion_bounds(p, counter) for p in prompt), key=lambda b: b.upper)
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        n = len(prompt)  # token ids: the count is exact
-        return _exact(n)
-    raise PromptShapeError("'prompt' must be a string, a list of strings or token ids")
+    if isinstance(prompt, list) and prompt and all(_token_ids(p) for p in prompt):
+        # a batch of token-id prompts: the longest decides the window, counted exactly
+        return _exact(max(len(p) for p in prompt))
+    if _token_ids(prompt):
+        return _exact(len(prompt))  # token ids: the count is exact
+    raise PromptShapeError(
+        "'prompt' must be a string, a list of strings, a list of token ids (integers of 0 "
+        "or more) or a list of such lists"
+    )
+
+
+def _token_ids(value: Any) -> bool:
+    """A non-empty list of token ids, as vLLM takes them (ints, not bools, not negative)."""
+    return isinstance(value, list) and bool(value) and all(type(t) is int and t >= 0 for t in value)
 
 
 def chat_bounds(messages: Any, counter: TokenCounter | None, tools: Any = None) -> TokenBounds:

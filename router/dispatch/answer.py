@@ -67,7 +67,7 @@ def response_headers(
     ]
     out += (
         ("x-ctxroute-pool", backend.pool),
-        ("x-ctxroute-backend", backend.url),
+        ("x-ctxroute-backend", backend.shown),
         ("x-ctxroute-attempts", str(attempts)),
         ("x-ctxroute-route", route),
         ("X-Request-ID", request_id),
@@ -99,7 +99,7 @@ def route_line_of(
         facts.prompt.exact,
         record.window,
         wait_ms,
-        owner_note(plan, backend.url, unusable),
+        owner_note(plan, backend.url, unusable),  # (a yes or no: no address in it)
         record.queued_s,
         record.attempts,
     )
@@ -149,12 +149,22 @@ def no_backend_message(
     now: float,
 ) -> str:
     if not plan.candidates:
-        parts = [f"{b.url} ({b.pool}): {why_unusable(ledger, b, now)}" for b in backends]
+        parts = [f"{b.shown} ({b.pool}): {why_unusable(ledger, b, now)}" for b in backends]
         return "no backend can take this request now: " + "; ".join(parts)
-    parts = [f"{b.url} ({b.pool}): {o.detail}" for b, o in ended]
+    parts = [f"{b.shown} ({b.pool}): {hide_address(b, o.detail)}" for b, o in ended]
     if skipped:
         parts.append(f"{skipped} skipped (at max_in_flight, or a breaker or drain took effect)")
     if not ended:
         return "no backend can take this request: " + "; ".join(parts)
     tried = f"{len(ended)} backend{'s' if len(ended) != 1 else ''} tried"
     return f"no backend answered ({tried}): " + "; ".join(parts)
+
+
+def hide_address(backend: Backend, detail: str) -> str:
+    """An attempt's detail as a client may read it: the backend's address replaced by what
+    clients are shown of it (a connection error names host and port)."""
+    if backend.shown == backend.url:
+        return detail
+    return detail.replace(backend.url, backend.shown).replace(
+        f"{backend.host}:{backend.port}", backend.shown
+    )

@@ -4,6 +4,7 @@ and hands it over here; what one request did is written to its ``RequestRecord``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,15 +13,21 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from ctxroute.router.core.admission.fairshare import VirtualCounters
 from ctxroute.router.core.facts import priority_value, read_facts, timeout_s
+from ctxroute.router.core.keys import Tenant
+from ctxroute.router.core.planner import ViewOf
 from ctxroute.router.core.tokens import TokenCounter
 from ctxroute.router.dispatch.gate import Gate, Ticket
+from ctxroute.router.dispatch.limits import check_limits, settle_limits
 from ctxroute.router.dispatch.proxy import Exchange, Proxy
 from ctxroute.router.dispatch.routing import Route, fallback_route, route
+from ctxroute.router.errors import Forbidden
 from ctxroute.router.fleet.ledger import Ledger
 from ctxroute.router.fleet.topology import Fleet
-from ctxroute.router.model import RoutePlan
+from ctxroute.router.model import RequestFacts, RoutePlan
 from ctxroute.router.observe.record import RequestRecord
+from ctxroute.router.store.limits import Limiter
 
 log = logging.getLogger("ctxroute.handlers")
 
@@ -38,6 +45,7 @@ class Asked:
     session: str | None
     priority: str | None
     timeout: str | None
+    tenant: Tenant | None = None  # the caller's key's, when keys are required
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,9 @@ class Dispatcher:
     counters: Mapping[str, TokenCounter]
     prefix_chars: int
     fallback: Mapping[str, str]  # model -> the smaller model answering while it is unusable
+    limiter: Limiter | None = None  # per-key rate limits, when keys are required
+    tenants: VirtualCounters | None = None  # fair shares between tenants, when on
+    exact_inline_bytes: int = 64 * 1024  # bodies over this are counted exactly in a thread
 
     async def complete(
         self, request: web.Request, asked: Asked, request_id: str, record: RequestRecord
@@ -62,47 +73,105 @@ class Dispatcher:
             chat=asked.chat,
             session=asked.session,
             models=fleet.models,
-            counters=self.counters,
+            counters=self.counters if len(asked.raw) <= self.exact_inline_bytes else {},
             prefix_chars=self.prefix_chars,
         )
+        if self.counters and len(asked.raw) > self.exact_inline_bytes:
+            facts = await self._count_aside(asked, facts)
         record.prompt_tokens = facts.prompt.estimate  # the backend's usage replaces it
         record.model = facts.model
         record.stream = facts.stream
+        tenant = asked.tenant
+        if tenant is not None and not tenant.may_use(facts.model):
+            raise Forbidden(f"tenant {tenant.name} may not use the model {facts.model!r}", "model")
         view_of = self.ledger.views()  # the plan and the verdict on it see the same fleet
         planned = route(facts, fleet, view_of)
         record.pool = planned.plan.preferred
         record.plan = planned.plan
-        raw = asked.raw
-        extra: tuple[tuple[str, str], ...] = ()
-        small = self.fallback.get(facts.model) if not planned.plan.candidates else None
-        alternative = None if small is None else fallback_route(facts, small, fleet, view_of)
-        if alternative is not None:
-            # the small model's servers know only their own name: the body says it
-            big = facts.model
-            planned = alternative
-            body["model"] = alternative.facts.model
+        planned, raw, extra = self._fallback(planned, asked, request_id, view_of)
+        tier = self._tier(asked)
+        if tenant is not None and "priority" in body:
+            # vLLM's own priority is a privilege too: with keys, the tier decides, not the body
+            del body["priority"]
             raw = orjson.dumps(body)
-            extra = (("x-ctxroute-fallback", f"{big}->{alternative.facts.model}"),)
-            log.info(
-                "request %s: every backend of %s is unusable, answered by %s",
-                request_id,
-                big,
-                alternative.facts.model,
-            )
-        settings = self.gate.settings
-        field = body.get("priority")
-        tier = (
-            settings.default_tier
-            if asked.priority is None and field is None
-            else settings.tier_of(priority_value(asked.priority, field))
-        )
         wait_s = None if asked.timeout is None else timeout_s(asked.timeout)
-        record.tier = settings.tiers[tier].name
-        long = fleet.work.is_long(planned.facts.prompt.estimate)
+        if tenant is None:
+            return await self._admitted(request, asked, request_id, record, planned, raw, extra,
+                                        tier, wait_s, view_of)  # fmt: skip
+        tier = max(tier, tenant.max_tier)  # its ceiling, never more
+        record.tenant = tenant.name
+        reserved = 0
+        if self.limiter is not None and tenant.limited:
+            reserved = planned.plan.budget
+            extra += await check_limits(self.limiter, tenant, reserved)
+        try:
+            return await self._admitted(request, asked, request_id, record, planned, raw, extra,
+                                        tier, wait_s, view_of, tenant)  # fmt: skip
+        finally:
+            if reserved:
+                settle_limits(self.limiter, tenant, reserved, record)
+            if self.tenants is not None and record.completion_tokens:
+                self.tenants.served(tenant.name, 0, record.completion_tokens, tenant.weight)
+
+    async def _count_aside(self, asked: Asked, estimated: RequestFacts) -> RequestFacts:
+        """A large prompt's exact count, made in a thread (it would stall every other
+        request on the loop for milliseconds per 100 kB); checked first on the byte bounds,
+        which already answered the 4xx a request may deserve."""
+        if estimated.model not in self.counters:
+            return estimated
+        return await asyncio.to_thread(
+            read_facts,
+            asked.body,
+            chat=asked.chat,
+            session=asked.session,
+            models=self.fleet.models,
+            counters=self.counters,
+            prefix_chars=self.prefix_chars,
+        )
+
+    def _fallback(self, planned: Route, asked: Asked, request_id: str, view_of: ViewOf
+                  ) -> tuple[Route, bytes, tuple[tuple[str, str], ...]]:  # fmt: skip
+        """The route, body and extra headers to use: the fallback model's while every
+        backend of the model asked for is unusable, else the request's own."""
+        body = asked.body
+        small = self.fallback.get(planned.facts.model) if not planned.plan.candidates else None
+        alternative = None if small is None else fallback_route(planned.facts, small,
+                                                                self.fleet, view_of)  # fmt: skip
+        if alternative is None:
+            return planned, asked.raw, ()
+        # the small model's servers know only their own name: the body says it
+        big = planned.facts.model
+        body["model"] = alternative.facts.model
+        log.info("request %s: every backend of %s is unusable, answered by %s", request_id,
+                 big, alternative.facts.model)  # fmt: skip
+        return (
+            alternative,
+            orjson.dumps(body),
+            (("x-ctxroute-fallback", f"{big}->{alternative.facts.model}"),),
+        )
+
+    def _tier(self, asked: Asked) -> int:
+        settings = self.gate.settings
+        field = asked.body.get("priority")
+        if asked.priority is None and field is None:
+            return settings.default_tier
+        return settings.tier_of(priority_value(asked.priority, field))
+
+    async def _admitted(self, request: web.Request, asked: Asked, request_id: str,
+                        record: RequestRecord, planned: Route, raw: bytes,
+                        extra: tuple[tuple[str, str], ...], tier: int, wait_s: float | None,
+                        view_of: ViewOf, tenant: Tenant | None = None,
+                        ) -> web.StreamResponse:  # fmt: skip
+        """Admission, then the proxy."""
+        record.tier = self.gate.settings.tiers[tier].name
+        long = self.fleet.work.is_long(planned.facts.prompt.estimate)
         plan = planned.plan
-        ticket = self.gate.admit_now(tier, long, wait_s, plan, view_of)
+        name = None if tenant is None else tenant.name
+        ticket = self.gate.admit_now(tier, long, wait_s, plan, view_of, name)
         if ticket is None:
-            ticket, plan = await self._wait(planned, tier, long, wait_s, record)
+            ticket, plan = await self._wait(planned, tier, long, wait_s, record, name)
+        if tenant is not None and self.tenants is not None:
+            self.tenants.served(tenant.name, planned.facts.prompt.estimate, 0, tenant.weight)
         try:
             exchange = Exchange(
                 request, asked.path, raw, planned.facts, plan, request_id, record, extra
@@ -111,8 +180,15 @@ class Dispatcher:
         finally:
             ticket.release()
 
-    async def _wait(self, planned: Route, tier: int, long: bool, wait_s: float | None,
-                    record: RequestRecord) -> tuple[Ticket, RoutePlan]:  # fmt: skip
+    async def _wait(
+        self,
+        planned: Route,
+        tier: int,
+        long: bool,
+        wait_s: float | None,
+        record: RequestRecord,
+        tenant: str | None,
+    ) -> tuple[Ticket, RoutePlan]:
         """Wait at the router for a ticket and the plan to dispatch on (planned again over
         the load as it is then), or the refusal, raised."""
         fleet = self.fleet
@@ -123,7 +199,7 @@ class Dispatcher:
 
         held = monotonic()
         try:
-            ticket, plan = await self.gate.wait(tier, long, wait_s, planned.plan, replan)
+            ticket, plan = await self.gate.wait(tier, long, wait_s, planned.plan, replan, tenant)
         finally:  # refused after waiting, too: the log says how long it waited
             record.queued_s = monotonic() - held
         record.plan = plan

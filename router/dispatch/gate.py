@@ -32,7 +32,9 @@ from ctxroute.router.core.admission import (
     Waiter,
     verdict,
 )
+from ctxroute.router.core.admission.fairshare import VirtualCounters
 from ctxroute.router.core.admission.queue import WaitQueue
+from ctxroute.router.core.admission.shares import TierShares
 from ctxroute.router.core.admission.verdict import FULL, HOLD_CLEAN, LATE
 from ctxroute.router.core.breaker import BreakerState
 from ctxroute.router.core.planner import PoolView, ViewOf
@@ -67,14 +69,22 @@ class Ticket:
 
 
 class Gate:
-    def __init__(self, fleet: Fleet, ledger: Ledger, config: AdmissionConfig) -> None:
+    def __init__(self, fleet: Fleet, ledger: Ledger, config: AdmissionConfig,
+                 tenants: VirtualCounters | None = None) -> None:  # fmt: skip
+        """``tenants``: the tenants' counters, when waiting requests of a tier are served by
+        fair shares (None: by arrival)."""
         settings = fleet.admission
         self.fleet = fleet
         self.ledger = ledger
         self.settings = settings
         self.enabled = config.enabled
+        self.tenants = tenants
+        weights = [t.weight for t in settings.tiers]
+        rank = None if tenants is None else tenants.of
         self.queues = {
-            p.name: WaitQueue(settings.max_queue, settings.short, settings.long)
+            p.name: WaitQueue(
+                settings.max_queue, settings.short, settings.long, TierShares(weights), rank
+            )
             for p in fleet.pools
         }
         self.waking: dict[str, Waiter | None] = dict.fromkeys(self.queues)
@@ -100,7 +110,7 @@ class Gate:
     # -- the request path ------------------------------------------------------------
 
     def admit_now(self, tier: int, long: bool, timeout_s: float | None, plan: RoutePlan,
-                  view_of: ViewOf) -> Ticket | None:  # fmt: skip
+                  view_of: ViewOf, tenant: str | None = None) -> Ticket | None:  # fmt: skip
         """The common case, without a coroutine: a ticket when the request may go now,
         None when it must wait (then ``wait``); raises when the overload guard sheds it.
         ``view_of``: the fleet as the plan saw it."""
@@ -109,7 +119,7 @@ class Gate:
         pool = plan.preferred
         if self.enabled:
             queue = self.queues[pool]
-            if queue.waiters and queue.must_wait_behind(tier, long):
+            if queue.waiters and queue.must_wait_behind(tier, long, tenant):
                 return None
             now = monotonic()
             left_ms = queue.start_limit_ms(tier, long, self._allowed_s(long, timeout_s), now)
@@ -120,14 +130,20 @@ class Gate:
         return self._admit(pool, tier, long)
 
     async def wait(
-        self, tier: int, long: bool, timeout_s: float | None, plan: RoutePlan, replan: Replan
+        self,
+        tier: int,
+        long: bool,
+        timeout_s: float | None,
+        plan: RoutePlan,
+        replan: Replan,
+        tenant: str | None = None,
     ) -> tuple[Ticket, RoutePlan]:
         """Queue a request ``admit_now`` did not let go: returns its ticket and a fresh plan
         once it may go, or raises its refusal. ``replan`` plans it again."""
         pool = plan.preferred
         queue = self.queues[pool]
         allowed_s = self._allowed_s(long, timeout_s)
-        waiter = self._enqueue(pool, queue, tier, long, allowed_s, replan)
+        waiter = self._enqueue(pool, queue, tier, long, allowed_s, replan, tenant)
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -153,15 +169,18 @@ class Gate:
                 loop.call_soon(self.changed)
             raise
 
-    def _enqueue(
-        self, pool: str, queue: WaitQueue, tier: int, long: bool, allowed_s: float, replan: Replan
-    ) -> Waiter:
+    def _enqueue(self, pool: str, queue: WaitQueue, tier: int, long: bool, allowed_s: float,
+                 replan: Replan, tenant: str | None) -> Waiter:  # fmt: skip
         """Put a newcomer in its queue, or raise its refusal: at once rather than after
         waiting in vain when the queue ahead of it would not go within its deadline, or
         within what a standing queue allows; when the queue is full of its tier or higher."""
         now = monotonic()
         name = self.settings.tiers[tier].name
-        allowed = queue.refuse_on_arrival(tier, long, allowed_s, now)
+        if tenant is not None and self.tenants is not None:
+            waiting = {w.tenant for w in queue.waiters if w.tenant is not None}
+            if tenant not in waiting:
+                self.tenants.lift(tenant, waiting)
+        allowed = queue.refuse_on_arrival(tier, long, allowed_s, now, tenant)
         if allowed is not None:
             raise self._refuse(
                 refusals.cannot_start_in_time(
@@ -172,7 +191,9 @@ class Gate:
         # behind others: a long one waits in the long lane (held, and holding no short one
         # back), a short one for room
         reason = HOLD_CLEAN if long else FULL
-        waiter = Waiter(tier, long, now, now + allowed_s, self.seq, reason, None, replan)
+        waiter = Waiter(
+            tier, long, now, now + allowed_s, self.seq, reason, None, replan, tenant=tenant
+        )
         refused = queue.offer(waiter)
         if refused is waiter:
             raise self._refuse(refusals.queue_full(queue, pool, name, tier, long, now))
@@ -210,6 +231,9 @@ class Gate:
         return (settings.long if long else settings.short).deadline_s
 
     def _admit(self, pool: str, tier: int, long: bool) -> Ticket:
+        shares = self.queues[pool].shares
+        if shares is not None:
+            shares.served(tier)
         admitted = self.admitted[pool]
         admitted[tier] += 1
         return Ticket(admitted, self.queues[pool].drains[long], tier)

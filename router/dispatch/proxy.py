@@ -27,6 +27,7 @@ from ctxroute.router.config import TimeoutsConfig
 from ctxroute.router.core.classify import budget as pool_budget
 from ctxroute.router.core.planner import PoolView
 from ctxroute.router.dispatch.answer import (
+    hide_address,
     no_backend_message,
     read_usage,
     request_head_tail,
@@ -283,7 +284,9 @@ def _failure(exc: UpstreamError, backend: Backend,
         return Outcome(OutcomeKind.TIMEOUT, detail=str(exc)), None
     outcome = Outcome(OutcomeKind.BROKEN, detail=str(exc))
     if exc.response_started and not stream:
-        message = f"backend {backend.url} broke while sending the answer: {exc}"
+        message = hide_address(
+            backend, f"backend {backend.shown} broke while sending the answer: {exc}"
+        )
         return outcome, UpstreamFailed(message)
     return outcome, None
 

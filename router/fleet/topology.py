@@ -29,6 +29,7 @@ class Fleet:
     models: tuple[str, ...]  # the served model names, in configuration order
     host_lines: tuple[bytes, ...]  # each backend's Host header line, by index
     by_url: dict[str, Backend]
+    by_name: dict[str, Backend]
     work: LongWork  # what is long work: the one source for every part of the router
     admission: AdmissionSettings
 
@@ -38,8 +39,9 @@ class Fleet:
         backends: list[Backend] = []
         for pool in config.pools_by_window():
             members: list[Backend] = []
-            for b in pool.backends:
+            for n, b in enumerate(pool.backends, 1):
                 host, port = b.origin
+                name = b.name or f"{pool.name}-{n}"
                 backend = Backend(
                     index=len(backends),
                     url=b.url,
@@ -51,6 +53,8 @@ class Fleet:
                     weight=b.weight,
                     kv_tokens=b.kv_tokens or pool.kv_tokens,
                     prefill_tokens_per_s=pool.prefill_tokens_per_s,
+                    name=name,
+                    shown=b.url if config.expose_backends else name,
                 )
                 backends.append(backend)
                 members.append(backend)
@@ -82,6 +86,7 @@ class Fleet:
             tuple(by_model),
             tuple(f"Host: {b.host}:{b.port}\r\n".encode() for b in backends),
             {b.url: b for b in backends},
+            {b.name: b for b in backends},
             work,
             admission_settings(config.admission, work),
         )
@@ -104,7 +109,7 @@ def admission_settings(config: AdmissionConfig, work: LongWork) -> AdmissionSett
         return ClassLimits(c.deadline_s, c.max_wait_s, c.codel_target_s, c.codel_interval_s)
 
     return AdmissionSettings(
-        tiers=tuple(Tier(t.name, t.reserve) for t in config.tiers),
+        tiers=tuple(Tier(t.name, t.reserve, t.weight) for t in config.tiers),
         default_tier=names.index(config.default_tier),
         aliases={k.strip().lower(): names.index(v) for k, v in config.aliases.items()},
         max_queue=config.max_queue,

@@ -31,6 +31,7 @@ class RequestRecord:
         "route",
         "status",
         "stream",
+        "tenant",
         "tier",
         "window",
     )
@@ -55,5 +56,6 @@ class RequestRecord:
         self.window = 0  # the answering pool's max_context_tokens
         self.client_gone = False
         self.tier = ""  # the priority tier's name, once known
+        self.tenant = ""  # its key's tenant, when keys are required
         self.reject: str | None = None  # the router's own refusal (x-ctxroute-reject)
         self.route = ""  # why it went where it went (x-ctxroute-route), once answered

@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from ctxroute.backends.simulator import PROFILES, SimConfig, Simulator
-from ctxroute.router.api.app import create_app, make_runner
-from ctxroute.router.config import RouterConfig, load_config, shipped
+from ctxroute.router.api.app import create_app, make_runner, start_sites
+from ctxroute.router.config import ConfigError, RouterConfig, load_config, shipped
 from ctxroute.router.observe.logs import setup_logging
+from ctxroute.router.run.server import exposure_problem
 
 DEMO_CONFIG = shipped("demo.yaml")
 DEMO_PROFILES = {"low-latency": "l4-1b", "high-memory": "h100-8b"}
@@ -32,6 +33,9 @@ async def run_demo(*, free_ports: bool = False, config_path: Path | None = None)
     shipped ``demo.yaml``)."""
     # router/config is the one reader of configuration files
     config = load_config(config_path if config_path is not None else DEMO_CONFIG)
+    problem = exposure_problem(config)
+    if problem is not None:
+        raise ConfigError(problem)
     setup_logging(config.log_level, config.log_format)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,9 +54,8 @@ async def run_demo(*, free_ports: bool = False, config_path: Path | None = None)
         config = await _start_simulators(config, free_ports, sims)
         runner = make_runner(create_app(config))
         await runner.setup()
-        await web.TCPSite(runner, config.listen.host, config.listen.port).start()
-        host, port = runner.addresses[0][:2]
-        _banner(config, f"http://{host}:{port}")
+        url, _ = await start_sites(runner, config)
+        _banner(config, url)
         await stop.wait()
     finally:
         if runner is not None:
@@ -111,6 +114,12 @@ def _banner(config: RouterConfig, router_url: str) -> None:
         "  (the x-ctxroute-route header says where a request went and why; each request"
         " is logged below)"
     )
+    if config.auth is None or config.auth.mode == "none":
+        print(
+            "\nAUTH IS OFF: any program on this machine may call this router (it listens on "
+            "loopback only).\n  For API keys: `ctxroute keys new TENANT` and the README's "
+            "'API keys' section."
+        )
     print("\nCtrl-C stops everything.", flush=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import mmap
 import multiprocessing
@@ -16,8 +17,7 @@ import sys
 import time
 from typing import cast
 
-from aiohttp import web
-from ctxroute.router.api.app import create_app, make_runner
+from ctxroute.router.api.app import create_app, make_runner, start_sites
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.fleet.topology import Fleet
 from ctxroute.router.observe.logs import setup_logging
@@ -48,17 +48,16 @@ async def serve_until_stopped(
     runner = make_runner(create_app(config, board=board, metrics_share=metrics_share))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.listen.host, config.listen.port,
-                           reuse_port=reuse_port or None, backlog=1024)  # fmt: skip
-        await site.start()
+        url, admin_url = await start_sites(runner, config, reuse_port=reuse_port)
         # everything made so far (modules, config, the app) lives as long as the process:
         # moved out of the collector's reach, it is never traversed again by the full
         # collections that per-request garbage triggers
         gc.collect()
         gc.freeze()
         if announce:
-            host, port = runner.addresses[0][:2]
-            print(f"ctxroute listening on http://{host}:{port} (pid {os.getpid()})", flush=True)
+            print(f"ctxroute listening on {url} (pid {os.getpid()})", flush=True)
+            if admin_url is not None:
+                print(f"ctxroute admin address: {admin_url}", flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -85,8 +84,36 @@ def describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
+def exposure_problem(config: RouterConfig) -> str | None:
+    """Why ``serve`` must not start: keys off (no ``auth``) on an address other hosts
+    reach, unless the configuration says ``auth: {mode: none}`` in so many words."""
+    if config.auth is not None or is_loopback(config.listen.host):
+        return None
+    return (
+        f"listen.host {config.listen.host} is reachable from other hosts and the "
+        "configuration has no 'auth': add API keys (ctxroute keys new TENANT), or say "
+        "'auth: {mode: none}' to run open on purpose"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(config: RouterConfig, workers: int = 1) -> int:
+    problem = exposure_problem(config)
+    if problem is not None:
+        print(f"ctxroute serve: {problem}", file=sys.stderr)
+        return 2
     setup_logging(config.log_level, config.log_format)
+    if config.auth is not None and config.auth.mode == "none":
+        log.warning("auth is off (auth: {mode: none}): anyone who reaches %s:%d may call it",
+                    config.listen.host, config.listen.port)  # fmt: skip
     if workers <= 1:
         run_async(serve_until_stopped(config))
         return 0

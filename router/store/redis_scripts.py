@@ -20,6 +20,10 @@ Redis Cluster slot and every script may touch several of them)::
                           "drain <url>", "undrain <url>", and "load <process> <rows>" when
                           a long request starts, produces its first token or ends
                           somewhere (announced at once)
+    {p}:rate:<tenant>:r   a key's requests bucket: its GCRA theoretical arrival time in
+    {p}:rate:<tenant>:t   microseconds of Redis's clock (tokens: the same); PX = the debt
+                          + 1 s, so an idle key's buckets vanish
+    {p}:vtc               hash: tenant -> its virtual token counter (fair shares)
 """
 
 from __future__ import annotations
@@ -85,4 +89,47 @@ for i = 1, #all, 2 do
   end
 end
 return out
+"""
+
+
+# a request's rate-limit decision (router/core/ratelimit.py ``decide``, the same
+# arithmetic in microseconds): both buckets read, checked and written in one step, so N
+# replicas admit together what one would. ARGV: requests interval, tokens interval (0: no
+# such limit), tolerance, token cost. Returns {allowed, requests debt, tokens debt}.
+RATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ri, ti = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tol, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rdebt = math.max(0, tonumber(redis.call('GET', KEYS[1]) or now) - now)
+local tdebt = math.max(0, tonumber(redis.call('GET', KEYS[2]) or now) - now)
+if (ri > 0 and rdebt > tol) or (ti > 0 and tdebt > tol) then
+  return {0, rdebt, tdebt}
+end
+if ri > 0 then
+  rdebt = rdebt + ri
+  redis.call('SET', KEYS[1], string.format('%.0f', now + rdebt),
+             'PX', math.ceil(rdebt / 1000) + 1000)
+end
+if ti > 0 then
+  tdebt = tdebt + cost * ti
+  redis.call('SET', KEYS[2], string.format('%.0f', now + tdebt),
+             'PX', math.ceil(tdebt / 1000) + 1000)
+end
+return {1, rdebt, tdebt}
+"""
+
+# settle a tokens bucket with the answer's real usage: ARGV[1] microseconds to move it by
+# (negative: a refund), never below now
+SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now) + tonumber(ARGV[1])
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('SET', KEYS[1], string.format('%.0f', tat),
+           'PX', math.ceil((tat - now) / 1000) + 1000)
+return 1
 """

@@ -14,7 +14,7 @@ from ctxroute.backends.simulator import Simulator
 from ctxroute.router.config import ConfigError, RouterConfig, parse_config
 
 from tests.conftest import SimFactory
-from tests.fixtures.router import RunningRouter
+from tests.fixtures.router import ADMIN, RunningRouter
 
 RouterFactory = Callable[..., Awaitable[RunningRouter]]
 COMPLETIONS = "/v1/completions"
@@ -215,7 +215,9 @@ async def test_a_drained_backend_finishes_its_requests_and_gets_no_new_ones(
             await stream.read()
         else:
             pytest.fail("no request landed on the backend to drain")
-        async with s.post(router.url + "/admin/drain", json={"backend": drained.url}) as r:
+        async with s.post(
+            router.url + "/admin/drain", json={"backend": drained.url}, headers=ADMIN
+        ) as r:
             assert r.status == 200
             assert (await r.json())["drained"] is True
         raw = await stream.read()
@@ -223,7 +225,9 @@ async def test_a_drained_backend_finishes_its_requests_and_gets_no_new_ones(
         received = drained.received
         assert set(await send(s, router, 10)) == {200}
         assert drained.received == received
-        async with s.post(router.url + "/admin/undrain", json={"backend": drained.url}) as r:
+        async with s.post(
+            router.url + "/admin/undrain", json={"backend": drained.url}, headers=ADMIN
+        ) as r:
             assert r.status == 200 and (await r.json())["drained"] is False
 
 
@@ -239,7 +243,11 @@ async def test_admin_errors_are_clear(sim: Simulator, make_router: RouterFactory
                                       status: int, words: str) -> None:  # fmt: skip
     router = await make_router(one_pool([sim]))
     async with aiohttp.ClientSession() as s:
-        async with s.post(router.url + "/admin/drain", data=body) as r:
+        async with s.post(
+            router.url + "/admin/drain",
+            data=body,
+            headers={**ADMIN, "Content-Type": "application/json"},
+        ) as r:
             assert r.status == status
             assert words in (await r.json())["error"]["message"]
         assert await send(s, router) == [200]  # and it keeps serving

@@ -18,6 +18,7 @@ import pytest
 from ctxroute.router.config import parse_config
 
 from tests.conftest import SimFactory
+from tests.fixtures.router import ADMIN
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -90,7 +91,9 @@ async def test_the_status_page_renders_pools_backends_breakers_kv_and_ttft(
                 assert r.status == 200
         async with s.post(full.url + "/sim/faults", json={"kv_usage_floor": 0.9}) as r:
             assert r.status == 200
-        async with s.post(router.url + "/admin/drain", json={"backend": drained.url}) as r:
+        async with s.post(
+            router.url + "/admin/drain", json={"backend": drained.url}, headers=ADMIN
+        ) as r:
             assert r.status == 200
         await gone.stop()
         for _ in range(100):  # until the probes have seen the KV usage and the stop

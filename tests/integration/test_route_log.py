@@ -14,7 +14,7 @@ import pytest
 from ctxroute.backends.simulator import Simulator
 
 from tests.conftest import SimFactory
-from tests.fixtures.router import RunningRouter, two_pool_config, two_pools
+from tests.fixtures.router import ADMIN, RunningRouter, two_pool_config, two_pools
 
 RouterFactory = Callable[..., Awaitable[RunningRouter]]
 COMPLETIONS = "/v1/completions"
@@ -94,7 +94,7 @@ async def test_a_drained_hash_owner_is_named_as_the_reason_it_was_passed_over(
         async with s.post(router.url + COMPLETIONS, json=body, headers=headers) as r:
             owner = r.headers["x-ctxroute-backend"]
             assert route_fields(r.headers["x-ctxroute-route"])["owner"] == "yes"
-        async with s.post(router.url + "/admin/drain", json={"backend": owner}) as r:
+        async with s.post(router.url + "/admin/drain", json={"backend": owner}, headers=ADMIN) as r:
             assert r.status == 200
         async with s.post(router.url + COMPLETIONS, json=body, headers=headers) as r:
             assert r.status == 200
@@ -115,7 +115,9 @@ async def test_refusals_carry_their_reason_and_only_failures_pass_a_warning_leve
         async with s.post(router.url + COMPLETIONS, json={**body, "max_tokens": 10**6}) as r:
             assert r.status == 400  # the client's fault: info, not written either
         for sim in pools[0] + pools[1]:
-            async with s.post(router.url + "/admin/drain", json={"backend": sim.url}) as r:
+            async with s.post(
+                router.url + "/admin/drain", json={"backend": sim.url}, headers=ADMIN
+            ) as r:
                 assert r.status == 200
         async with s.post(router.url + COMPLETIONS, json=body) as r:
             assert r.status == 503

@@ -12,7 +12,7 @@ import aiohttp
 from ctxroute.backends.simulator import Simulator
 from ctxroute.router.config import parse_config
 
-from tests.fixtures.router import RunningRouter
+from tests.fixtures.router import ADMIN, RunningRouter
 from tests.fixtures.servers import free_port
 
 RouterFactory = Callable[..., Awaitable[RunningRouter]]
@@ -45,7 +45,9 @@ async def test_status_shows_pools_backends_breakers_and_admission(
     )
     router = await make_router(config)
     async with aiohttp.ClientSession() as s:
-        async with s.post(router.url + "/admin/drain", json={"backend": sim.url}) as r:
+        async with s.post(
+            router.url + "/admin/drain", json={"backend": sim.url}, headers=ADMIN
+        ) as r:
             assert r.status == 200
     done = await status_cli(router.url)
     assert done.returncode == 0, done.stderr

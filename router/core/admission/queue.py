@@ -11,6 +11,7 @@ from typing import Any
 from ctxroute.router.core.admission.codel import Codel
 from ctxroute.router.core.admission.drain import DrainMeter, retry_after
 from ctxroute.router.core.admission.settings import ClassLimits
+from ctxroute.router.core.admission.shares import TierShares
 from ctxroute.router.core.admission.verdict import FULL, HOLD_SHORT, Verdict
 from ctxroute.router.model import RoutePlan
 
@@ -29,6 +30,7 @@ class Waiter:
     handle: Any = None  # the gate's asyncio future
     replan: Callable[[], RoutePlan] | None = None
     yielded_since: float | None = None  # held for short prefills (HOLD_SHORT) since
+    tenant: str | None = None  # its key's tenant (fair shares), None without keys
 
     def note_verdict(self, v: Verdict, now: float) -> None:
         """Keep the last verdict on it (the bound on yielding is on yielding in a row)."""
@@ -46,14 +48,22 @@ class Waiter:
         return (self.tier, self.seq)
 
 
+Rank = Callable[[str | None], float]  # a tenant's virtual token counter (fair shares)
+
+
 class WaitQueue:
-    """One pool's bounded queue, in service order: tier, then arrival."""
+    """One pool's bounded queue, kept sorted by tier, then arrival. Served by tier shares
+    (``shares``: by weight; None: strict precedence, a higher tier always first) and,
+    within a tier, by the tenants' counters (``rank``; None: by arrival alone)."""
 
-    __slots__ = ("codel", "drains", "limits", "max_depth", "waiters")
+    __slots__ = ("codel", "drains", "limits", "max_depth", "rank", "shares", "waiters")
 
-    def __init__(self, max_depth: int, short: ClassLimits, long: ClassLimits) -> None:
+    def __init__(self, max_depth: int, short: ClassLimits, long: ClassLimits,
+                 shares: TierShares | None = None, rank: Rank | None = None) -> None:  # fmt: skip
         self.max_depth = max_depth
         self.waiters: list[Waiter] = []
+        self.shares = shares
+        self.rank = rank
         self.limits = (short, long)
         self.codel = (
             Codel(short.codel_target_s, short.codel_interval_s),
@@ -71,19 +81,36 @@ class WaitQueue:
 
     def offer(self, waiter: Waiter) -> Waiter | None:
         """Queue ``waiter``. Returns the one refused for lack of room: None when there was
-        room, the lowest-tier newest waiter when ``waiter`` is of a higher tier (evicted),
-        else ``waiter`` itself."""
+        room, else the newest waiter of the tier most over its share of the queue (by
+        weight; strict precedence: the lowest tier), and within it of the tenant with the
+        most waiting: an evicted waiter, or ``waiter`` itself."""
         if len(self.waiters) < self.max_depth:
             insort(self.waiters, waiter, key=Waiter.order)
             return None
         if not self.waiters:
             return waiter  # max_queue 0: no queue at all, nobody to evict
-        last = self.waiters[-1]  # the lowest tier, newest of it
-        if last.tier <= waiter.tier:
-            return waiter
-        self.waiters.pop()
-        insort(self.waiters, waiter, key=Waiter.order)
-        return last
+        victim = self._victim(waiter)
+        if victim is not waiter:
+            self.waiters.remove(victim)
+            insort(self.waiters, waiter, key=Waiter.order)
+        return victim
+
+    def _victim(self, newcomer: Waiter) -> Waiter:
+        everyone = [*self.waiters, newcomer]  # newcomer last: the newest of any group
+        shares = self.shares
+        if shares is None:
+            tier = max(w.tier for w in everyone)
+        else:
+            counts: dict[int, int] = {}
+            for w in everyone:
+                counts[w.tier] = counts.get(w.tier, 0) + 1
+            tier = max(counts, key=lambda t: (counts[t] * shares.steps[t], t))
+        group = [w for w in everyone if w.tier == tier]
+        by_tenant: dict[str | None, int] = {}
+        for w in group:
+            by_tenant[w.tenant] = by_tenant.get(w.tenant, 0) + 1
+        heaviest = max(by_tenant, key=lambda t: (by_tenant[t], t == newcomer.tenant))
+        return max((w for w in group if w.tenant == heaviest), key=lambda w: w.seq)
 
     def remove(self, waiter: Waiter) -> bool:
         try:
@@ -141,26 +168,60 @@ class WaitQueue:
         waiters = self.waiters
         codel = self.codel[0]
         oldest = min((w.arrived for w in waiters if not w.long), default=now)
+        lifo = True
         if now - oldest <= codel.target:
             codel.update(now)
-            if not codel.standing:
-                return tuple(waiters)
+            lifo = codel.standing
+        if not lifo and self.shares is None and self.rank is None:
+            return tuple(waiters)
         order: list[Waiter] = []
-        i = 0
-        while i < len(waiters):
-            tier = waiters[i].tier
-            j = i
-            while j < len(waiters) and waiters[j].tier == tier:
-                j += 1
-            group = waiters[i:j]
-            order.extend(w for w in reversed(group) if not w.long)
-            order.extend(w for w in group if w.long)
-            i = j
+        for group in self._tier_groups():
+            if self.rank is not None and len({w.tenant for w in group}) > 1:
+                rank = self.rank
+                group = sorted(group, key=lambda w: rank(w.tenant))  # stable: arrival kept
+            if lifo:
+                order.extend(w for w in reversed(group) if not w.long)
+                order.extend(w for w in group if w.long)
+            else:
+                order.extend(group)
         return order
 
-    def ahead_of(self, tier: int, long: bool) -> int:
-        """Waiters of the class of a newcomer of ``tier`` served before it."""
-        return sum(1 for w in self.waiters if w.tier <= tier and w.long == long)
+    def _tier_groups(self) -> list[list[Waiter]]:
+        """The waiters by tier, the tiers in the order they are served now."""
+        groups: list[list[Waiter]] = []
+        for w in self.waiters:
+            if groups and groups[-1][0].tier == w.tier:
+                groups[-1].append(w)
+            else:
+                groups.append([w])
+        shares = self.shares
+        if shares is not None and len(groups) > 1:
+            groups.sort(key=lambda g: shares.key(g[0].tier))
+        return groups
+
+    def ahead_of(self, tier: int, long: bool, tenant: str | None = None) -> int:
+        """Waiters of the class of a newcomer of ``tier`` (and ``tenant``) served before it:
+        by tier shares, those of its tier (of tenants served before it) and what the other
+        tiers' weights give them meanwhile; by strict precedence, every one of its tier or
+        higher."""
+        rank = self.rank
+        mine = rank(tenant) if rank is not None and tenant is not None else None
+        if self.shares is None:
+            return sum(
+                1
+                for w in self.waiters
+                if w.long == long and (w.tier < tier or (w.tier == tier and self._before(w, mine)))
+            )
+        waiting = [0] * len(self.shares.steps)
+        for w in self.waiters:
+            if w.long == long and (w.tier != tier or self._before(w, mine)):
+                waiting[w.tier] += 1
+        return round(self.shares.ahead(tier, waiting))
+
+    def _before(self, w: Waiter, mine: float | None) -> bool:
+        """Whether ``w`` of a newcomer's tier goes before the newcomer (of counter
+        ``mine``; None: by arrival, so every one of them does)."""
+        return mine is None or self.rank is None or self.rank(w.tenant) <= mine
 
     def _spared(self, tier: int, long: bool, now: float) -> bool:
         """Whether a standing queue of the class leaves ``tier`` alone: a lower tier waits
@@ -197,22 +258,23 @@ class WaitQueue:
             return target * 1000.0
         return time_left_s * 1000.0
 
-    def expected_wait(self, tier: int, long: bool, now: float) -> float | None:
+    def expected_wait(self, tier: int, long: bool, now: float,
+                      tenant: str | None = None) -> float | None:  # fmt: skip
         """Seconds until the waiters ahead of a newcomer have gone, at the pace its class
         finishes; None when none are ahead or none finished lately (no estimate)."""
-        ahead = self.ahead_of(tier, long)
+        ahead = self.ahead_of(tier, long, tenant)
         rate = self.drains[long].rate(now)
         if not ahead or rate <= 0:
             return None
         return ahead / rate
 
     def refuse_on_arrival(
-        self, tier: int, long: bool, deadline_s: float, now: float
+        self, tier: int, long: bool, deadline_s: float, now: float, tenant: str | None = None
     ) -> float | None:
         """The wait allowed to a newcomer with ``deadline_s`` left, when it should be
         refused at once rather than after waiting in vain: the queue ahead of it would not
         go within its deadline, or within what a standing queue allows. None to queue it."""
-        expected = self.expected_wait(tier, long, now)
+        expected = self.expected_wait(tier, long, now, tenant)
         if expected is None:
             return None
         allowed = min(deadline_s, self.allowed_wait(tier, long, now))
@@ -222,19 +284,35 @@ class WaitQueue:
             self.codel[long].cut(now, tier)  # only the cut refuses it (others of its class wait)
         return allowed
 
-    def must_wait_behind(self, tier: int, long: bool) -> bool:
+    def must_wait_behind(self, tier: int, long: bool, tenant: str | None = None) -> bool:
         """Whether a newcomer must queue behind someone rather than try at once: a short
-        one behind short waiters of its tier or higher (a short request is never held
-        behind long ones), a long one behind any waiter of its tier or higher."""
+        one behind short waiters served before it (a short request is never held behind
+        long ones), a long one behind any waiter served before it. Served before it: by
+        tier shares, the tiers served before its own now; strict, every higher tier; in
+        its own tier, those of tenants served before its own (fair shares), else all."""
+        shares = self.shares
+        rank = self.rank
+        mine = rank(tenant) if rank is not None and tenant is not None else None
+        if shares is None:
+            for w in self.waiters:
+                if w.tier > tier:
+                    return False
+                if (long or not w.long) and (w.tier < tier or self._before(w, mine)):
+                    return True
+            return False
+        key = shares.key(tier)
         for w in self.waiters:
-            if w.tier > tier:
-                return False
-            if long or not w.long:
+            if not (long or not w.long):
+                continue
+            if w.tier == tier:
+                if self._before(w, mine):
+                    return True
+            elif shares.key(w.tier) < key:
                 return True
         return False
 
-    def retry_after(self, tier: int, long: bool, now: float) -> float:
-        return retry_after(self.ahead_of(tier, long), self.drains[long].rate(now))
+    def retry_after(self, tier: int, long: bool, now: float, tenant: str | None = None) -> float:
+        return retry_after(self.ahead_of(tier, long, tenant), self.drains[long].rate(now))
 
     def finished_per_s(self, now: float) -> float:
         return self.drains[0].rate(now) + self.drains[1].rate(now)

@@ -22,6 +22,7 @@ class ClassLimits:
 class Tier:
     name: str
     reserve: float = 0.0  # share of a pool's capacity kept for this tier and higher ones
+    weight: float = 1.0  # its share of dispatches while tiers wait together
 
 
 @dataclass(frozen=True, slots=True)

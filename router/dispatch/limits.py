@@ -1,0 +1,70 @@
+"""A keyed request's rate limits on its way: the decision (``store/limits.py``) worded as
+OpenAI's ``x-ratelimit-*`` headers, or the 429; and the settlement with the answer's real
+usage once it has ended."""
+
+from __future__ import annotations
+
+from ctxroute.router.core.keys import Tenant
+from ctxroute.router.core.ratelimit import LimitDecision, Quota
+from ctxroute.router.errors import RateLimited
+from ctxroute.router.observe.record import RequestRecord
+from ctxroute.router.store.limits import Limiter
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1.0:
+        return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < 60.0:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(seconds, 60.0)
+    return f"{int(minutes)}m{rest:.0f}s"
+
+
+def _quota_headers(kind: str, q: Quota) -> Headers:
+    return (
+        (f"x-ratelimit-limit-{kind}", str(q.limit)),
+        (f"x-ratelimit-remaining-{kind}", str(q.remaining)),
+        (f"x-ratelimit-reset-{kind}", duration(q.reset_s)),
+    )
+
+
+def limit_headers(decision: LimitDecision) -> Headers:
+    out: Headers = ()
+    if decision.requests is not None:
+        out += _quota_headers("requests", decision.requests)
+    if decision.tokens is not None:
+        out += _quota_headers("tokens", decision.tokens)
+    return out
+
+
+async def check_limits(limiter: Limiter, tenant: Tenant, reserved: int) -> Headers:
+    """The headers of an admitted request, or raises the 429 (with them)."""
+    decision = await limiter.take(tenant, reserved)
+    headers = limit_headers(decision)
+    if not decision.allowed:
+        per = "requests" if decision.refused_by == "requests" else "tokens"
+        raise RateLimited(
+            f"rate limit of tenant {tenant.name} reached: {per} per minute "
+            f"(retry in {duration(decision.retry_after_s)})",
+            retry_after=decision.retry_after_s,
+            headers=headers,
+        )
+    return headers
+
+
+def settle_limits(limiter: Limiter | None, tenant: Tenant, reserved: int,
+                  record: RequestRecord) -> None:  # fmt: skip
+    """The tokens the request really used replace its reservation: the whole reservation
+    back when no backend answered; kept as it is when the answer did not say its usage."""
+    if limiter is None:
+        return
+    if record.status != 200 or record.first_byte_at is None:
+        used = 0
+    elif record.completion_tokens is None:
+        return
+    else:
+        used = (record.prompt_tokens or 0) + record.completion_tokens
+    limiter.settle(tenant, used - reserved)
