@@ -97,6 +97,10 @@ def render_chat(messages: Any) -> str:
 def completion_text(prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        return prompt[0]
-    raise PromptError("'prompt' must be a string (batched prompts are not simulated)")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        return completion_text(prompt[0])
+    if isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
+        return " ".join(f"<{t}>" for t in prompt)  # token ids: a word each, as text
+    raise PromptError(
+        "'prompt' must be a string or token ids (batched prompts are not simulated)"
+    )

@@ -122,6 +122,7 @@ class Simulator:
         self.core = EngineCore(self.profile)
         self.metrics = VllmMetrics(self.core, self.profile, self.config.model, self.kv_usage)
         self.received = 0  # completion requests received, whatever became of them
+        self.last_body: object = None  # the last completion request's body, parsed (tests)
         self.tokenizer: Tokenizer = (
             HFTokenizer(self.config.tokenizer) if self.config.tokenizer else ByteTokenizer()
         )
@@ -432,6 +433,7 @@ class Simulator:
         loop = asyncio.get_running_loop()
         try:
             body, text = self._parse(await request.read(), chat)
+            self.last_body = body
             client_id = request.headers.get("X-Request-Id")
             req, stream, include_usage = self._admit(body, text, chat, loop.time(), client_id)
         except _BadRequest as exc:

@@ -211,6 +211,10 @@ def make_runner(app: web.Application) -> web.AppRunner:
         shutdown_timeout=5.0,
         max_line_size=_HEADER_CEILING,
         max_field_size=_HEADER_CEILING,
+        # after an answer given before the whole body came (401, 408, 413), the rest of
+        # the body is read and dropped for at most this long, then the connection closes
+        # (aiohttp's 10 s would let a slow client hold it past body_timeout_s)
+        lingering_time=1.0,
     )
 
 

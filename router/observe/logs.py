@@ -130,6 +130,7 @@ class RequestLog:
             "model": record.model,
             "stream": record.stream,
             "tier": record.tier,
+            "tenant": record.tenant or None,
             "status": record.status,
             "outcome": _outcome(record),
             "reject": record.reject,
@@ -160,7 +161,9 @@ class RequestLog:
         said = record.route or (record.plan.reason if record.plan is not None else "")
         text = (f"{time.strftime('%H:%M:%S', time.localtime(wall))} "
                 f"{'WARN' if level == _WARNING else 'info'} {record.status or '---'} "
-                f"{record.endpoint} {record.model or '?'} -> {where}{tokens} ttft {ttft} "
+                f"{record.endpoint} {record.model or '?'}"
+                f"{' (' + record.tenant + ')' if record.tenant else ''}"
+                f" -> {where}{tokens} ttft {ttft} "
                 f"total {(now - record.arrived) * 1000:.0f}ms"
                 f"{'' if outcome == 'success' else ' ' + outcome}"
                 f"{' [' + said + ']' if said else ''}\n")  # fmt: skip

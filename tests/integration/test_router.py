@@ -488,8 +488,8 @@ async def test_a_body_over_the_size_cap_is_refused_with_413(
         (b'{"max_tokens":1}', "'prompt' is required"),
         (b'{"prompt":"","max_tokens":1}', "must not be empty"),
         (b'{"prompt":[],"max_tokens":1}', "must not be empty"),
-        (b'{"prompt":5,"max_tokens":1}', "a string, a list of strings or token ids"),
-        (b'{"prompt":[1,"a"],"max_tokens":1}', "a string, a list of strings or token ids"),
+        (b'{"prompt":5,"max_tokens":1}', "a string, a list of strings, a list of token ids"),
+        (b'{"prompt":[1,"a"],"max_tokens":1}', "a string, a list of strings, a list of token ids"),
     ],
 )
 async def test_a_missing_empty_or_malformed_prompt_is_a_400_naming_it(
