@@ -101,6 +101,4 @@ def completion_text(prompt: Any) -> str:
         return completion_text(prompt[0])
     if isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
         return " ".join(f"<{t}>" for t in prompt)  # token ids: a word each, as text
-    raise PromptError(
-        "'prompt' must be a string or token ids (batched prompts are not simulated)"
-    )
+    raise PromptError("'prompt' must be a string or token ids (batched prompts are not simulated)")

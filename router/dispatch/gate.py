@@ -94,7 +94,6 @@ class Gate:
             p.name: fleet.by_model[p.model] for p in fleet.pools
         }
         self.refused: dict[str, int] = {}  # x-ctxroute-reject reason -> count
-        self.waiting = 0
         self.seq = 0
         o = config.overload
         self.guard = OverloadGuard(
@@ -152,18 +151,18 @@ class Gate:
                 await future  # raises the refusal, when it is refused
                 if self.waking[pool] is waiter:
                     self.waking[pool] = None
+                if waiter.refusal is not None:
+                    raise waiter.refusal  # refused between its wake-up and now
                 plan = replan()
                 now = monotonic()
                 v = self._verdict_on(waiter, plan, self.pools_of[pool], queue, now)
                 if v.dispatches:
-                    if queue.dispatched(waiter, now):
-                        self.waiting -= 1  # (an expiry in the same step took it out already)
+                    queue.dispatched(waiter, now)
                     loop.call_soon(self.changed)  # the next one, once this one is dispatched
                     return self._admit(pool, tier, long), plan
                 waiter.note_verdict(v, now)
         except BaseException:
-            if queue.remove(waiter):
-                self.waiting -= 1  # the client left (cancelled) while it waited
+            queue.remove(waiter)  # the client left (cancelled) while it waited, or refused
             if self.waking[pool] is waiter:
                 self.waking[pool] = None
                 loop.call_soon(self.changed)
@@ -202,8 +201,6 @@ class Gate:
                 refused,
                 self._refuse(refusals.evicted(queue, pool, refused.tier, refused.long, now)),
             )
-            self.waiting -= 1
-        self.waiting += 1
         self._tick_soon()
         return waiter
 
@@ -267,7 +264,6 @@ class Gate:
             if not queue.waiters:
                 continue
             for w in queue.expired(now):
-                self.waiting -= 1
                 self._wake(
                     w,
                     self._refuse(
@@ -301,9 +297,19 @@ class Gate:
             return  # no room: the ones behind it are of its tier or lower
 
     def _wake(self, w: Waiter, exc: RouterError) -> None:
+        """Refuse ``w``, already taken out of its queue. When it was woken to go and has
+        not run yet, its future is done: the refusal waits on it, and it raises it when it
+        runs (else it would wait again, in no queue, until its client left)."""
         handle = w.handle
         if handle is not None and not handle.done():
             handle.set_exception(exc)
+        else:
+            w.refusal = exc
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting, in every queue (counted, not kept: nothing to keep in step)."""
+        return sum(len(q.waiters) for q in self.queues.values())
 
     def _tick_soon(self) -> None:
         if self._timer is None:
@@ -320,7 +326,6 @@ class Gate:
         for queue in self.queues.values():
             for w in queue:
                 if self.guard.sheds(w.tier) and queue.remove(w):
-                    self.waiting -= 1
                     name = self.settings.tiers[w.tier].name
                     self._wake(w, self._refuse(refusals.shed_while_waiting(name)))
 

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
-def admitted_over(rate: Rate, gaps: list[float], cost: int = 1, tokens: bool = False) -> list[float]:
+def admitted_over(
+    rate: Rate, gaps: list[float], cost: int = 1, tokens: bool = False
+) -> list[float]:
     limits = LocalLimits()
     now = 0.0
     times = []

@@ -31,6 +31,7 @@ class Waiter:
     replan: Callable[[], RoutePlan] | None = None
     yielded_since: float | None = None  # held for short prefills (HOLD_SHORT) since
     tenant: str | None = None  # its key's tenant (fair shares), None without keys
+    refusal: Any = None  # the gate's refusal of it, when it came after its wake-up
 
     def note_verdict(self, v: Verdict, now: float) -> None:
         """Keep the last verdict on it (the bound on yielding is on yielding in a row)."""
@@ -178,7 +179,15 @@ class WaitQueue:
         for group in self._tier_groups():
             if self.rank is not None and len({w.tenant for w in group}) > 1:
                 rank = self.rank
-                group = sorted(group, key=lambda w: rank(w.tenant))  # stable: arrival kept
+                counters = {t: rank(t) for t in {w.tenant for w in group}}
+                if lifo:  # lowest counter first; within a tenant, short ones newest first
+                    order.extend(sorted((w for w in group if not w.long),
+                                        key=lambda w: (counters[w.tenant], -w.seq)))  # fmt: skip
+                    order.extend(sorted((w for w in group if w.long),
+                                        key=lambda w: (counters[w.tenant], w.seq)))  # fmt: skip
+                else:
+                    order.extend(sorted(group, key=lambda w: (counters[w.tenant], w.seq)))
+                continue
             if lifo:
                 order.extend(w for w in reversed(group) if not w.long)
                 order.extend(w for w in group if w.long)
@@ -201,27 +210,34 @@ class WaitQueue:
 
     def ahead_of(self, tier: int, long: bool, tenant: str | None = None) -> int:
         """Waiters of the class of a newcomer of ``tier`` (and ``tenant``) served before it:
-        by tier shares, those of its tier (of tenants served before it) and what the other
-        tiers' weights give them meanwhile; by strict precedence, every one of its tier or
-        higher."""
+        by tier shares, those of its tier and what the other tiers' weights give them
+        meanwhile; by strict precedence, every one of its tier or higher. Of its tier, with
+        fair shares: its own tenant's, and one of each tenant whose counter is lower (after
+        one request that tenant's counter has, as a rule, passed it: requests alternate)."""
         rank = self.rank
         mine = rank(tenant) if rank is not None and tenant is not None else None
-        if self.shares is None:
-            return sum(
-                1
-                for w in self.waiters
-                if w.long == long and (w.tier < tier or (w.tier == tier and self._before(w, mine)))
-            )
-        waiting = [0] * len(self.shares.steps)
+        counted: set[str | None] = set()
+        waiting = [0] * (len(self.shares.steps) if self.shares is not None else tier + 1)
         for w in self.waiters:
-            if w.long == long and (w.tier != tier or self._before(w, mine)):
-                waiting[w.tier] += 1
+            if w.long != long or (self.shares is None and w.tier > tier):
+                continue
+            if w.tier == tier and w.tenant != tenant and mine is not None:
+                if w.tenant in counted or not self._before(w, mine, tenant):
+                    continue
+                counted.add(w.tenant)
+            waiting[w.tier] += 1
+        if self.shares is None:
+            return sum(waiting)
         return round(self.shares.ahead(tier, waiting))
 
-    def _before(self, w: Waiter, mine: float | None) -> bool:
-        """Whether ``w`` of a newcomer's tier goes before the newcomer (of counter
-        ``mine``; None: by arrival, so every one of them does)."""
-        return mine is None or self.rank is None or self.rank(w.tenant) <= mine
+    def _before(self, w: Waiter, mine: float | None, tenant: str | None = None) -> bool:
+        """Whether ``w`` of a newcomer's tier goes before the newcomer (of ``tenant`` and
+        counter ``mine``; None: by arrival, so every one of them does): its own tenant's
+        waiters do, another tenant's when that tenant's counter is lower (a tie is decided
+        at its wake-up, and goes to whoever has been served less by then)."""
+        if mine is None or self.rank is None or w.tenant == tenant:
+            return True
+        return self.rank(w.tenant) < mine
 
     def _spared(self, tier: int, long: bool, now: float) -> bool:
         """Whether a standing queue of the class leaves ``tier`` alone: a lower tier waits
@@ -297,7 +313,7 @@ class WaitQueue:
             for w in self.waiters:
                 if w.tier > tier:
                     return False
-                if (long or not w.long) and (w.tier < tier or self._before(w, mine)):
+                if (long or not w.long) and (w.tier < tier or self._before(w, mine, tenant)):
                     return True
             return False
         key = shares.key(tier)
@@ -305,7 +321,7 @@ class WaitQueue:
             if not (long or not w.long):
                 continue
             if w.tier == tier:
-                if self._before(w, mine):
+                if self._before(w, mine, tenant):
                     return True
             elif shares.key(w.tier) < key:
                 return True
