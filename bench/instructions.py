@@ -9,6 +9,7 @@ both builds make the same system calls per request, ``strace -c`` shows it).
 
     python -m ctxroute.bench.instructions --baseline /tmp/base             # unary, 1200 requests
     python -m ctxroute.bench.instructions --baseline /tmp/base --stream --requests 150
+    python -m ctxroute.bench.instructions --auth     # also this checkout with a key + limits
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from pathlib import Path
 
 from ctxroute.bench.checkout import router_command
 from ctxroute.bench.overhead import ROUTER_CONF, drive
+from ctxroute.router.core.keys import digest
 from ctxroute.router.run.runtime import run_async
 
 from tests.fixtures.servers import free_port, wait_for_port
 
 PY = sys.executable
+# --auth: every request with a key whose limits are checked (and never reached)
+_KEY = "sk-ctx-bench-0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
+_AUTH_CONF = (f"auth:\n  keys:\n    - {{sha256: {digest(_KEY)}, tenant: bench, "
+              "rpm: 100000000, tpm: 1000000000}\n")  # fmt: skip
 _TOTAL = re.compile(r"([\d,]+)\s+(?:\([\d.\s]+%\)\s+)?PROGRAM TOTALS")
 
 
@@ -49,7 +55,8 @@ def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool,
         conf = tmp / f"{name}.yaml"
         # no probes: their work depends on wall time, which valgrind stretches
         conf.write_text(ROUTER_CONF.format(port=port, backend=backend)
-                        + "probe: {interval_s: 3600}\n")  # fmt: skip
+                        + "probe: {interval_s: 3600}\n"
+                        + (_AUTH_CONF if name == "auth" else ""))  # fmt: skip
         out = tmp / f"{name}.{requests}.callgrind"
         launch, env = router_command(root, tmp)
         proc = subprocess.Popen(
@@ -63,12 +70,14 @@ def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool,
         wait_for_port("127.0.0.1", port, 300, proc)
 
     async def load() -> None:
-        for _, port, _ in procs.values():
+        for name, (_, port, _) in procs.items():
             url = f"http://127.0.0.1:{port}"
-            await drive(url, stream=False, requests=100, concurrency=8, tokens=1)
-            await drive(url, stream=True, requests=20, concurrency=8, tokens=4)
+            h = {"Authorization": f"Bearer {_KEY}"} if name == "auth" else None
+            await drive(url, stream=False, requests=100, concurrency=8, tokens=1, headers=h)
+            await drive(url, stream=True, requests=20, concurrency=8, tokens=4, headers=h)
             if requests:
-                await drive(url, stream=stream, requests=requests, concurrency=16, tokens=64)
+                await drive(url, stream=stream, requests=requests, concurrency=16, tokens=64,
+                            headers=h)  # fmt: skip
 
     run_async(load())
     totals = {}
@@ -84,12 +93,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1200)
     parser.add_argument("--stream", action="store_true", help="64-token streams, not unary")
     parser.add_argument("--baseline", type=Path, help="another ctxroute checkout, same run")
+    parser.add_argument("--auth", action="store_true",
+                        help="also this checkout with an API key and rate limits on")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind not found (apt-get install valgrind)")
     roots = {"ctxroute": Path.cwd()}
     if args.baseline is not None:
         roots["base"] = args.baseline
+    if args.auth:
+        roots["auth"] = Path.cwd()
     tmp = Path(tempfile.mkdtemp(prefix="ctxroute-instr-"))
     backend = free_port()
     sim = subprocess.Popen(
@@ -112,6 +125,8 @@ def main() -> None:
         print(f"{name:>9}: {value:>12,.0f} instructions per {kind}")
     if "base" in per:
         print(f"ratio ctxroute/base: {per['ctxroute'] / per['base']:.3f}")
+    if "auth" in per:
+        print(f"ratio auth/ctxroute: {per['auth'] / per['ctxroute']:.3f}")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def drive(url: str, *, stream: bool, requests: int, concurrency: int, tokens: int) -> Result:
+async def drive(url: str, *, stream: bool, requests: int, concurrency: int, tokens: int,
+                headers: dict[str, str] | None = None) -> Result:  # fmt: skip
     body = {
         "prompt": "abcd" * 64,
         "max_tokens": tokens if stream else 1,
@@ -98,7 +99,7 @@ async def drive(url: str, *, stream: bool, requests: int, concurrency: int, toke
     async def worker(session: aiohttp.ClientSession) -> None:
         for _ in queue:
             start = time.perf_counter()
-            async with session.post(url + "/v1/completions", json=body) as r:
+            async with session.post(url + "/v1/completions", json=body, headers=headers) as r:
                 if r.status != 200:
                     raise RuntimeError(f"{url}: status {r.status}: {await r.text()}")
                 if stream:
