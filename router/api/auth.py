@@ -15,7 +15,6 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import yaml
 from ctxroute.router.config import ConfigError, KeyConfig, RouterConfig
@@ -144,12 +143,3 @@ class Gatekeeper:
     def is_admin(self, headers: CIMultiDictProxy[str]) -> bool:
         return is_admin(bearer(headers.get("Authorization")), self.admin_digests)
 
-
-def describe(gate: Gatekeeper) -> dict[str, Any]:
-    """For /status: the mode and the tenants (names only)."""
-    return {
-        "mode": "keys" if gate.required else "none",
-        "keys": len(gate.ring),
-        "tenants": sorted(gate.ring.tenants()),
-        "admin_keys": len(gate.admin_digests),
-    }
