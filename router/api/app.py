@@ -78,7 +78,7 @@ def create_app(
             ctx.metrics.attach(metrics_share)
         app[RouterContext.KEY] = ctx
         await store.start()
-        shared = _share_tenants(config, ctx.dispatcher.tenants)
+        shared = _share_tenants(config, ctx)
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(watch_overload(ctx.gate, ctx.gate.check_interval_s))]
         if gatekeeper.file is not None:
@@ -109,8 +109,12 @@ async def _close(ctx: RouterContext, tasks: list[asyncio.Task[None]],
         ctx.request_log.flush()
     if shared is not None:
         await shared.close()
-    if ctx.dispatcher.limiter is not None:
-        await ctx.dispatcher.limiter.close()
+    limiter = ctx.dispatcher.limiter
+    if limiter is not None:
+        await limiter.close()
+        if limiter.client is not None:  # the edge's Redis client, shared with the counters
+            with contextlib.suppress(Exception):
+                await limiter.client.aclose()
     await ctx.ledger.store.close()
     await ctx.upstream.close()
     await ctx.probe_session.close()
@@ -124,12 +128,14 @@ def _redis(config: RouterConfig) -> object | None:
     return make_client(config.store.redis_url, config.store.timeout_ms / 1000.0)
 
 
-def _share_tenants(config: RouterConfig, tenants: VirtualCounters | None) -> SharedCounters | None:
-    """With Redis, the tenants' counters are shared by every replica."""
-    client = None if tenants is None else _redis(config)
-    if client is None or tenants is None:
+def _share_tenants(config: RouterConfig, ctx: RouterContext) -> SharedCounters | None:
+    """With Redis, the tenants' counters are shared by every replica (through the Redis
+    client the rate limits use)."""
+    tenants = ctx.dispatcher.tenants
+    limiter = ctx.dispatcher.limiter
+    if tenants is None or limiter is None or limiter.client is None:
         return None
-    shared = SharedCounters(tenants, client, config.store.key_prefix,
+    shared = SharedCounters(tenants, limiter.client, config.store.key_prefix,
                             timeout_s=config.store.timeout_ms / 1000.0)  # fmt: skip
     shared.start()
     return shared
@@ -145,11 +151,10 @@ def _context(
 ) -> RouterContext:
     """Everything the handlers share, made inside the running loop."""
     upstream = UpstreamPool(config.timeouts.connect_s, config.timeouts.keepalive_s)
-    auth = config.auth
-    keyed = gatekeeper.required and auth is not None
-    tenants = VirtualCounters() if keyed and auth is not None and auth.fair_share else None
+    auth = config.auth if gatekeeper.required else None  # tenants exist only with keys
+    tenants = VirtualCounters() if auth is not None and auth.fair_share else None
     limiter = None
-    if keyed and auth is not None:
+    if auth is not None:
         limiter = Limiter(auth.burst_s, _redis(config), config.store.key_prefix,
                           config.store.timeout_ms / 1000.0)  # fmt: skip
     gate = Gate(fleet, ledger, config.admission, tenants)

@@ -139,7 +139,3 @@ class Gatekeeper:
             )
         if not is_admin(bearer(headers.get("Authorization")), self.admin_digests):
             raise Unauthorized("this route needs the admin key: 'Authorization: Bearer <key>'")
-
-    def is_admin(self, headers: CIMultiDictProxy[str]) -> bool:
-        return is_admin(bearer(headers.get("Authorization")), self.admin_digests)
-

@@ -3,6 +3,7 @@ and where (``admin``), and the bounds on what a client sends (``limits``)."""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -20,7 +21,7 @@ class KeyConfig(_Frozen):
     (``ctxroute keys new TENANT`` makes one and prints this entry)."""
 
     sha256: str = Field(pattern=SHA256_HEX, description="hex SHA-256 of the key")
-    tenant: str = Field(pattern=TENANT, description="shown in logs, metrics and /status")
+    tenant: str = Field(pattern=TENANT, description="shown in the request log and error bodies")
     models: tuple[str, ...] | None = Field(
         default=None, description="the models it may use; absent: every model"
     )
@@ -93,8 +94,6 @@ class AdminConfig(_Frozen):
 
     @model_validator(mode="after")
     def _hashes(self) -> AdminConfig:
-        import re
-
         for key in self.keys:
             if not re.fullmatch(SHA256_HEX, key):
                 raise ValueError("admin.keys are hex SHA-256 digests (ctxroute keys new --admin)")

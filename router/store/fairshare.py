@@ -31,12 +31,11 @@ class SharedCounters:
         self._task = asyncio.get_running_loop().create_task(self._forever(), name="ctxroute-vtc")
 
     async def close(self) -> None:
+        """Stop syncing (the client is its owner's to close)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-        with contextlib.suppress(Exception):
-            await self.client.aclose()
 
     async def sync(self) -> None:
         """One round: write this process's new charges, read everyone's."""

@@ -35,21 +35,14 @@ class Limiter:
         self._rate: Any = None
         self._settle: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.rates: dict[str, tuple[Rate | None, Rate | None]] = {}
 
     def rates_of(self, tenant: Tenant) -> tuple[Rate | None, Rate | None]:
-        rates = self.rates.get(tenant.name)
-        want = (tenant.rpm, tenant.tpm)
-        if rates is None or (
-            (rates[0] and rates[0].per_minute, rates[1] and rates[1].per_minute) != want
-        ):
-            tol = self.tolerance_s
-            rates = (
-                None if tenant.rpm is None else Rate(tenant.rpm, tol),
-                None if tenant.tpm is None else Rate(tenant.tpm, tol),
-            )
-            self.rates[tenant.name] = rates
-        return rates
+        """The key's limits as they are now (a reloaded keys file may have changed them)."""
+        tol = self.tolerance_s
+        return (
+            None if tenant.rpm is None else Rate(tenant.rpm, tol),
+            None if tenant.tpm is None else Rate(tenant.tpm, tol),
+        )
 
     async def take(self, tenant: Tenant, cost: int) -> LimitDecision:
         """The decision on a request of ``tenant`` reserving ``cost`` tokens."""
@@ -104,12 +97,10 @@ class Limiter:
             self._went_down(exc)
 
     async def close(self) -> None:
+        """Wait for the settlements under way (the client is its owner's to close)."""
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.aclose()
 
     def _script_rate(self) -> Any:
         if self._rate is None:

@@ -20,32 +20,16 @@ from ctxroute.router.run.server import exposure_problem
 
 from tests.conftest import SimFactory
 from tests.fixtures.router import ADMIN
-from tests.integration.test_breakers import RouterFactory
+from tests.integration.test_breakers import RouterFactory, one_pool
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 KEY, OTHER = new_key(), new_key()
 
 
-def config(sims: list[Simulator], **extra: Any) -> RouterConfig:
-    data: dict[str, Any] = {
-        "pools": [
-            {
-                "name": "only",
-                "model": "sim-model",
-                "max_context_tokens": 1024,
-                "default_max_tokens": 16,
-                "backends": [{"url": s.url, "max_in_flight": 64} for s in sims],
-            }
-        ],
-        **extra,
-    }
-    return parse_config(data, environ={})
-
-
 def keyed(sims: list[Simulator], *entries: dict[str, Any], **extra: Any) -> RouterConfig:
     keys = list(entries) or [{"sha256": digest(KEY), "tenant": "acme"}]
-    return config(sims, auth={"keys": keys, **extra.pop("auth", {})}, **extra)
+    return one_pool(sims, auth={"keys": keys, **extra.pop("auth", {})}, **extra)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -128,7 +112,7 @@ async def test_a_keys_file_is_read_again_when_it_changes(
 ) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text(f"- {{sha256: {digest(KEY)}, tenant: acme}}\n")
-    router = await make_router(config([sim], auth={"keys_file": str(path), "reload_s": 0.05}))
+    router = await make_router(one_pool([sim], auth={"keys_file": str(path), "reload_s": 0.05}))
     async with aiohttp.ClientSession() as s:
         assert (await post(s, router.url + CHAT, headers=bearer(KEY)))[0] == 200
         assert (await post(s, router.url + CHAT, headers=bearer(OTHER)))[0] == 401
@@ -148,7 +132,7 @@ async def test_a_keys_file_is_read_again_when_it_changes(
 def test_keys_from_the_environment(sim: Simulator) -> None:
     from ctxroute.router.api.auth import Gatekeeper
 
-    cfg = config([sim], auth={"keys_env": "MY_KEYS"})
+    cfg = one_pool([sim], auth={"keys_env": "MY_KEYS"})
     gate = Gatekeeper(cfg, {"MY_KEYS": f"[{{sha256: {digest(KEY)}, tenant: envy}}]"})
     assert gate.ring.tenant_of(KEY) is not None
     assert gate.ring.tenant_of(KEY).name == "envy"  # type: ignore[union-attr]
@@ -173,10 +157,11 @@ async def test_admin_needs_the_admin_key_and_a_json_body(
 async def test_without_admin_keys_the_admin_routes_are_off(sim: Simulator) -> None:
     from ctxroute.router.api.app import create_app, make_runner, start_sites
 
-    runner = make_runner(create_app(config([sim]), probes=False))
+    config = one_pool([sim])
+    runner = make_runner(create_app(config, probes=False))
     await runner.setup()
     try:
-        url, _ = await start_sites(runner, config([sim]), host="127.0.0.1", port=0)
+        url, _ = await start_sites(runner, config, host="127.0.0.1", port=0)
         async with aiohttp.ClientSession() as s:
             status, _, body = await post(s, url + "/admin/drain", {"backend": "only-1"},
                                          headers=ADMIN)  # fmt: skip
@@ -214,14 +199,14 @@ async def test_clients_see_backend_names_not_urls(
 ) -> None:
     sim = await make_sim(model="sim-model")
     for expose in (False, True):
-        router = await make_router(config([sim], expose_backends=expose))
+        router = await make_router(one_pool([sim], expose_backends=expose))
         async with aiohttp.ClientSession() as s:
             status, headers, _ = await post(s, router.url + CHAT)
             assert status == 200
             assert headers["x-ctxroute-backend"] == (sim.url if expose else "only-1")
     gone = await make_sim(model="sim-model")
     await gone.stop()
-    router = await make_router(config([gone], expose_backends=False))
+    router = await make_router(one_pool([gone], expose_backends=False))
     async with aiohttp.ClientSession() as s:
         status, _, body = await post(s, router.url + CHAT)
         assert status == 503
@@ -233,7 +218,7 @@ async def test_clients_see_backend_names_not_urls(
 async def test_unknown_routes_and_methods_in_openai_shape(
     sim: Simulator, make_router: RouterFactory
 ) -> None:
-    router = await make_router(config([sim]))
+    router = await make_router(one_pool([sim]))
     async with aiohttp.ClientSession() as s:
         async with s.get(router.url + "/v1/nothing/<script>") as r:
             body = await r.json()
@@ -252,7 +237,7 @@ async def test_unknown_routes_and_methods_in_openai_shape(
 
 
 async def test_headers_over_the_bound_get_431(sim: Simulator, make_router: RouterFactory) -> None:
-    router = await make_router(config([sim], limits={"max_header_bytes": 4096}))
+    router = await make_router(one_pool([sim], limits={"max_header_bytes": 4096}))
     async with aiohttp.ClientSession() as s:
         headers = {f"X-Pad-{i}": "v" * 1000 for i in range(5)}
         status, resp_headers, body = await post(s, router.url + CHAT, headers=headers)
@@ -265,7 +250,7 @@ async def test_headers_over_the_bound_get_431(sim: Simulator, make_router: Route
 async def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closed(
     sim: Simulator, make_router: RouterFactory
 ) -> None:
-    router = await make_router(config([sim], limits={"body_timeout_s": 0.3}))
+    router = await make_router(one_pool([sim], limits={"body_timeout_s": 0.3}))
     host, port = router.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
@@ -281,7 +266,7 @@ async def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closed(
 async def test_token_id_prompts_are_counted_exactly(
     sim: Simulator, make_router: RouterFactory
 ) -> None:
-    router = await make_router(config([sim]))
+    router = await make_router(one_pool([sim]))
     url = router.url + "/v1/completions"
     async with aiohttp.ClientSession() as s:
         for prompt in ([1, 2, 3], [[1, 2, 3, 4]]):  # (the simulator takes batches of one)
@@ -296,12 +281,12 @@ async def test_token_id_prompts_are_counted_exactly(
 
 
 def test_serve_refuses_an_open_router_on_a_reachable_address(sim: Simulator) -> None:
-    assert exposure_problem(config([sim])) is None  # loopback
-    assert exposure_problem(config([sim], listen={"host": "::1"})) is None
-    problem = exposure_problem(config([sim], listen={"host": "0.0.0.0"}))
+    assert exposure_problem(one_pool([sim])) is None  # loopback
+    assert exposure_problem(one_pool([sim], listen={"host": "::1"})) is None
+    problem = exposure_problem(one_pool([sim], listen={"host": "0.0.0.0"}))
     assert problem is not None and "auth: {mode: none}" in problem
     assert (
-        exposure_problem(config([sim], listen={"host": "0.0.0.0"}, auth={"mode": "none"})) is None
+        exposure_problem(one_pool([sim], listen={"host": "0.0.0.0"}, auth={"mode": "none"})) is None
     )
     assert exposure_problem(keyed([sim], listen={"host": "0.0.0.0"})) is None
 

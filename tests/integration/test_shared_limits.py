@@ -82,6 +82,7 @@ async def test_the_lua_script_decides_as_the_pure_gcra(redis_server: RedisServer
         assert limiter.down_until == 0.0  # every decision was Redis's
     finally:
         await limiter.close()
+        await client.aclose()
 
 
 async def test_two_replicas_together_admit_what_one_would(
