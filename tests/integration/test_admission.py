@@ -388,3 +388,44 @@ async def test_the_kv_capacity_is_read_from_vllms_cache_config_info(
                 break
             await asyncio.sleep(0.05)
     assert backend["kv_capacity_tokens"] == sim.profile.num_blocks * sim.profile.block_size
+
+
+async def test_a_waiter_refused_between_its_wake_up_and_its_turn_is_not_left_waiting(
+    sim: Simulator, make_router: RouterFactory
+) -> None:
+    """Issue 21's first defect: the gate wakes a waiter (its future is set), and before
+    it runs it is taken out of its queue (evicted, expired or shed). It used to find no
+    room, wait again on a new future in no queue, and hang until its client left."""
+    router = await make_router(config_for([sim], max_in_flight=1,
+                                          admission={"max_queue": 2, **PATIENT}))  # fmt: skip
+    gate = router.ctx.gate
+    body = {"prompt": "x", "max_tokens": 2}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(sim.url + "/sim/faults", json={"hang_before_first_token": 1.5}) as r:
+            assert r.status == 200
+
+        async def send(tier: str) -> tuple[int, str | None]:
+            async with s.post(router.url + COMPLETIONS, json=body,
+                              headers={"X-Priority": tier}) as r:  # fmt: skip
+                await r.read()
+                return r.status, r.headers.get("x-ctxroute-reject")
+
+        busy = asyncio.ensure_future(send("normal"))  # takes the one slot
+        await asyncio.sleep(0.1)
+        low = asyncio.ensure_future(send("low"))
+        for _ in range(200):
+            if gate.waiting == 1:
+                break
+            await asyncio.sleep(0.01)
+        waiter = gate.queues["only"].waiters[0]
+        # in one step, as the race has it: woken to go, then shed before it runs
+        waiter.handle.set_result(None)
+        gate.waking["only"] = waiter
+        gate.guard.level = 1  # the overload guard sheds the lowest tier
+        gate.shed_queued(time.monotonic())
+        gate.guard.level = 0
+        status, reject = await asyncio.wait_for(low, 5.0)  # before the fix: hung until then
+        assert (status, reject) == (503, "overload")
+        assert gate.waiting == 0
+        assert (await busy)[0] == 200
+        assert idle(await admission_status(s, router))
