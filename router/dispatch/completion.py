@@ -67,9 +67,8 @@ class Dispatcher:
         self, request: web.Request, asked: Asked, request_id: str, record: RequestRecord
     ) -> web.StreamResponse:
         fleet = self.fleet
-        body = asked.body
         facts = read_facts(
-            body,
+            asked.body,
             chat=asked.chat,
             session=asked.session,
             models=fleet.models,
@@ -88,30 +87,62 @@ class Dispatcher:
         planned = route(facts, fleet, view_of)
         record.pool = planned.plan.preferred
         record.plan = planned.plan
-        planned, raw, extra = self._fallback(planned, asked, request_id, view_of)
+        raw: bytes = asked.raw
+        extra: tuple[tuple[str, str], ...] = ()
+        if self.fallback and not planned.plan.candidates:
+            planned, raw, extra = self._fallback(planned, asked, request_id, view_of)
         tier = self._tier(asked)
-        if tenant is not None and "priority" in body:
+        wait_s = None if asked.timeout is None else timeout_s(asked.timeout)
+        name = None
+        reserved = 0
+        if tenant is not None:
+            name = tenant.name
+            tier, raw, reserved, extra = await self._keyed(tenant, tier, asked, planned, raw,
+                                                           extra, record)  # fmt: skip
+        try:
+            record.tier = self.gate.settings.tiers[tier].name
+            long = fleet.work.is_long(planned.facts.prompt.estimate)
+            plan = planned.plan
+            ticket = self.gate.admit_now(tier, long, wait_s, plan, view_of, name)
+            if ticket is None:
+                ticket, plan = await self._wait(planned, tier, long, wait_s, record, name)
+            if tenant is not None and self.tenants is not None:
+                self.tenants.served(tenant.name, planned.facts.prompt.estimate, 0, tenant.weight)
+            try:
+                exchange = Exchange(
+                    request, asked.path, raw, planned.facts, plan, request_id, record, extra
+                )
+                return await self.proxy.forward(exchange)
+            finally:
+                ticket.release()
+        finally:
+            if tenant is not None:
+                self._settle(tenant, reserved, record)
+
+    async def _keyed(self, tenant: Tenant, tier: int, asked: Asked, planned: Route, raw: bytes,
+                     extra: tuple[tuple[str, str], ...], record: RequestRecord,
+                     ) -> tuple[int, bytes, int, tuple[tuple[str, str], ...]]:  # fmt: skip
+        """A keyed request's tier (its ceiling, never more), body, reserved tokens and
+        headers; or its 429 when its key's rate limits are spent."""
+        record.tenant = tenant.name
+        body = asked.body
+        if "priority" in body:
             # vLLM's own priority is a privilege too: with keys, the tier decides, not the body
             del body["priority"]
             raw = orjson.dumps(body)
-        wait_s = None if asked.timeout is None else timeout_s(asked.timeout)
-        if tenant is None:
-            return await self._admitted(request, asked, request_id, record, planned, raw, extra,
-                                        tier, wait_s, view_of)  # fmt: skip
-        tier = max(tier, tenant.max_tier)  # its ceiling, never more
-        record.tenant = tenant.name
         reserved = 0
         if self.limiter is not None and tenant.limited:
             reserved = planned.plan.budget
             extra += await check_limits(self.limiter, tenant, reserved)
-        try:
-            return await self._admitted(request, asked, request_id, record, planned, raw, extra,
-                                        tier, wait_s, view_of, tenant)  # fmt: skip
-        finally:
-            if reserved:
-                settle_limits(self.limiter, tenant, reserved, record)
-            if self.tenants is not None and record.completion_tokens:
-                self.tenants.served(tenant.name, 0, record.completion_tokens, tenant.weight)
+        return max(tier, tenant.max_tier), raw, reserved, extra
+
+    def _settle(self, tenant: Tenant, reserved: int, record: RequestRecord) -> None:
+        """Once a keyed request has ended: its rate limits settled with what it used, its
+        output charged to its tenant's counter."""
+        if reserved:
+            settle_limits(self.limiter, tenant, reserved, record)
+        if self.tenants is not None and record.completion_tokens:
+            self.tenants.served(tenant.name, 0, record.completion_tokens, tenant.weight)
 
     async def _count_aside(self, asked: Asked, estimated: RequestFacts) -> RequestFacts:
         """A large prompt's exact count, made in a thread (it would stall every other
@@ -131,15 +162,15 @@ class Dispatcher:
 
     def _fallback(self, planned: Route, asked: Asked, request_id: str, view_of: ViewOf
                   ) -> tuple[Route, bytes, tuple[tuple[str, str], ...]]:  # fmt: skip
-        """The route, body and extra headers to use: the fallback model's while every
-        backend of the model asked for is unusable, else the request's own."""
-        body = asked.body
-        small = self.fallback.get(planned.facts.model) if not planned.plan.candidates else None
+        """For a request none of whose candidates is usable: the route, body and extra
+        headers of its fallback model, if it has one, else its own."""
+        small = self.fallback.get(planned.facts.model)
         alternative = None if small is None else fallback_route(planned.facts, small,
                                                                 self.fleet, view_of)  # fmt: skip
         if alternative is None:
             return planned, asked.raw, ()
         # the small model's servers know only their own name: the body says it
+        body = asked.body
         big = planned.facts.model
         body["model"] = alternative.facts.model
         log.info("request %s: every backend of %s is unusable, answered by %s", request_id,
@@ -156,29 +187,6 @@ class Dispatcher:
         if asked.priority is None and field is None:
             return settings.default_tier
         return settings.tier_of(priority_value(asked.priority, field))
-
-    async def _admitted(self, request: web.Request, asked: Asked, request_id: str,
-                        record: RequestRecord, planned: Route, raw: bytes,
-                        extra: tuple[tuple[str, str], ...], tier: int, wait_s: float | None,
-                        view_of: ViewOf, tenant: Tenant | None = None,
-                        ) -> web.StreamResponse:  # fmt: skip
-        """Admission, then the proxy."""
-        record.tier = self.gate.settings.tiers[tier].name
-        long = self.fleet.work.is_long(planned.facts.prompt.estimate)
-        plan = planned.plan
-        name = None if tenant is None else tenant.name
-        ticket = self.gate.admit_now(tier, long, wait_s, plan, view_of, name)
-        if ticket is None:
-            ticket, plan = await self._wait(planned, tier, long, wait_s, record, name)
-        if tenant is not None and self.tenants is not None:
-            self.tenants.served(tenant.name, planned.facts.prompt.estimate, 0, tenant.weight)
-        try:
-            exchange = Exchange(
-                request, asked.path, raw, planned.facts, plan, request_id, record, extra
-            )
-            return await self.proxy.forward(exchange)
-        finally:
-            ticket.release()
 
     async def _wait(
         self,

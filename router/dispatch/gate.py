@@ -88,6 +88,9 @@ class Gate:
             for p in fleet.pools
         }
         self.waking: dict[str, Waiter | None] = dict.fromkeys(self.queues)
+        # each queue's list of waiters (the same lists, kept in place by the queues): what
+        # changed(), called at every attempt's end, looks at to learn that nobody waits
+        self._waiter_lists = tuple(q.waiters for q in self.queues.values())
         self.admitted = {p.name: [0] * len(settings.tiers) for p in fleet.pools}
         # a pool's name -> every pool of its model (what a verdict looks over)
         self.pools_of: dict[str, tuple[PoolView, ...]] = {
@@ -228,9 +231,11 @@ class Gate:
         return (settings.long if long else settings.short).deadline_s
 
     def _admit(self, pool: str, tier: int, long: bool) -> Ticket:
-        shares = self.queues[pool].shares
-        if shares is not None:
-            shares.served(tier)
+        queue = self.queues[pool]
+        if queue.waiters and queue.shares is not None:
+            # turns are counted only while tiers wait: with nobody waiting there is no
+            # share to keep (and a tier that starts waiting resumes at the current turn)
+            queue.shares.served(tier)
         admitted = self.admitted[pool]
         admitted[tier] += 1
         return Ticket(admitted, self.queues[pool].drains[long], tier)
@@ -257,7 +262,10 @@ class Gate:
 
     def changed(self) -> None:
         """Something that may let a waiter go happened; cheap when nobody waits."""
-        if not self.waiting:
+        for waiters in self._waiter_lists:
+            if waiters:
+                break
+        else:
             return
         now = monotonic()
         for pool, queue in self.queues.items():
