@@ -155,8 +155,7 @@ def _context(
     tenants = VirtualCounters() if auth is not None and auth.fair_share else None
     limiter = None
     if auth is not None:
-        limiter = Limiter(auth.burst_s, _redis(config), config.store.key_prefix,
-                          config.store.timeout_ms / 1000.0)  # fmt: skip
+        limiter = Limiter(_redis(config), config.store.key_prefix, config.store.timeout_ms / 1000.0)
     gate = Gate(fleet, ledger, config.admission, tenants)
     proxy = Proxy(
         upstream, ledger, fleet, ForwardSettings.of(config.routing.max_attempts, config.timeouts)

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from ctxroute.router.config import ConfigError, KeyConfig, RouterConfig
 from ctxroute.router.core.keys import KeyRing, Tenant, bearer, is_admin
+from ctxroute.router.core.ratelimit import Rate
 from ctxroute.router.errors import Forbidden, Unauthorized
 from multidict import CIMultiDictProxy
 from pydantic import ValidationError
@@ -57,6 +58,7 @@ class Gatekeeper:
         self.admin_digests = frozenset(config.admin.keys)
         self.file = None if auth is None or auth.keys_file is None else Path(auth.keys_file)
         self.reload_s = 2.0 if auth is None else auth.reload_s
+        self.burst_s = 3.0 if auth is None else auth.burst_s
         self.inline: tuple[KeyConfig, ...] = ()
         if auth is not None:
             self.inline = auth.keys
@@ -73,7 +75,15 @@ class Gatekeeper:
         if max_tier is None:
             raise ConfigError(f"key of {entry.tenant}: {ceiling!r} is not a tier")
         models = None if entry.models is None else frozenset(entry.models)
-        return Tenant(entry.tenant, models, max_tier, entry.rpm, entry.tpm, entry.weight)
+        burst = self.burst_s
+        return Tenant(
+            entry.tenant,
+            models,
+            max_tier,
+            None if entry.rpm is None else Rate(entry.rpm, burst),
+            None if entry.tpm is None else Rate(entry.tpm, burst),
+            entry.weight,
+        )
 
     def _ring(self, entries: Iterable[KeyConfig]) -> KeyRing:
         return KeyRing((e.sha256, self._tenant(e)) for e in entries)

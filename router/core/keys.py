@@ -18,6 +18,8 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ctxroute.router.core.ratelimit import Rate
+
 PREFIX = "sk-ctx-"
 MAX_KEY_CHARS = 256  # longer Authorization values are not keys: refused before hashing
 
@@ -25,13 +27,14 @@ MAX_KEY_CHARS = 256  # longer Authorization values are not keys: refused before 
 @dataclass(frozen=True, slots=True)
 class Tenant:
     """What a key may do. ``max_tier``: the index of the highest tier it may ask for (0 is
-    the highest); ``models``: None for every model."""
+    the highest); ``models``: None for every model; ``requests`` and ``tokens``: its limits
+    per minute (None: none), made once when the keys are read."""
 
     name: str
     models: frozenset[str] | None
     max_tier: int
-    rpm: int | None
-    tpm: int | None
+    requests: Rate | None
+    tokens: Rate | None
     weight: float
 
     def may_use(self, model: str) -> bool:
@@ -39,7 +42,7 @@ class Tenant:
 
     @property
     def limited(self) -> bool:
-        return self.rpm is not None or self.tpm is not None
+        return self.requests is not None or self.tokens is not None
 
 
 def digest(key: str) -> str:

@@ -24,9 +24,8 @@ _US = 1_000_000
 
 
 class Limiter:
-    def __init__(self, tolerance_s: float, client: Any = None, key_prefix: str = "ctxroute",
+    def __init__(self, client: Any = None, key_prefix: str = "ctxroute",
                  timeout_s: float = 0.1) -> None:  # fmt: skip
-        self.tolerance_s = tolerance_s
         self.local = LocalLimits()
         self.client = client  # a redis.asyncio client, or None: decided here
         self.tag = "{" + key_prefix + "}"
@@ -36,17 +35,9 @@ class Limiter:
         self._settle: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def rates_of(self, tenant: Tenant) -> tuple[Rate | None, Rate | None]:
-        """The key's limits as they are now (a reloaded keys file may have changed them)."""
-        tol = self.tolerance_s
-        return (
-            None if tenant.rpm is None else Rate(tenant.rpm, tol),
-            None if tenant.tpm is None else Rate(tenant.tpm, tol),
-        )
-
     async def take(self, tenant: Tenant, cost: int) -> LimitDecision:
         """The decision on a request of ``tenant`` reserving ``cost`` tokens."""
-        requests, tokens = self.rates_of(tenant)
+        requests, tokens = tenant.requests, tenant.tokens
         now = time.monotonic()
         if self.client is None or now < self.down_until:
             return self.local.take(tenant.name, requests, tokens, cost, now)
@@ -57,7 +48,7 @@ class Limiter:
                     args=[
                         0 if requests is None else round(requests.interval_s * _US),
                         0 if tokens is None else round(tokens.interval_s * _US),
-                        round(self.tolerance_s * _US),
+                        round(_tolerance(requests, tokens) * _US),
                         cost,
                     ],
                 )
@@ -74,7 +65,7 @@ class Limiter:
 
     def settle(self, tenant: Tenant, delta: int) -> None:
         """The answer used ``delta`` tokens more than reserved (negative: fewer)."""
-        _, tokens = self.rates_of(tenant)
+        tokens = tenant.tokens
         if tokens is None or delta == 0:
             return
         now = time.monotonic()
@@ -115,3 +106,9 @@ class Limiter:
             log.warning("rate limits decided locally for %.0f s: redis: %s", _RETRY_S,
                         str(exc) or type(exc).__name__)  # fmt: skip
         self.down_until = time.monotonic() + _RETRY_S
+
+
+def _tolerance(requests: Rate | None, tokens: Rate | None) -> float:
+    """The burst of a key's buckets (one for both: the script takes one)."""
+    rate = requests if requests is not None else tokens
+    return 0.0 if rate is None else rate.tolerance_s

@@ -63,10 +63,10 @@ async def chat(s: aiohttp.ClientSession, router: RunningRouter, key: str,
 
 async def test_the_lua_script_decides_as_the_pure_gcra(redis_server: RedisServer) -> None:
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    limiter = Limiter(2.0, client, uuid.uuid4().hex[:8], timeout_s=1.0)
-    tenant = Tenant("t", None, 1, 120, 2000, 1.0)
-    local = LocalLimits()
+    limiter = Limiter(client, uuid.uuid4().hex[:8], timeout_s=1.0)
     rates = (Rate(120, 2.0), Rate(2000, 2.0))
+    tenant = Tenant("t", None, 1, *rates, 1.0)
+    local = LocalLimits()
     try:
         for i in range(12):
             cost = 50 + 10 * i

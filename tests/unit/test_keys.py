@@ -14,8 +14,9 @@ from ctxroute.router.core.keys import (
     is_admin,
     new_key,
 )
+from ctxroute.router.core.ratelimit import Rate
 
-ACME = Tenant("acme", frozenset({"m1"}), 1, 60, None, 1.0)
+ACME = Tenant("acme", frozenset({"m1"}), 1, Rate(60, 3.0), None, 1.0)
 GLOBEX = Tenant("globex", None, 0, None, None, 2.0)
 
 
