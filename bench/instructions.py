@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1200)
     parser.add_argument("--stream", action="store_true", help="64-token streams, not unary")
     parser.add_argument("--baseline", type=Path, help="another ctxroute checkout, same run")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the callgrind outputs here (callgrind_annotate reads them)"
+    )
     parser.add_argument("--auth", action="store_true",
                         help="also this checkout with an API key and rate limits on")  # fmt: skip
     args = parser.parse_args()
@@ -103,7 +106,8 @@ def main() -> None:
         roots["base"] = args.baseline
     if args.auth:
         roots["auth"] = Path.cwd()
-    tmp = Path(tempfile.mkdtemp(prefix="ctxroute-instr-"))
+    tmp = Path(tempfile.mkdtemp(prefix="ctxroute-instr-")) if args.keep is None else args.keep
+    tmp.mkdir(parents=True, exist_ok=True)
     backend = free_port()
     sim = subprocess.Popen(
         [PY, "-m", "ctxroute.router", "sim", "--profile", "tiny", "--port", str(backend),
@@ -118,7 +122,8 @@ def main() -> None:
         busy = _run(roots, backend, args.requests, args.stream, tmp)
     finally:
         sim.terminate()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     kind = "64-token stream" if args.stream else "non-streaming request"
     per = {name: (busy[name] - idle[name]) / args.requests for name in roots}
     for name, value in per.items():

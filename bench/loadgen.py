@@ -26,6 +26,7 @@ class Result:
     error: str | None = None
     finished: bool = False
     target: str = ""
+    tenant: str | None = None
 
 
 class Targets:
@@ -53,15 +54,18 @@ async def run_load(
     grace_s: float = 60.0,
     progress: Callable[[int], None] | None = None,
     deadlines: Mapping[str, str] | None = None,
+    keys: Mapping[str, str] | None = None,
 ) -> tuple[list[Result], float]:
     """Send every request at its time; wait for all, at most ``grace_s`` after the last
     send: what is still running then is 'stuck'. Returns results and the run's length.
-    ``deadlines``: class -> X-Request-Timeout to send (a client's own SLO)."""
+    ``deadlines``: class -> X-Request-Timeout to send (a client's own SLO); ``keys``:
+    tenant -> the API key its requests carry."""
     deadlines = deadlines or {}
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    results = [Result(p.kind) for p in planned]
+    keys = keys or {}
+    results = [Result(p.kind, tenant=p.tenant) for p in planned]
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         start = loop.time() + 0.5
 
@@ -76,6 +80,9 @@ async def run_load(
                 headers[session_header] = p.session
             if p.kind in deadlines:
                 headers["X-Request-Timeout"] = deadlines[p.kind]
+            key = keys.get(p.tenant) if p.tenant is not None else None
+            if key is not None:
+                headers["Authorization"] = f"Bearer {key}"
             try:
                 async with session.post(url + p.path, data=p.body, headers=headers) as resp:
                     r.status = resp.status

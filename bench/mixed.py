@@ -37,6 +37,14 @@ import orjson
 import yaml
 from ctxroute.bench.loadgen import Result, Targets, run_load
 from ctxroute.bench.report import plot, print_report, progress
+from ctxroute.bench.tenants import RUNS as TENANT_RUNS
+from ctxroute.bench.tenants import (
+    TenantRun,
+    keys_overlay,
+    plan_tenants,
+    print_tenant_report,
+    tenant_rows,
+)
 from ctxroute.bench.workload import Workload, plan_requests
 from ctxroute.router.config import ConfigError, RouterConfig, load_config
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,6 +98,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "engines: the plain token-work policy), stack (no holding at the router; long work "
         "queues in engines that already have some, to keep one clean), no-admission (no "
         "queue: full means 503 at once)",
+    )
+    p.add_argument(
+        "--tenants",
+        type=float,
+        metavar="RATIO",
+        help="two tenants with API keys, one sending RATIO times the other's rate (together "
+        "--rate): the light one alone, then both with fair shares on and off (bench/tenants.py)",
     )
     p.add_argument(
         "--no-deadlines",
@@ -333,12 +348,21 @@ class Fleet:
 
 
 def _run_one(args: argparse.Namespace, workload: Workload, target: str,
-             config: RouterConfig | None, variant: str) -> dict[str, Any]:  # fmt: skip
+             config: RouterConfig | None, variant: str,
+             tenants: TenantRun | None = None) -> dict[str, Any]:  # fmt: skip
+    """One run; with ``tenants`` (a run of bench/tenants.py's ``RUNS``) the tenants'
+    traffic, each with its key, through a router with keys on."""
     planned = plan_requests(workload)
-    if config is not None and target == "router" and VARIANTS[variant]:
+    overlay: dict[str, dict[str, Any]] = dict(VARIANTS[variant])
+    keys: dict[str, str] = {}
+    if tenants is not None:
+        planned = plan_tenants(workload, args.tenants, tenants[1])
+        auth, keys = keys_overlay(fair=tenants[2])
+        overlay.update(auth)
+    if config is not None and target == "router" and overlay:
         data = config.model_dump(mode="json", exclude_none=True)
-        for section, keys in VARIANTS[variant].items():
-            data[section] = {**data.get(section, {}), **keys}
+        for section, values in overlay.items():
+            data[section] = {**data.get(section, {}), **values}
         config = RouterConfig.model_validate(data)
     fleet = Fleet(config, args.profile, not args.no_pin) if config is not None else None
     counters: dict[str, float] = {}
@@ -369,6 +393,7 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
                     grace_s=args.grace,
                     progress=advance,
                     deadlines=deadlines,
+                    keys=keys,
                 )
             )
         if fleet is not None:
@@ -384,8 +409,14 @@ def _run_one(args: argparse.Namespace, workload: Workload, target: str,
             key = r.error.split(":")[0]
             errors[key] = errors.get(key, 0) + 1
     hits, queries = counters.get("prefix_hits", 0.0), counters.get("prefix_queries", 0.0)
+    rows = {}
+    if tenants is not None:
+        rows = tenant_rows(results, summarise, args.short_slo_ms / 1e3, args.long_slo_s,
+                           workload.duration_s)  # fmt: skip
     return {
         "target": target,
+        "scenario": tenants[0] if tenants is not None else None,
+        "tenants": rows,
         "variant": variant if target == "router" else None,
         "rate": workload.rate,
         "workers": args.workers if target == "router" else None,
@@ -440,9 +471,16 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.replicas < 1:
         print("ctxroute bench: --workers and --replicas must be at least 1", file=sys.stderr)
         return 2
+    if args.tenants is not None and (args.target != "router" or args.fleet is None
+                                     or args.tenants <= 0):  # fmt: skip
+        print("ctxroute bench: --tenants needs --fleet, the router as target and a ratio "
+              "above 0", file=sys.stderr)  # fmt: skip
+        return 2
     order = ["round-robin", "router"] if args.target == "both" else [args.target]
     variants = args.variant or ["admission"]
     runs = []
+    if args.tenants is not None:
+        return _run_tenants(args, workload, config)
     for rate in args.rates or [workload.rate]:
         at_rate = replace(workload, rate=rate)
         for target in order:
@@ -465,6 +503,31 @@ def run(args: argparse.Namespace) -> int:
                 option=orjson.OPT_INDENT_2,
             )
         )
+        print(f"results written to {args.json}")
+    return 0
+
+
+def _run_tenants(args: argparse.Namespace, workload: Workload,
+                 config: RouterConfig | None) -> int:  # fmt: skip
+    runs = []
+    for rate in args.rates or [workload.rate]:
+        for scenario in TENANT_RUNS:
+            runs.append(_run_one(args, replace(workload, rate=rate), "router", config,
+                                 (args.variant or ["admission"])[0], scenario))  # fmt: skip
+    where = args.fleet.name if args.fleet else args.url
+    shape = f"{args.replicas} replicas" + (" +redis" if args.redis else "")
+    if args.workers > 1:
+        shape += f", {args.workers} workers each"
+    title = (
+        f"{where}, {shape}: two tenants, heavy {args.tenants:g}x light, "
+        f"{', '.join(f'{r:g}' for r in (args.rates or [workload.rate]))} req/s together for "
+        f"{workload.duration_s:g}s, seed {workload.seed}; SLO short {args.short_slo_ms:g} ms, "
+        f"long {args.long_slo_s:g} s"
+    )
+    print_tenant_report(runs, title)
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps({"title": title, "workload": workload.__dict__,
+                                            "runs": runs}, option=orjson.OPT_INDENT_2))  # fmt: skip
         print(f"results written to {args.json}")
     return 0
 

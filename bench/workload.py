@@ -80,6 +80,7 @@ class Planned:
     prompt_tokens: int
     max_tokens: int
     extra: dict[str, Any] = field(default_factory=dict)
+    tenant: str | None = None  # whose API key it is sent with (``--tenants``)
 
 
 def _text(rng: random.Random, tokens: int, head: str = "") -> str:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import BinaryIO
 
 from aiohttp import web
-from ctxroute.router.api.auth import Gatekeeper
+from ctxroute.router.api.auth import Gatekeeper, with_tenants
 from ctxroute.router.api.context import HandlerSettings, RouterContext
 from ctxroute.router.api.routes import add_routes
 from ctxroute.router.config import RouterConfig
@@ -61,6 +61,8 @@ def create_app(
     app = web.Application(client_max_size=config.max_body_bytes)
     counters: dict[str, TokenCounter] = dict(load_counters(config.tokenizers))
     gatekeeper = Gatekeeper(config)  # a bad keys file stops the start, as a bad config does
+    if metrics_share is None:  # (with a share, the server named the tenants before forking)
+        config = with_tenants(config, gatekeeper)
     fleet = Fleet.from_config(config)
     store = make_store(
         config, fleet.backends, board if board is not None else LoadBoard(len(fleet.backends))

@@ -149,3 +149,14 @@ class Gatekeeper:
             )
         if not is_admin(bearer(headers.get("Authorization")), self.admin_digests):
             raise Unauthorized("this route needs the admin key: 'Authorization: Bearer <key>'")
+
+
+def with_tenants(config: RouterConfig, gatekeeper: Gatekeeper) -> RouterConfig:
+    """``config`` with the tenants of every key read at start (``keys_env`` and
+    ``keys_file`` too) in ``auth.tenants``: the label values of the tenant metrics, fixed
+    for the life of the server (``serve --workers`` makes them once, before the workers)."""
+    auth = config.auth
+    if auth is None or not gatekeeper.required:
+        return config
+    names = tuple(sorted({*auth.tenants, *gatekeeper.ring.tenants()}))
+    return config.model_copy(update={"auth": auth.model_copy(update={"tenants": names})})

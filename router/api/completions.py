@@ -28,6 +28,8 @@ def completion_handler(*, chat: bool, path: str) -> RouteHandler:
             opts = ctx.handler_settings
             headers = request.headers
             tenant = ctx.gatekeeper.client(headers) if ctx.gatekeeper.required else None
+            if tenant is not None:
+                record.tenant = tenant.name
             raw, body = await read_json(request, opts.max_body_bytes, opts.body_timeout_s)
             asked = Asked(
                 chat,

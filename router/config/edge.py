@@ -59,6 +59,18 @@ class AuthConfig(_Frozen):
     fair_share: bool = Field(
         default=True, description="waiting requests of a tier served by tenant's token service"
     )
+    tenants: tuple[str, ...] = Field(
+        default=(),
+        description="tenants the metrics name besides those of the keys read at start (a "
+        "tenant whose keys a reload adds later is counted as 'other' unless named here)",
+    )
+
+    @model_validator(mode="after")
+    def _tenant_names(self) -> AuthConfig:
+        bad = [t for t in self.tenants if not re.fullmatch(TENANT, t)]
+        if bad:
+            raise ValueError(f"tenants: {bad[0]!r} is not a tenant name ({TENANT})")
+        return self
 
     @model_validator(mode="after")
     def _has_keys(self) -> AuthConfig:

@@ -19,7 +19,7 @@ from ctxroute.router.core.keys import Tenant
 from ctxroute.router.core.planner import ViewOf
 from ctxroute.router.core.tokens import TokenCounter
 from ctxroute.router.dispatch.gate import Gate, Ticket
-from ctxroute.router.dispatch.limits import check_limits, settle_limits
+from ctxroute.router.dispatch.limits import settle_limits, worded
 from ctxroute.router.dispatch.proxy import Exchange, Proxy
 from ctxroute.router.dispatch.routing import Route, fallback_route, route
 from ctxroute.router.errors import Forbidden
@@ -97,8 +97,13 @@ class Dispatcher:
         reserved = 0
         if tenant is not None:
             name = tenant.name
-            tier, raw, reserved, extra = await self._keyed(tenant, tier, asked, planned, raw,
-                                                           extra, record)  # fmt: skip
+            tier, raw = self._keyed(tenant, tier, asked, raw, record)
+            limiter = self.limiter
+            if limiter is not None and tenant.limited:
+                reserved = planned.plan.budget
+                # decided here, else by the replicas' shared buckets; the headers, or the 429
+                extra += worded(limiter.take_here(tenant, reserved)
+                                or await limiter.take(tenant, reserved), tenant)  # fmt: skip
         try:
             record.tier = self.gate.settings.tiers[tier].name
             long = fleet.work.is_long(planned.facts.prompt.estimate)
@@ -119,22 +124,16 @@ class Dispatcher:
             if tenant is not None:
                 self._settle(tenant, reserved, record)
 
-    async def _keyed(self, tenant: Tenant, tier: int, asked: Asked, planned: Route, raw: bytes,
-                     extra: tuple[tuple[str, str], ...], record: RequestRecord,
-                     ) -> tuple[int, bytes, int, tuple[tuple[str, str], ...]]:  # fmt: skip
-        """A keyed request's tier (its ceiling, never more), body, reserved tokens and
-        headers; or its 429 when its key's rate limits are spent."""
-        record.tenant = tenant.name
+    def _keyed(self, tenant: Tenant, tier: int, asked: Asked, raw: bytes,
+               record: RequestRecord) -> tuple[int, bytes]:  # fmt: skip
+        """A keyed request's tier (its ceiling, never more) and body. (Not a coroutine, nor
+        are its limits when this process decides them: no await on the common path.)"""
         body = asked.body
         if "priority" in body:
             # vLLM's own priority is a privilege too: with keys, the tier decides, not the body
             del body["priority"]
             raw = orjson.dumps(body)
-        reserved = 0
-        if self.limiter is not None and tenant.limited:
-            reserved = planned.plan.budget
-            extra += await check_limits(self.limiter, tenant, reserved)
-        return max(tier, tenant.max_tier), raw, reserved, extra
+        return max(tier, tenant.max_tier), raw
 
     def _settle(self, tenant: Tenant, reserved: int, record: RequestRecord) -> None:
         """Once a keyed request has ended: its rate limits settled with what it used, its

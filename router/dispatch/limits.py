@@ -23,26 +23,28 @@ def duration(seconds: float) -> str:
     return f"{int(minutes)}m{rest:.0f}s"
 
 
-def _quota_headers(kind: str, q: Quota) -> Headers:
-    return (
-        (f"x-ratelimit-limit-{kind}", str(q.limit)),
-        (f"x-ratelimit-remaining-{kind}", str(q.remaining)),
-        (f"x-ratelimit-reset-{kind}", duration(q.reset_s)),
-    )
-
-
 def limit_headers(decision: LimitDecision) -> Headers:
+    # written out, not looped: these go on every answer to a limited key
     out: Headers = ()
-    if decision.requests is not None:
-        out += _quota_headers("requests", decision.requests)
-    if decision.tokens is not None:
-        out += _quota_headers("tokens", decision.tokens)
+    q: Quota | None = decision.requests
+    if q is not None:
+        out = (
+            ("x-ratelimit-limit-requests", str(q.limit)),
+            ("x-ratelimit-remaining-requests", str(q.remaining)),
+            ("x-ratelimit-reset-requests", duration(q.reset_s)),
+        )
+    q = decision.tokens
+    if q is not None:
+        out += (
+            ("x-ratelimit-limit-tokens", str(q.limit)),
+            ("x-ratelimit-remaining-tokens", str(q.remaining)),
+            ("x-ratelimit-reset-tokens", duration(q.reset_s)),
+        )
     return out
 
 
-async def check_limits(limiter: Limiter, tenant: Tenant, reserved: int) -> Headers:
+def worded(decision: LimitDecision, tenant: Tenant) -> Headers:
     """The headers of an admitted request, or raises the 429 (with them)."""
-    decision = await limiter.take(tenant, reserved)
     headers = limit_headers(decision)
     if not decision.allowed:
         per = "requests" if decision.refused_by == "requests" else "tokens"

@@ -125,6 +125,35 @@ class RequestCollector(Collector):
         for (pool, reason, tier), count in sorted(metrics.shed.items()):
             shed.add_metric([pool, reason, tier], count)
         yield from (requests, finish, retries, disconnects, wasted, shed)
+        if metrics.tenants:
+            yield from _tenant_families(metrics.tenants)
+
+
+def _tenant_families(tenants: dict[str, list[int]]) -> Iterator[Metric]:
+    """Per tenant (API keys on): its requests, its rate-limit refusals, its tokens. The
+    tenant is named, never its key; "other" holds tenants added by a reload since start."""
+    requests = CounterMetricFamily(
+        "ctxroute_tenant_requests",
+        "Completion requests of the tenant by status class (0: the client left first)",
+        labels=["tenant", "status_class"],
+    )
+    limited = CounterMetricFamily(
+        "ctxroute_tenant_rate_limited",
+        "The tenant's requests refused by its rate limits (429 rate_limited)",
+        labels=["tenant"],
+    )
+    tokens = CounterMetricFamily(
+        "ctxroute_tenant_tokens",
+        "Prompt and completion tokens of the tenant's answered requests",
+        labels=["tenant", "kind"],
+    )
+    for tenant, (gone, ok, client, server, rate_limited, prompt, completion) in tenants.items():
+        for cls, count in (("0", gone), ("2xx", ok), ("4xx", client), ("5xx", server)):
+            requests.add_metric([tenant, cls], count)
+        limited.add_metric([tenant], rate_limited)
+        tokens.add_metric([tenant, "prompt"], prompt)
+        tokens.add_metric([tenant, "completion"], completion)
+    yield from (requests, limited, tokens)
 
 
 class StateCollector(Collector):

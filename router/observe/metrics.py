@@ -149,12 +149,24 @@ SHED_REASONS: Final = ("queue_full", "deadline", "overload", "no_backend", "othe
 _HISTOGRAM_ATTRS: Final = ("ttft", "latency", "queued", "prompt", "completion", "context")
 
 
+# a tenant's figures, in this order: requests by status class (0: the client left first),
+# requests refused by its rate limits, prompt and completion tokens
+TENANT_FIGURES: Final = ("0", "2xx", "4xx", "5xx", "rate_limited", "prompt", "completion")
+OTHER_TENANT: Final = "other"  # a tenant whose keys arrived by a reload after the start
+
+
 class Metrics:
-    def __init__(self, pools: list[str], tiers: list[str]) -> None:
+    def __init__(self, pools: list[str], tiers: list[str], tenants: Sequence[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.pool_names = list(pools)
         self.tiers = list(tiers)
+        self.tenant_names = list(tenants)
         self.pools = {pool: PoolStats() for pool in pools}
+        # tenant -> its TENANT_FIGURES; none without keys. Label values fixed at start (the
+        # layout of a shared row may not change while workers run)
+        self.tenants: dict[str, list[int]] = {
+            t: [0] * len(TENANT_FIGURES) for t in ([*tenants, OTHER_TENANT] if tenants else ())
+        }
         # the router's own refusals: (pool, reason, tier) -> count, every known combination
         # present from the start (a rate() over a series that appears late misses its first)
         self.shed: dict[tuple[str, str, str], int] = {
@@ -166,7 +178,8 @@ class Metrics:
     def for_config(cls, config: RouterConfig) -> Metrics:
         """The label values are the config's: pools (and "" for requests refused before
         one was known) and priority tiers. Every process of a server agrees on them."""
-        return cls(["", *(p.name for p in config.pools)], [t.name for t in config.admission.tiers])
+        return cls(["", *(p.name for p in config.pools)], [t.name for t in config.admission.tiers],
+                   metric_tenants(config))  # fmt: skip
 
     def recent_ttft(self, pool: str, now: float) -> dict[str, float | int | None]:
         """TTFT percentiles (ms) of the pool's answers through this process that ended in
@@ -201,6 +214,8 @@ class Metrics:
             out += stats.finish.values()
             out += (stats.retries, stats.disconnects, stats.wasted)
         out += self.shed.values()
+        for figures in self.tenants.values():
+            out += figures
         return out
 
     def load(self, values: Sequence[float]) -> None:
@@ -215,6 +230,7 @@ class Metrics:
             stats.finish = {k: int(next(it)) for k in stats.finish}
             stats.retries, stats.disconnects, stats.wasted = (int(next(it)) for _ in range(3))
         self.shed = {k: int(next(it)) for k in self.shed}
+        self.tenants = {t: [int(next(it)) for _ in figures] for t, figures in self.tenants.items()}
 
     def attach(self, share: MetricsShare) -> None:
         """Write this process's figures to ``share`` from now on, starting from what its
@@ -238,12 +254,14 @@ class Metrics:
         for row in share.rows:
             for i, value in enumerate(row):
                 total[i] += value
-        out = Metrics(self.pool_names, self.tiers)
+        out = Metrics(self.pool_names, self.tiers, self.tenant_names)
         out.load(total)
         return out
 
     def observe(self, record: RequestRecord, now: float) -> None:
         """The request is over: once, from the handler's ``finally``."""
+        if record.tenant:
+            self._observe_tenant(record)
         stats = self.pools.get(record.pool)
         if stats is None:
             return
@@ -278,3 +296,24 @@ class Metrics:
         if record.client_gone:
             stats.disconnects += 1
             stats.wasted += (prompt or 0) + (completion or 0)
+
+    def _observe_tenant(self, record: RequestRecord) -> None:
+        figures = self.tenants.get(record.tenant) or self.tenants.get(OTHER_TENANT)
+        if figures is None:
+            return
+        status = record.status
+        figures[{2: 1, 4: 2, 5: 3}.get(status // 100, 0) if status else 0] += 1
+        if record.reject == "rate_limited":
+            figures[4] += 1
+        if record.first_byte_at is not None:  # tokens a backend worked on
+            figures[5] += record.prompt_tokens or 0
+            figures[6] += record.completion_tokens or 0
+
+
+def metric_tenants(config: RouterConfig) -> list[str]:
+    """The tenants the metrics name: ``auth.tenants`` and those of the inline keys (the
+    server adds those of ``keys_env`` and ``keys_file`` as read at start, ``with_tenants``)."""
+    auth = config.auth
+    if auth is None or auth.mode != "keys":
+        return []
+    return sorted({*auth.tenants, *(k.tenant for k in auth.keys)} - {OTHER_TENANT})

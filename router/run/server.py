@@ -18,6 +18,7 @@ import time
 from typing import cast
 
 from ctxroute.router.api.app import create_app, make_runner, start_sites
+from ctxroute.router.api.auth import Gatekeeper, with_tenants
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.fleet.topology import Fleet
 from ctxroute.router.observe.logs import setup_logging
@@ -145,7 +146,8 @@ class _Supervisor:
     """The workers of ``serve --workers N`` and what happened to them."""
 
     def __init__(self, config: RouterConfig, workers: int) -> None:
-        self.config = config
+        # the tenants the metrics name, from the keys as read now: every worker's the same
+        self.config = config = with_tenants(config, Gatekeeper(config))
         self.workers = workers
         self.backends = len(Fleet.from_config(config).backends)
         self.shared = LoadBoard.shared_memory(self.backends, workers)

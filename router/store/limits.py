@@ -35,6 +35,15 @@ class Limiter:
         self._settle: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def take_here(self, tenant: Tenant, cost: int) -> LimitDecision | None:
+        """The decision, when this process makes it (no Redis, or Redis out of reach);
+        None when ``take`` must ask Redis. (Apart, so that the local case costs no
+        coroutine.)"""
+        if self.client is None or time.monotonic() < self.down_until:
+            return self.local.take(tenant.name, tenant.requests, tenant.tokens, cost,
+                                   time.monotonic())  # fmt: skip
+        return None
+
     async def take(self, tenant: Tenant, cost: int) -> LimitDecision:
         """The decision on a request of ``tenant`` reserving ``cost`` tokens."""
         requests, tokens = tenant.requests, tenant.tokens

@@ -130,3 +130,22 @@ def test_bench_off_a_terminal_says_how_far_it_is_and_fits_80_columns(tmp_path: P
     for run in runs:
         assert len(run["ttft_ms"]["short"]) == run["short"]["ok"]
         assert run["ttft_ms"]["short"] == sorted(run["ttft_ms"]["short"])
+
+
+def test_bench_tenants_runs_the_light_tenant_alone_then_both_with_fair_shares_on_and_off(
+    tmp_path: Path,
+) -> None:
+    runs, table = run_bench(tmp_path, "--tenants", "4", "--rate", "15")
+    assert [r["scenario"] for r in runs] == ["light alone", "fair shares on", "fair shares off"]
+    assert list(runs[0]["tenants"]) == ["light"]
+    assert [sorted(r["tenants"]) for r in runs[1:]] == [["heavy", "light"]] * 2
+    # the light tenant's stream is the same seeded one in every run, the heavy one's four
+    # times its rate; every request got through with its key (keys are on: no key, 401)
+    light = [r["tenants"]["light"]["short"]["n"] + r["tenants"]["light"]["long"]["n"] for r in runs]
+    assert light[0] == light[1] == light[2] > 0
+    heavy = runs[1]["tenants"]["heavy"]
+    assert heavy["short"]["n"] + heavy["long"]["n"] > light[0]
+    for run in runs:
+        assert run["short"]["ok"] + run["long"]["ok"] == run["requests"], run["errors"]
+    assert "light tenant, fair shares on: keeps" in table
+    assert "light tenant, fair shares off: keeps" in table

@@ -311,3 +311,54 @@ async def test_rate_limited_keys_get_429_and_openai_headers(
         assert int(headers["Retry-After"]) >= 1
         assert headers["x-ratelimit-remaining-requests"] == "0"
         assert "acme" in body["error"]["message"] and body["error"]["type"] == "RateLimitError"
+
+
+async def test_tenant_metrics_name_tenants_never_keys(
+    sim: Simulator, make_router: RouterFactory, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    filed, late = new_key(), new_key()
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"- {{sha256: {digest(filed)}, tenant: filed}}\n")
+    entry = {"sha256": digest(KEY), "tenant": "acme", "rpm": 60}
+    config = keyed([sim], entry, auth={"keys_file": str(path), "reload_s": 0.05, "burst_s": 1.0})
+    router = await make_router(config)
+    async with aiohttp.ClientSession() as s:
+        acme = [(await post(s, router.url + CHAT, headers=bearer(KEY)))[0] for _ in range(4)]
+        assert acme.count(200) >= 1 and acme.count(429) >= 1
+        assert (await post(s, router.url + CHAT, headers=bearer(filed)))[0] == 200
+        too_long = {**BODY, "max_tokens": 10**6}
+        assert (await post(s, router.url + CHAT, too_long, headers=bearer(filed)))[0] == 400
+        # a tenant whose key a reload adds: counted as "other" (the labels are fixed at start)
+        path.write_text(f"- {{sha256: {digest(late)}, tenant: late}}\n")
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if (await post(s, router.url + CHAT, headers=bearer(late)))[0] == 200:
+                break
+        else:
+            pytest.fail("the new keys file was not loaded")
+        async with s.get(router.url + "/metrics") as r:
+            text = await r.text()
+    for key in (KEY, filed, late):
+        assert key not in text and digest(key) not in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("ctxroute_tenant")
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    req = "ctxroute_tenant_requests_total"
+    assert value(req, tenant="acme", status_class="2xx") == acme.count(200)
+    assert value(req, tenant="acme", status_class="4xx") == acme.count(429)
+    assert value("ctxroute_tenant_rate_limited_total", tenant="acme") == acme.count(429)
+    assert value(req, tenant="filed", status_class="2xx") == 1
+    assert value(req, tenant="filed", status_class="4xx") == 1
+    assert value(req, tenant="other", status_class="2xx") == 1
+    assert value("ctxroute_tenant_tokens_total", tenant="filed", kind="completion") == 4
+    assert value("ctxroute_tenant_tokens_total", tenant="filed", kind="prompt") > 0
+    assert not [k for k in samples if ("tenant", "late") in k[1]]
