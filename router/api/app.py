@@ -13,6 +13,7 @@ from typing import BinaryIO
 from aiohttp import web
 from ctxroute.router.api.auth import Gatekeeper, with_tenants
 from ctxroute.router.api.context import HandlerSettings, RouterContext
+from ctxroute.router.api.framing import answer_parse_errors
 from ctxroute.router.api.routes import add_routes
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.config.tokenizers import load_counters
@@ -232,6 +233,7 @@ async def start_sites(runner: web.AppRunner, config: RouterConfig, *, host: str 
                       ) -> tuple[str, str | None]:  # fmt: skip
     """Bind the router's address and, with ``admin.listen``, the admin address (after
     ``runner.setup()``); their URLs."""
+    answer_parse_errors(runner)  # what the HTTP parser refuses gets OpenAI's shape too
     site = web.TCPSite(
         runner,
         config.listen.host if host is None else host,

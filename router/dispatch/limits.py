@@ -16,7 +16,7 @@ Headers = tuple[tuple[str, str], ...]
 def duration(seconds: float) -> str:
     """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
     if seconds < 1.0:
-        return f"{max(0, round(seconds * 1000))}ms"
+        return f"{round(seconds * 1000) if seconds > 0.0 else 0}ms"
     if seconds < 60.0:
         return f"{seconds:.3g}s"
     minutes, rest = divmod(seconds, 60.0)

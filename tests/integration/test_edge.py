@@ -247,6 +247,44 @@ async def test_headers_over_the_bound_get_431(sim: Simulator, make_router: Route
         assert (await post(s, router.url + CHAT))[0] == 200
 
 
+async def _raw(url: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client library would send these); the answer parsed."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)  # the router closes after it
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_what_the_http_parser_refuses_is_answered_in_openai_shape(
+    sim: Simulator, make_router: RouterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    router = await make_router(one_pool([sim]))
+    # one header line over aiohttp's own line limit (64 KiB): past the router's middleware
+    line = b"X-Junk: <script>" + b"x" * 70_000 + b"\r\n"
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n"
+    status, headers, body = await _raw(router.url, request)
+    assert status == 431 and headers["content-type"].startswith("application/json")
+    error = orjson.loads(body)["error"]
+    assert error["code"] == 431 and "over" in error["message"]
+    assert b"script" not in body and b"xxxx" not in body  # nothing of what it sent
+    # (and the connection closed: _raw read the answer to its end)
+    # bytes that are not HTTP at all (a TLS hello on the plain port)
+    status, headers, body = await _raw(router.url, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    assert status == 400 and orjson.loads(body)["error"]["type"] == "BadRequestError"
+    # answered without a traceback in the log, and the router serves on
+    assert not [r for r in caplog.records if r.levelno >= 40 and r.name.startswith("aiohttp")]
+    async with aiohttp.ClientSession() as s:
+        assert (await post(s, router.url + CHAT))[0] == 200
+
+
 async def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closed(
     sim: Simulator, make_router: RouterFactory
 ) -> None:
