@@ -47,8 +47,9 @@ def _instructions(out: Path) -> int:
     return int(match.group(1).replace(",", ""))
 
 
-def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool,
-         tmp: Path) -> dict[str, int]:  # fmt: skip
+def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool, tmp: Path,
+         keyed: frozenset[str] = frozenset({"auth"}), auth_conf: str = _AUTH_CONF,
+         ) -> dict[str, int]:  # fmt: skip
     procs: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
     for name, root in roots.items():
         port = free_port()
@@ -56,7 +57,7 @@ def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool,
         # no probes: their work depends on wall time, which valgrind stretches
         conf.write_text(ROUTER_CONF.format(port=port, backend=backend)
                         + "probe: {interval_s: 3600}\n"
-                        + (_AUTH_CONF if name == "auth" else ""))  # fmt: skip
+                        + (auth_conf if name in keyed else ""))  # fmt: skip
         out = tmp / f"{name}.{requests}.callgrind"
         launch, env = router_command(root, tmp)
         proc = subprocess.Popen(
@@ -72,7 +73,7 @@ def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool,
     async def load() -> None:
         for name, (_, port, _) in procs.items():
             url = f"http://127.0.0.1:{port}"
-            h = {"Authorization": f"Bearer {_KEY}"} if name == "auth" else None
+            h = {"Authorization": f"Bearer {_KEY}"} if name in keyed else None
             await drive(url, stream=False, requests=100, concurrency=8, tokens=1, headers=h)
             await drive(url, stream=True, requests=20, concurrency=8, tokens=4, headers=h)
             if requests:
@@ -96,6 +97,15 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="keep the callgrind outputs here (callgrind_annotate reads them)"
     )
+    parser.add_argument(
+        "--limit-headers",
+        choices=["refused", "always"],
+        default="refused",
+        help="auth.limit_headers of the keyed routers (default: refused)",
+    )
+    parser.add_argument("--baseline-auth", action="store_true",
+                        help="run the baseline with the key and limits too (compares two "
+                             "builds' auth paths)")  # fmt: skip
     parser.add_argument("--auth", action="store_true",
                         help="also this checkout with an API key and rate limits on")  # fmt: skip
     args = parser.parse_args()
@@ -118,8 +128,10 @@ def main() -> None:
     )  # fmt: skip
     try:
         wait_for_port("127.0.0.1", backend, 20, sim)
-        idle = _run(roots, backend, 0, args.stream, tmp)
-        busy = _run(roots, backend, args.requests, args.stream, tmp)
+        keyed = frozenset({"auth", *(["base"] if args.baseline_auth else [])})
+        conf = _AUTH_CONF + f"  limit_headers: {args.limit_headers}\n"
+        idle = _run(roots, backend, 0, args.stream, tmp, keyed, conf)
+        busy = _run(roots, backend, args.requests, args.stream, tmp, keyed, conf)
     finally:
         sim.terminate()
         if args.keep is None:

@@ -174,6 +174,7 @@ def _context(
         limiter,
         tenants,
         config.limits.exact_count_inline_bytes,
+        auth is not None and auth.limit_headers == "always",
     )
     request_log = None
     stream = log_stream or getattr(sys.stderr, "buffer", None)

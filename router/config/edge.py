@@ -59,6 +59,11 @@ class AuthConfig(_Frozen):
     fair_share: bool = Field(
         default=True, description="waiting requests of a tier served by tenant's token service"
     )
+    limit_headers: Literal["refused", "always"] = Field(
+        default="refused",
+        description="OpenAI's x-ratelimit-* headers on refusals only (429), or on every "
+        "answer to a limited key (costs ~3 us of CPU per request: six more headers)",
+    )
     tenants: tuple[str, ...] = Field(
         default=(),
         description="tenants the metrics name besides those of the keys read at start (a "

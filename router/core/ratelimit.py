@@ -65,9 +65,10 @@ def quota(rate: Rate, debt_s: float) -> Quota:
 
 
 def decide(requests: Rate | None, tokens: Rate | None, req_debt_s: float, tok_debt_s: float,
-           cost: int) -> tuple[LimitDecision, float, float]:  # fmt: skip
+           cost: int, quotas: bool = True) -> tuple[LimitDecision, float, float]:  # fmt: skip
     """The decision on a request costing ``cost`` tokens, given each bucket's debt (how
-    far ``tat`` is ahead of now, 0 at the least); with each bucket's debt after it."""
+    far ``tat`` is ahead of now, 0 at the least); with each bucket's debt after it.
+    ``quotas``: also when it is allowed (a refusal always carries them)."""
     # (admits() inlined: this runs on every keyed request)
     req_over = 0.0 if requests is None else req_debt_s - requests.tolerance_s
     tok_over = 0.0 if tokens is None else tok_debt_s - tokens.tolerance_s
@@ -81,6 +82,8 @@ def decide(requests: Rate | None, tokens: Rate | None, req_debt_s: float, tok_de
             req_debt_s += requests.interval_s
         if tokens is not None:
             tok_debt_s += cost * tokens.interval_s
+    if allowed and not quotas:
+        return LimitDecision(True, 0.0, None, None), req_debt_s, tok_debt_s
     decision = LimitDecision(
         allowed,
         retry,
@@ -101,10 +104,12 @@ class LocalLimits:
         self.tats: dict[str, list[float]] = {}
 
     def take(self, tenant: str, requests: Rate | None, tokens: Rate | None, cost: int,
-             now: float) -> LimitDecision:  # fmt: skip
-        tat = self.tats.setdefault(tenant, [now, now])
+             now: float, quotas: bool = True) -> LimitDecision:  # fmt: skip
+        tat = self.tats.get(tenant)
+        if tat is None:
+            tat = self.tats[tenant] = [now, now]
         decision, req_debt, tok_debt = decide(
-            requests, tokens, max(0.0, tat[0] - now), max(0.0, tat[1] - now), cost
+            requests, tokens, max(0.0, tat[0] - now), max(0.0, tat[1] - now), cost, quotas
         )
         if decision.allowed:
             tat[0] = now + req_debt

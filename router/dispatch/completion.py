@@ -62,6 +62,7 @@ class Dispatcher:
     limiter: Limiter | None = None  # per-key rate limits, when keys are required
     tenants: VirtualCounters | None = None  # fair shares between tenants, when on
     exact_inline_bytes: int = 64 * 1024  # bodies over this are counted exactly in a thread
+    limit_headers_always: bool = False  # x-ratelimit-* on every answer, not only on a 429
 
     async def complete(
         self, request: web.Request, asked: Asked, request_id: str, record: RequestRecord
@@ -93,17 +94,16 @@ class Dispatcher:
             planned, raw, extra = self._fallback(planned, asked, request_id, view_of)
         tier = self._tier(asked)
         wait_s = None if asked.timeout is None else timeout_s(asked.timeout)
-        name = None
+        name = None if tenant is None else tenant.name
         reserved = 0
         if tenant is not None:
-            name = tenant.name
-            tier, raw = self._keyed(tenant, tier, asked, raw, record)
-            limiter = self.limiter
+            tier, raw = self._keyed(tenant, tier, asked, raw)
+            limiter, quotas = self.limiter, self.limit_headers_always
             if limiter is not None and tenant.limited:
                 reserved = planned.plan.budget
                 # decided here, else by the replicas' shared buckets; the headers, or the 429
-                extra += worded(limiter.take_here(tenant, reserved)
-                                or await limiter.take(tenant, reserved), tenant)  # fmt: skip
+                decision = limiter.take_here(tenant, reserved, quotas)
+                extra += worded(decision or await limiter.take(tenant, reserved, quotas), tenant)
         try:
             record.tier = self.gate.settings.tiers[tier].name
             long = fleet.work.is_long(planned.facts.prompt.estimate)
@@ -124,8 +124,7 @@ class Dispatcher:
             if tenant is not None:
                 self._settle(tenant, reserved, record)
 
-    def _keyed(self, tenant: Tenant, tier: int, asked: Asked, raw: bytes,
-               record: RequestRecord) -> tuple[int, bytes]:  # fmt: skip
+    def _keyed(self, tenant: Tenant, tier: int, asked: Asked, raw: bytes) -> tuple[int, bytes]:
         """A keyed request's tier (its ceiling, never more) and body. (Not a coroutine, nor
         are its limits when this process decides them: no await on the common path.)"""
         body = asked.body

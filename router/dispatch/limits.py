@@ -24,6 +24,8 @@ def duration(seconds: float) -> str:
 
 
 def limit_headers(decision: LimitDecision) -> Headers:
+    """OpenAI's six headers (three without a token limit); none when the decision was
+    made without its quotas (an allowed request, with ``auth.limit_headers: refused``)."""
     # written out, not looped: these go on every answer to a limited key
     out: Headers = ()
     q: Quota | None = decision.requests

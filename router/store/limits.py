@@ -35,21 +35,21 @@ class Limiter:
         self._settle: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def take_here(self, tenant: Tenant, cost: int) -> LimitDecision | None:
+    def take_here(self, tenant: Tenant, cost: int, quotas: bool = True) -> LimitDecision | None:
         """The decision, when this process makes it (no Redis, or Redis out of reach);
         None when ``take`` must ask Redis. (Apart, so that the local case costs no
-        coroutine.)"""
-        if self.client is None or time.monotonic() < self.down_until:
-            return self.local.take(tenant.name, tenant.requests, tenant.tokens, cost,
-                                   time.monotonic())  # fmt: skip
+        coroutine.) ``quotas``: an allowed decision carries them too."""
+        now = time.monotonic()
+        if self.client is None or now < self.down_until:
+            return self.local.take(tenant.name, tenant.requests, tenant.tokens, cost, now, quotas)
         return None
 
-    async def take(self, tenant: Tenant, cost: int) -> LimitDecision:
+    async def take(self, tenant: Tenant, cost: int, quotas: bool = True) -> LimitDecision:
         """The decision on a request of ``tenant`` reserving ``cost`` tokens."""
         requests, tokens = tenant.requests, tenant.tokens
         now = time.monotonic()
         if self.client is None or now < self.down_until:
-            return self.local.take(tenant.name, requests, tokens, cost, now)
+            return self.local.take(tenant.name, requests, tokens, cost, now, quotas)
         try:
             async with asyncio.timeout(self.timeout_s):
                 reply = await self._script_rate()(
@@ -69,7 +69,8 @@ class Limiter:
         if allowed:
             req_debt_us -= 0 if requests is None else round(requests.interval_s * _US)
             tok_debt_us -= 0 if tokens is None else round(cost * tokens.interval_s * _US)
-        decision, _, _ = decide(requests, tokens, req_debt_us / _US, tok_debt_us / _US, cost)
+        decision, _, _ = decide(requests, tokens, req_debt_us / _US, tok_debt_us / _US, cost,
+                                quotas)  # fmt: skip
         return decision
 
     def settle(self, tenant: Tenant, delta: int) -> None:

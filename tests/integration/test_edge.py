@@ -333,7 +333,8 @@ async def test_rate_limited_keys_get_429_and_openai_headers(
     sim: Simulator, make_router: RouterFactory
 ) -> None:
     entry = {"sha256": digest(KEY), "tenant": "acme", "rpm": 60, "tpm": 100_000}
-    router = await make_router(keyed([sim], entry, auth={"burst_s": 2.0}))
+    auth = {"burst_s": 2.0, "limit_headers": "always"}
+    router = await make_router(keyed([sim], entry, auth=auth))
     async with aiohttp.ClientSession() as s:
         statuses = []
         for _ in range(5):
@@ -400,3 +401,18 @@ async def test_tenant_metrics_name_tenants_never_keys(
     assert value("ctxroute_tenant_tokens_total", tenant="filed", kind="completion") == 4
     assert value("ctxroute_tenant_tokens_total", tenant="filed", kind="prompt") > 0
     assert not [k for k in samples if ("tenant", "late") in k[1]]
+
+
+async def test_by_default_the_ratelimit_headers_come_with_refusals_only(
+    sim: Simulator, make_router: RouterFactory
+) -> None:
+    entry = {"sha256": digest(KEY), "tenant": "acme", "rpm": 60}
+    router = await make_router(keyed([sim], entry, auth={"burst_s": 1.0}))
+    async with aiohttp.ClientSession() as s:
+        answers = [await post(s, router.url + CHAT, headers=bearer(KEY)) for _ in range(4)]
+    ok = [h for status, h, _ in answers if status == 200]
+    refused = [h for status, h, _ in answers if status == 429]
+    assert ok and refused
+    assert not [k for h in ok for k in h if k.lower().startswith("x-ratelimit")]
+    assert all(h["x-ratelimit-limit-requests"] == "60" for h in refused)
+    assert all(h["x-ratelimit-remaining-requests"] == "0" for h in refused)
