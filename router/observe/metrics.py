@@ -153,6 +153,7 @@ _HISTOGRAM_ATTRS: Final = ("ttft", "latency", "queued", "prompt", "completion", 
 # requests refused by its rate limits, prompt and completion tokens
 TENANT_FIGURES: Final = ("0", "2xx", "4xx", "5xx", "rate_limited", "prompt", "completion")
 OTHER_TENANT: Final = "other"  # a tenant whose keys arrived by a reload after the start
+_TENANT_STATUS: Final = {2: 1, 4: 2, 5: 3}  # status // 100 -> its place in TENANT_FIGURES
 
 
 class Metrics:
@@ -302,7 +303,7 @@ class Metrics:
         if figures is None:
             return
         status = record.status
-        figures[{2: 1, 4: 2, 5: 3}.get(status // 100, 0) if status else 0] += 1
+        figures[_TENANT_STATUS.get(status // 100, 0) if status else 0] += 1
         if record.reject == "rate_limited":
             figures[4] += 1
         if record.first_byte_at is not None:  # tokens a backend worked on
