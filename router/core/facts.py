@@ -119,6 +119,9 @@ def read_facts(
         stream = False
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", "stream")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):  # the affinity key; OpenAI's a string
+        raise BadRequest("'user' must be a string", "user")
     key = hash_key(body, model, chat, session, prefix_chars)
     return RequestFacts(model, prompt, max_tokens, stream, key)
 

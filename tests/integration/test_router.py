@@ -452,6 +452,7 @@ async def test_every_backend_failing_gives_503_with_retry_after(
         ),
         (b'{"messages":[{"role":"user","content":"x"}],"max_tokens":0}', 400, "at least 1"),
         (b'{"messages":[{"role":"user","content":"x"}],"stream":"yes"}', 400, "'stream'"),
+        (b'{"messages":[{"role":"user","content":"x"}],"user":{"id":1}}', 400, "'user'"),
     ],
 )
 async def test_bad_input_gets_a_clear_error_and_the_router_keeps_serving(
