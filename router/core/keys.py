@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ctxroute.router.core.ratelimit import Rate
 
@@ -36,13 +36,14 @@ class Tenant:
     requests: Rate | None
     tokens: Rate | None
     weight: float
+    # a field, not a property: read on every keyed request
+    limited: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limited", self.requests is not None or self.tokens is not None)
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
-
-    @property
-    def limited(self) -> bool:
-        return self.requests is not None or self.tokens is not None
 
 
 def digest(key: str) -> str:

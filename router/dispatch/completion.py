@@ -19,7 +19,7 @@ from ctxroute.router.core.keys import Tenant
 from ctxroute.router.core.planner import ViewOf
 from ctxroute.router.core.tokens import TokenCounter
 from ctxroute.router.dispatch.gate import Gate, Ticket
-from ctxroute.router.dispatch.limits import settle_limits, worded
+from ctxroute.router.dispatch.limits import tokens_used, worded
 from ctxroute.router.dispatch.proxy import Exchange, Proxy
 from ctxroute.router.dispatch.routing import Route, fallback_route, route
 from ctxroute.router.errors import Forbidden
@@ -82,7 +82,7 @@ class Dispatcher:
         record.model = facts.model
         record.stream = facts.stream
         tenant = asked.tenant
-        if tenant is not None and not tenant.may_use(facts.model):
+        if tenant is not None and tenant.models is not None and facts.model not in tenant.models:
             raise Forbidden(f"tenant {tenant.name} may not use the model {facts.model!r}", "model")
         view_of = self.ledger.views()  # the plan and the verdict on it see the same fleet
         planned = route(facts, fleet, view_of)
@@ -103,7 +103,9 @@ class Dispatcher:
                 reserved = planned.plan.budget
                 # decided here, else by the replicas' shared buckets; the headers, or the 429
                 decision = limiter.take_here(tenant, reserved, quotas)
-                extra += worded(decision or await limiter.take(tenant, reserved, quotas), tenant)
+                decision = decision or await limiter.take(tenant, reserved, quotas)
+                if quotas or not decision.allowed:
+                    extra += worded(decision, tenant)  # the headers, or the 429
         try:
             record.tier = self.gate.settings.tiers[tier].name
             long = fleet.work.is_long(planned.facts.prompt.estimate)
@@ -137,8 +139,10 @@ class Dispatcher:
     def _settle(self, tenant: Tenant, reserved: int, record: RequestRecord) -> None:
         """Once a keyed request has ended: its rate limits settled with what it used, its
         output charged to its tenant's counter."""
-        if reserved:
-            settle_limits(self.limiter, tenant, reserved, record)
+        if reserved and self.limiter is not None:
+            used = tokens_used(record)
+            if used is not None:
+                self.limiter.settle(tenant, used - reserved)
         if self.tenants is not None and record.completion_tokens:
             self.tenants.served(tenant.name, 0, record.completion_tokens, tenant.weight)
 

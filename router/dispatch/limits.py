@@ -8,7 +8,6 @@ from ctxroute.router.core.keys import Tenant
 from ctxroute.router.core.ratelimit import LimitDecision, Quota
 from ctxroute.router.errors import RateLimited
 from ctxroute.router.observe.record import RequestRecord
-from ctxroute.router.store.limits import Limiter
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -59,16 +58,12 @@ def worded(decision: LimitDecision, tenant: Tenant) -> Headers:
     return headers
 
 
-def settle_limits(limiter: Limiter | None, tenant: Tenant, reserved: int,
-                  record: RequestRecord) -> None:  # fmt: skip
-    """The tokens the request really used replace its reservation: the whole reservation
-    back when no backend answered; kept as it is when the answer did not say its usage."""
-    if limiter is None:
-        return
+def tokens_used(record: RequestRecord) -> int | None:
+    """What an ended request used of its key's tokens, settled against its reservation: 0
+    when no backend answered (the whole reservation back), None when the answer did not
+    say its usage (the reservation stands)."""
     if record.status != 200 or record.first_byte_at is None:
-        used = 0
-    elif record.completion_tokens is None:
-        return
-    else:
-        used = (record.prompt_tokens or 0) + record.completion_tokens
-    limiter.settle(tenant, used - reserved)
+        return 0
+    if record.completion_tokens is None:
+        return None
+    return (record.prompt_tokens or 0) + record.completion_tokens
