@@ -78,9 +78,8 @@ class Dispatcher:
         )
         if self.counters and len(asked.raw) > self.exact_inline_bytes:
             facts = await self._count_aside(asked, facts)
-        record.prompt_tokens = facts.prompt.estimate  # the backend's usage replaces it
-        record.model = facts.model
-        record.stream = facts.stream
+        record.prompt_tokens, record.model, record.stream = (facts.prompt.estimate, facts.model,
+                                                             facts.stream)  # fmt: skip
         tenant = asked.tenant
         if tenant is not None and tenant.models is not None and facts.model not in tenant.models:
             raise Forbidden(f"tenant {tenant.name} may not use the model {facts.model!r}", "model")
