@@ -149,3 +149,19 @@ def test_bench_tenants_runs_the_light_tenant_alone_then_both_with_fair_shares_on
         assert run["short"]["ok"] + run["long"]["ok"] == run["requests"], run["errors"]
     assert "light tenant, fair shares on: keeps" in table
     assert "light tenant, fair shares off: keeps" in table
+
+
+def test_bench_limits_two_replicas_admit_one_keys_limit_not_twice() -> None:
+    # a short run of bench/limits.py: two serve replicas sharing a redis-server, a key's
+    # clients as fast as they can; what they got, against the limit over the run
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctxroute.bench.limits", "--duration", "4", "--burst", "1"],
+        capture_output=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    out = proc.stdout.decode()
+    ratios = [float(line.split(" x the limit")[0].rsplit(" ", 1)[1])
+              for line in out.splitlines() if " x the limit" in line]  # fmt: skip
+    assert len(ratios) == 2, out
+    # GCRA's bound over 4 s with 1 s of burst is 1.25; two replicas each alone would be 2.5
+    assert all(0.8 <= r <= 1.3 for r in ratios), out
