@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--cut-after-tokens", type=int, default=0)
     faults.add_argument("--refuse-for-s", type=float, default=0.0)
     faults.add_argument("--engine-dead", action="store_true")
+    faults.add_argument("--json-to-streams", action="store_true",
+                        help="answer stream requests with one JSON body")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -77,6 +79,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
             "cut_after_tokens": args.cut_after_tokens,
             "refuse_for_s": args.refuse_for_s,
             "engine_dead": args.engine_dead,
+            "json_to_streams": args.json_to_streams,
         }
     )
     return SimConfig(

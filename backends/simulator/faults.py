@@ -13,6 +13,8 @@
 | engine_dead             | /health answers 503 and requests answer 500, as a dead vLLM     |
 | kv_usage_floor          | /metrics reports KV cache usage of at least this (0-1): memory  |
 |                         | pressure without filling the cache                              |
+| json_to_streams         | a stream request is answered with one JSON body (200,           |
+|                         | application/json), as a server or proxy that does not stream    |
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Faults:
     refuse_for_s: float = 0.0
     engine_dead: bool = False
     kv_usage_floor: float = 0.0
+    json_to_streams: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -453,7 +453,7 @@ class Simulator:
             return _json(R.internal_error("simulated internal error"), 500)
         engine = self._engine
         assert engine is not None
-        if stream:
+        if stream and not faults.json_to_streams:
             return await self._stream(request, req, engine, chat, include_usage)
         return await self._unary(req, engine, chat)
 

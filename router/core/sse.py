@@ -4,7 +4,8 @@ The relay never parses or re-serialises a chunk. Per chunk, the scanner only cou
 and keeps a reference to the chunk in a short ring; everything it reports (finish_reason,
 usage, whether ``data: [DONE]`` came) is in the last few events of an answer, so it is
 read once, from the ring, when the answer ends (``summary()``). Chunks may carry any
-framing (chunked transfer coding included): only byte markers are searched.
+framing (chunked transfer coding included): only byte markers are searched, the
+terminator only at the start of a line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 import orjson
 
 _FINISH = re.compile(rb'"finish_reason":"([^"]*)"')
+# the terminator at the start of a line: inside an event's JSON, model output that says
+# "data: [DONE]" never starts a line (JSON escapes newlines), so it cannot pass for it
+_DONE_LINE = re.compile(rb"(?:^|\n)data: \[DONE\]\r?\n")
 _USAGE = re.compile(rb'"usage":\{[^}]*\}')
 _PROMPT = re.compile(rb'"prompt_tokens":(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens":(\d+)')
@@ -68,7 +72,7 @@ class StreamScanner:
             c = _COMPLETION.search(text)
             prompt = int(p.group(1)) if p else None
             completion = int(c.group(1)) if c else None
-        return StreamSummary(finish, prompt, completion, b"data: [DONE]" in tail)
+        return StreamSummary(finish, prompt, completion, _DONE_LINE.search(tail) is not None)
 
 
 def error_event(message: str, error_type: str = "BadGatewayError", code: int = 502) -> bytes:

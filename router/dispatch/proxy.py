@@ -151,7 +151,9 @@ class Proxy:
                 if status >= 500 or status == 429:
                     outcome = _refused_by_backend(status, await resp.read())
                     return None
-                streaming = x.facts.stream and status == 200
+                # relayed as a stream only when the backend streams: a 200 to a stream
+                # request may be one JSON body (a server that does not stream), answered as is
+                streaming = x.facts.stream and status == 200 and is_event_stream(resp.headers)
                 first = await (resp.next_data() if streaming else resp.read())
                 resp.disarm()
             except UpstreamError as exc:
@@ -292,3 +294,11 @@ def _failure(exc: UpstreamError, backend: Backend,
 
 
 __all__ = ["Exchange", "ForwardSettings", "Proxy", "request_head_tail"]
+
+
+def is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the upstream's raw headers say ``Content-Type: text/event-stream``."""
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == b"content-type":
+            return value.lstrip().lower().startswith(b"text/event-stream")
+    return False

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from ctxroute.backends.simulator import Simulator
 from ctxroute.router.config import ConfigError, RouterConfig, parse_config
@@ -338,3 +339,29 @@ async def test_a_refusal_speaks_only_of_the_backends_that_could_hold_the_request
         assert long.url in message and "breaker open" in message
         assert short.url not in message  # its window is too small: no reason to name it
         assert await send(s, router) == [200]  # short requests still go to the short pool
+
+
+async def test_a_stream_answered_with_json_is_relayed_as_json_and_blames_no_one(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    # a backend (or a proxy before it) that does not stream answers a stream request with
+    # one JSON body: the client gets that body as it is, not SSE around it, and the
+    # backend's breaker counts a success (3 consecutive failures would open it here)
+    sim = await make_sim(model="sim-model")
+    router = await make_router(one_pool([sim]))
+    body = {"prompt": "hello", "max_tokens": 4, "stream": True}
+    async with aiohttp.ClientSession() as s:
+        await faults(s, sim, json_to_streams=True)
+        for _ in range(5):
+            async with s.post(router.url + "/v1/completions", json=body) as r:
+                assert r.status == 200
+                assert r.headers["Content-Type"].startswith("application/json")
+                raw = await r.read()
+            answer = orjson.loads(raw)  # the whole body is the backend's JSON, nothing added
+            assert answer["object"] == "text_completion" and answer["usage"]["completion_tokens"]
+        breaker = (await status_of(s, router, sim))["breaker"]
+        assert breaker["error"] == "closed" and breaker["openings"] == 0
+        await faults(s, sim, json_to_streams=False)
+        async with s.post(router.url + "/v1/completions", json=body) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            assert (await r.read()).endswith(b"data: [DONE]\n\n")

@@ -55,3 +55,20 @@ def test_the_error_event_is_an_sse_error_then_done() -> None:
         "param": None,
         "code": 502,
     }
+
+
+def test_model_output_saying_the_terminator_does_not_end_the_stream() -> None:
+    # the model wrote "data: [DONE]\n\n" (as a model explaining SSE would); the stream was
+    # then cut: it is not done
+    said = (b'data: {"id":"c","choices":[{"index":0,"text":"data: [DONE]\\n\\n",'
+            b'"finish_reason":null}]}\n\n')  # fmt: skip
+    for framing in (lambda b: b, framed):
+        scanner = StreamScanner()
+        scanner.feed(framing(CHUNK))
+        scanner.feed(framing(said))
+        assert not scanner.summary().done
+        scanner.feed(framing(DONE))  # and the real one, framed or not, still counts
+        assert scanner.summary().done
+    crlf = StreamScanner()
+    crlf.feed(CHUNK + b"data: [DONE]\r\n\r\n")
+    assert crlf.summary().done
