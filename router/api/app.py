@@ -160,9 +160,7 @@ def _context(
     if auth is not None:
         limiter = Limiter(_redis(config), config.store.key_prefix, config.store.timeout_ms / 1000.0)
     gate = Gate(fleet, ledger, config.admission, tenants)
-    proxy = Proxy(
-        upstream, ledger, fleet, ForwardSettings.of(config.routing.max_attempts, config.timeouts)
-    )
+    proxy = Proxy(upstream, ledger, fleet, ForwardSettings.of(config.routing, config.timeouts))
     dispatcher = Dispatcher(
         fleet,
         ledger,

@@ -121,6 +121,18 @@ class TimeoutsConfig(_Frozen):
     )
 
 
+class RetryBudgetConfig(_Frozen):
+    """Retries of attempts that may have reached a backend (a timeout before the first
+    byte, a connection broken after sending, a 5xx): at most ``ratio`` of the requests of
+    the last ``window_s`` seconds, plus ``min_per_s`` a second. Attempts that provably
+    never reached one (connection refused, 429/503, vLLM's context-length 400) are always
+    tried elsewhere."""
+
+    ratio: float = Field(default=0.2, ge=0, le=10, description="retries per recent request")
+    min_per_s: float = Field(default=3.0, ge=0, description="retries a second allowed anyway")
+    window_s: float = Field(default=10.0, ge=1, le=600, description="what 'recent' means")
+
+
 class RoutingConfig(_Frozen):
     session_header: str = "X-Session-ID"
     # the leading part of the prompt that forms the hash key when there is no session/user:
@@ -154,6 +166,7 @@ class RoutingConfig(_Frozen):
         default=20_000.0, gt=0, description="starting point of the learned prefill rate"
     )
     max_attempts: int = Field(default=3, ge=1)
+    retry_budget: RetryBudgetConfig = Field(default_factory=lambda: RetryBudgetConfig())
     vnodes: int = Field(default=160, ge=1, description="virtual nodes per backend weight")
 
 

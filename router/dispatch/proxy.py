@@ -23,9 +23,10 @@ from time import monotonic
 from typing import Final, NamedTuple
 
 from aiohttp import web
-from ctxroute.router.config import TimeoutsConfig
+from ctxroute.router.config import RetryBudgetConfig, RoutingConfig, TimeoutsConfig
 from ctxroute.router.core.classify import budget as pool_budget
 from ctxroute.router.core.planner import PoolView
+from ctxroute.router.core.retrybudget import RetryBudget
 from ctxroute.router.dispatch.answer import (
     hide_address,
     no_backend_message,
@@ -57,10 +58,18 @@ class ForwardSettings:
     ttfb_s: float
     unary_s: float
     idle_read_s: float
+    retry_budget: RetryBudgetConfig
 
     @classmethod
-    def of(cls, max_attempts: int, timeouts: TimeoutsConfig) -> ForwardSettings:
-        return cls(max_attempts, timeouts.ttfb_s, timeouts.unary_s, timeouts.idle_read_s)
+    def of(cls, routing: RoutingConfig, timeouts: TimeoutsConfig) -> ForwardSettings:
+        return cls(routing.max_attempts, timeouts.ttfb_s, timeouts.unary_s,
+                   timeouts.idle_read_s, routing.retry_budget)  # fmt: skip
+
+
+# a failed attempt that provably cost no engine work: tried elsewhere outside the budget
+_FREE_RETRY: Final = frozenset(
+    {OutcomeKind.CONNECT_ERROR, OutcomeKind.BACKPRESSURE, OutcomeKind.CONTEXT_REJECTED}
+)
 
 
 class Exchange:
@@ -69,8 +78,9 @@ class Exchange:
     answering backend, attempts, first byte, tokens and finish reason. ``extra_headers``
     go on the answer too (``x-ctxroute-fallback``)."""
 
-    __slots__ = ("body", "ended", "extra_headers", "facts", "path", "plan", "record", "refusal",
-                 "refused_window", "request", "request_id", "skipped_at_capacity")  # fmt: skip
+    __slots__ = ("body", "budget_spent", "ended", "extra_headers", "facts", "path", "plan",
+                 "record", "refusal", "refused_window", "request", "request_id",
+                 "skipped_at_capacity")  # fmt: skip
 
     def __init__(self, request: web.Request, path: str, body: bytes, facts: RequestFacts,
                  plan: RoutePlan, request_id: str, record: RequestRecord,
@@ -87,6 +97,7 @@ class Exchange:
         self.skipped_at_capacity = 0  # at max_in_flight when their turn came: never exceeded
         self.refused_window = 0  # after a context-length 400 from a window, only larger ones
         self.refusal: ContextRefusal | None = None
+        self.budget_spent = False  # a retry was due and the retry budget refused it
 
 
 class ContextRefusal(NamedTuple):
@@ -109,6 +120,8 @@ class Proxy:
         self.settings = settings
         # until a whole answer, or a stream's first byte: timed on the connection itself
         self.deadlines = ((settings.unary_s, "answer"), (settings.ttfb_s, "first byte"))
+        b = settings.retry_budget
+        self.budget = RetryBudget(b.ratio, b.min_per_s, b.window_s)
 
     async def forward(self, x: Exchange) -> web.StreamResponse:
         """Try the plan's candidates in order, as the module's docstring says."""
@@ -116,12 +129,18 @@ class Proxy:
             f"POST {x.path} HTTP/1.1\r\n".encode(),
             request_head_tail(x.request.raw_headers, x.request_id, len(x.body)),
         )
+        self.budget.request(monotonic())
+        judged = 0  # failed attempts whose retry was decided
         for position, backend in enumerate(x.plan.candidates):
             if len(x.ended) >= self.settings.max_attempts:
                 break
             pool = self.fleet.pool_named[backend.pool]
             if pool.max_context_tokens <= x.refused_window:
                 continue
+            if len(x.ended) > judged:
+                judged = len(x.ended)
+                if not self._may_retry(x):
+                    break
             answer = await self._attempt(x, head, position, backend, pool)
             if answer is not None:
                 return answer
@@ -129,10 +148,17 @@ class Proxy:
             return self._context_refusal(x)
         raise self._no_backend(x)
 
+    def _may_retry(self, x: Exchange) -> bool:
+        """After a failed attempt: whether another may follow. Always when the failure
+        provably cost no engine work; otherwise when the retry budget allows it."""
+        if x.ended[-1][1].kind in _FREE_RETRY or self.budget.try_retry(monotonic()):
+            return True
+        x.budget_spent = True
+        return False
+
     async def _attempt(self, x: Exchange, head: tuple[bytes, bytes], position: int,
                        backend: Backend, pool: PoolView) -> web.StreamResponse | None:  # fmt: skip
-        """One attempt on ``backend``: its answer, or None to try the next candidate. It
-        ends in exactly one outcome, recorded by the ledger in ``finally``."""
+        """One attempt: its answer, or None to try the next; one outcome, ended in finally."""
         prompt = x.facts.prompt.estimate
         budget = pool_budget(prompt, x.facts.max_tokens, pool)
         attempt = self.ledger.begin(backend, prompt, budget, asyncio.get_running_loop().time())
@@ -151,8 +177,7 @@ class Proxy:
                 if status >= 500 or status == 429:
                     outcome = _refused_by_backend(status, await resp.read())
                     return None
-                # relayed as a stream only when the backend streams: a 200 to a stream
-                # request may be one JSON body (a server that does not stream), answered as is
+                # a stream only when the backend streams (a 200 may be one JSON body)
                 streaming = x.facts.stream and status == 200 and is_event_stream(resp.headers)
                 first = await (resp.next_data() if streaming else resp.read())
                 resp.disarm()
@@ -265,6 +290,9 @@ class Proxy:
         message = no_backend_message(
             x.plan, x.ended, x.skipped_at_capacity, self.ledger, backends, now
         )
+        if x.budget_spent:
+            message += ("; not tried again: the retry budget is spent (too many recent "
+                        "attempts failed after reaching a backend)")  # fmt: skip
         return NoBackend(message, retry_after=wait if wait else 1.0)
 
 

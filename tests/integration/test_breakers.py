@@ -365,3 +365,58 @@ async def test_a_stream_answered_with_json_is_relayed_as_json_and_blames_no_one(
         async with s.post(router.url + "/v1/completions", json=body) as r:
             assert r.headers["Content-Type"].startswith("text/event-stream")
             assert (await r.read()).endswith(b"data: [DONE]\n\n")
+
+
+async def test_retries_that_may_reprefill_are_bounded_by_the_budget_and_refusals_are_not(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    # three backends that take longer than ttfb_s: with no budget left, the request that
+    # timed out on the first is not sent to the other two (each would prefill it again)
+    sims = [await make_sim(model="sim-model", seed=i) for i in range(3)]
+    no_budget = {"retry_budget": {"ratio": 0.0, "min_per_s": 0.0}}
+    router = await make_router(
+        one_pool(
+            sims,
+            routing=no_budget,
+            timeouts={"ttfb_s": 0.3},
+            breakers={"consecutive_failures": 100},
+        )
+    )
+    body = {"prompt": "hello", "max_tokens": 4, "stream": True}
+    async with aiohttp.ClientSession() as s:
+        for sim in sims:
+            await faults(s, sim, hang_before_first_token=2.0)
+        async with s.post(router.url + "/v1/completions", json=body) as r:
+            assert r.status == 503
+            message = (await r.json())["error"]["message"]
+        assert "retry budget is spent" in message
+        assert sum(sim.received for sim in sims) == 1
+        # a refused connection provably cost no engine work: tried elsewhere all the same
+        for sim in sims:
+            await faults(s, sim, hang_before_first_token=0.0)
+        await faults(s, sims[0], refuse_for_s=30)
+        await faults(s, sims[1], refuse_for_s=30)
+        attempts = []
+        for i in range(4):
+            async with s.post(router.url + "/v1/completions", json=body,
+                              headers={"X-Session-ID": f"s{i}"}) as r:  # fmt: skip
+                assert r.status == 200, await r.text()
+                assert r.headers["x-ctxroute-backend"] == sims[2].url
+                attempts.append(int(r.headers["x-ctxroute-attempts"]))
+                await r.read()
+        assert max(attempts) >= 2  # a refused attempt first, then the next: no budget needed
+
+
+async def test_with_budget_left_a_timeout_is_tried_on_the_next_backend(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    sims = [await make_sim(model="sim-model", seed=i) for i in range(3)]
+    router = await make_router(one_pool(sims, timeouts={"ttfb_s": 0.3}))
+    body = {"prompt": "hello", "max_tokens": 4, "stream": True}
+    async with aiohttp.ClientSession() as s:
+        for sim in sims:
+            await faults(s, sim, hang_before_first_token=2.0)
+        async with s.post(router.url + "/v1/completions", json=body) as r:
+            assert r.status == 503
+            assert "retry budget" not in (await r.json())["error"]["message"]
+        assert sum(sim.received for sim in sims) == 3  # the default floor allows these
