@@ -3,7 +3,9 @@ first byte of an answer; relay the answer.
 
 Before the first byte, a connect error, a 5xx, an upstream 429, a broken connection or a
 timeout (a stream's first body byte within ``ttfb_s``, a whole non-streaming answer within
-``unary_s``) moves on to the next candidate, at most ``max_attempts`` tries. vLLM's
+``unary_s``) moves on to the next candidate, at most ``max_attempts`` tries; a failure that
+may have reached the engine (all but a refused connection and a 429/503) only while the
+retry budget allows (``core/retrybudget.py``: it would prefill the prompt again). vLLM's
 context-length 400 moves on to a candidate with a larger window (the request's likely
 size was short of its true size); with none left, that 400 is the answer. After the first
 byte, never: a stream gets an SSE error event and ``data: [DONE]`` (router/upstream/
