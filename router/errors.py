@@ -20,6 +20,7 @@
     +-- QueueFull                    429  the pool's queue is full, or a higher tier took the place
     +-- DeadlineExceeded             429  it could not start before its deadline
     +-- Overloaded                   503  the router itself is overloaded (event loop, memory)
+    +-- ShuttingDown                 503  this router is stopping: another replica may answer
     +-- UpstreamFailed               502  the backend broke after the answer began
 """
 
@@ -132,6 +133,13 @@ class Overloaded(RouterError):
     status = 503
     error_type = "ServiceUnavailableError"
     reject = "overload"
+
+
+class ShuttingDown(RouterError):
+    status = 503
+    error_type = "ServiceUnavailableError"
+    reject = "shutting_down"
+    close = True  # the next request on this connection would be refused too
 
 
 class UpstreamFailed(RouterError):

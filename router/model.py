@@ -179,6 +179,7 @@ class OutcomeKind(enum.Enum):
     CONTEXT_REJECTED = "context_rejected"  # vLLM's 400 "maximum context length"
     CLIENT_ERROR = "client_error"  # any other 4xx: the request's fault
     CLIENT_GONE = "client_gone"  # the client left before the end
+    SHUTDOWN = "shutdown"  # the router's own shutdown ended it (its grace ran out)
 
     # hashed by identity, not by name: counted and looked up for every attempt (why:
     # docs/architecture.md, "Performance budget")
@@ -191,8 +192,9 @@ FAILURES = frozenset(
 )
 BACKPRESSURE = frozenset({OutcomeKind.BACKPRESSURE})
 NEUTRAL = frozenset(
-    {OutcomeKind.CONTEXT_REJECTED, OutcomeKind.CLIENT_ERROR, OutcomeKind.CLIENT_GONE}
-)
+    {OutcomeKind.CONTEXT_REJECTED, OutcomeKind.CLIENT_ERROR, OutcomeKind.CLIENT_GONE,
+     OutcomeKind.SHUTDOWN}
+)  # fmt: skip
 
 
 class Outcome(NamedTuple):

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from time import monotonic
+from typing import cast
 
 from aiohttp import web
 from ctxroute.router.api.answers import RouteHandler
 from ctxroute.router.api.body import read_json
 from ctxroute.router.api.context import RouterContext
+from ctxroute.router.api.lifecycle import Phase
 from ctxroute.router.dispatch.completion import Asked
-from ctxroute.router.errors import RouterError
+from ctxroute.router.errors import RouterError, ShuttingDown
 from ctxroute.router.observe.record import RequestRecord
 
 
@@ -24,7 +26,13 @@ def completion_handler(*, chat: bool, path: str) -> RouteHandler:
         ctx = request.app[RouterContext.KEY]
         # what the request did, for its metrics (and its log line): read once at its end
         record = RequestRecord(monotonic(), request_id, endpoint)
+        life = ctx.lifecycle
+        task = cast("asyncio.Task[object]", asyncio.current_task())  # (never None in a handler)
         try:
+            if life.refusing:
+                raise ShuttingDown("this router is shutting down: send it again (to another "
+                                   "replica)", retry_after=1.0)  # fmt: skip
+            life.handlers.add(task)
             opts = ctx.handler_settings
             headers = request.headers
             tenant = ctx.gatekeeper.client(headers) if ctx.gatekeeper.required else None
@@ -47,9 +55,13 @@ def completion_handler(*, chat: bool, path: str) -> RouteHandler:
             record.reject = exc.reject
             raise
         except asyncio.CancelledError:
-            record.client_gone = True
+            if life.phase is Phase.CUTTING:  # ended by the shutdown, not by its client
+                record.status, record.reject = 503, ShuttingDown.reject
+            else:
+                record.client_gone = True
             raise
         finally:
+            life.handlers.discard(task)
             now = monotonic()
             ctx.metrics.observe(record, now)
             if ctx.request_log is not None:

@@ -11,6 +11,7 @@ from typing import ClassVar
 import aiohttp
 from aiohttp import web
 from ctxroute.router.api.auth import Gatekeeper
+from ctxroute.router.api.lifecycle import Lifecycle
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.core.breaker import BreakerState, retry_after
 from ctxroute.router.dispatch.completion import Dispatcher
@@ -61,6 +62,7 @@ class RouterContext:
     request_log: RequestLog | None  # None: request lines are off
     gatekeeper: Gatekeeper
     readings: list[Reading] = field(init=False)  # the last /metrics of each backend
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)  # serving, or how far in stopping
     admin_ports: frozenset[int] = frozenset()  # local ports of the admin address, once bound
 
     def __post_init__(self) -> None:

@@ -11,6 +11,7 @@ from aiohttp import web
 from ctxroute.router.api.access import check_page
 from ctxroute.router.api.answers import JSON
 from ctxroute.router.api.context import RouterContext
+from ctxroute.router.api.lifecycle import Phase
 from ctxroute.router.observe.status import status_json
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -40,6 +41,8 @@ async def healthz(request: web.Request, request_id: str) -> web.Response:
 
 async def readyz(request: web.Request, request_id: str) -> web.Response:
     ctx = request.app[RouterContext.KEY]
+    if ctx.lifecycle.phase is not Phase.SERVING:
+        return web.Response(status=503, text="not ready: shutting down")
     if ctx.ready():
         return web.Response(text="ready")
     up = ctx.ledger.up

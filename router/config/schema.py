@@ -101,6 +101,19 @@ class ListenConfig(_Frozen):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class ShutdownConfig(_Frozen):
+    """What SIGTERM (or Ctrl-C) does: ``/readyz`` answers 503 at once; requests keep being
+    served for ``prestop_s`` (while a load balancer notices); then new requests get 503
+    ``shutting_down`` while the answers in flight finish, for at most ``grace_s``; then the
+    streams still running end with an SSE error event and the rest is cut. A second
+    signal skips the waiting."""
+
+    prestop_s: float = Field(default=0.0, ge=0, le=600, description="serving on after SIGTERM")
+    grace_s: float = Field(
+        default=90.0, ge=0, le=3600, description="for the answers in flight to finish"
+    )
+
+
 class TimeoutsConfig(_Frozen):
     connect_s: float = Field(default=2.0, gt=0)
     ttfb_s: float = Field(
@@ -316,6 +329,7 @@ class RouterConfig(_Frozen):
     listen: ListenConfig = ListenConfig()
     pools: tuple[PoolConfig, ...] = Field(min_length=1)
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
     routing: RoutingConfig = RoutingConfig()
     probe: ProbeConfig = ProbeConfig()
     breakers: BreakersConfig = BreakersConfig()

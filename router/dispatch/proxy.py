@@ -44,7 +44,7 @@ from ctxroute.router.model import Backend, Outcome, OutcomeKind, RequestFacts, R
 from ctxroute.router.observe.record import RequestRecord
 from ctxroute.router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
 from ctxroute.router.upstream.pool import UpstreamPool, UpstreamResponse
-from ctxroute.router.upstream.relay import relay_stream
+from ctxroute.router.upstream.relay import Relays, relay_stream
 
 _CONTEXT_400: Final = b"maximum context length"
 _EMPTY_STREAM: Final = "the stream ended before its first byte"
@@ -124,6 +124,7 @@ class Proxy:
         self.deadlines = ((settings.unary_s, "answer"), (settings.ttfb_s, "first byte"))
         b = settings.retry_budget
         self.budget = RetryBudget(b.ratio, b.min_per_s, b.window_s)
+        self.relays = Relays()  # the streams in flight, for a shutdown to end cleanly
 
     async def forward(self, x: Exchange) -> web.StreamResponse:
         """Try the plan's candidates in order, as the module's docstring says."""
@@ -207,9 +208,7 @@ class Proxy:
                 read_usage(first, x.record)
             return web.Response(status=status, body=first, headers=headers)
         except asyncio.CancelledError:
-            if outcome is None:
-                outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="the client left")
-            x.record.client_gone = True
+            outcome = self._cancelled(x, outcome)
             raise
         finally:
             if resp is not None:
@@ -218,6 +217,14 @@ class Proxy:
                 outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="aborted by a router error")
             self.ledger.end(attempt, outcome)
             x.ended.append((backend, outcome))
+
+    def _cancelled(self, x: Exchange, outcome: Outcome | None) -> Outcome:
+        """The outcome of an attempt whose handler was cancelled: ended by the router's
+        shutdown (its grace ran out), else by the client leaving."""
+        if self.relays.stopping is not None:
+            return outcome or Outcome(OutcomeKind.SHUTDOWN, detail=self.relays.stopping)
+        x.record.client_gone = True
+        return outcome or Outcome(OutcomeKind.CLIENT_GONE, detail="the client left")
 
     def _first_byte(self, x: Exchange, attempt: Attempt, backend: Backend, pool: PoolView,
                     budget: int, status: int, streaming: bool) -> float:  # fmt: skip
@@ -242,7 +249,8 @@ class Proxy:
                      ttft: float) -> tuple[web.StreamResponse, Outcome]:  # fmt: skip
         """A stream, relayed chunk by chunk; how it ended is the attempt's outcome."""
         status = resp.status
-        out, result = await relay_stream(x.request, resp, first, headers, self.settings.idle_read_s)
+        out, result = await relay_stream(x.request, resp, first, headers,
+                                         self.settings.idle_read_s, self.relays)  # fmt: skip
         record = x.record
         summary = result.summary
         record.finish_reason = summary.finish_reason
@@ -252,6 +260,8 @@ class Proxy:
         record.client_gone = result.client_gone
         if result.client_gone:
             return out, Outcome(OutcomeKind.CLIENT_GONE, status, ttft)
+        if result.stopped:
+            return out, Outcome(OutcomeKind.SHUTDOWN, status, ttft, self.relays.stopping or "")
         if result.upstream_error is not None:
             return out, Outcome(OutcomeKind.BROKEN, status, ttft, result.upstream_error)
         return out, Outcome(OutcomeKind.SUCCESS, status, ttft)

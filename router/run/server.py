@@ -19,11 +19,13 @@ from typing import cast
 
 from ctxroute.router.api.app import create_app, make_runner, start_sites
 from ctxroute.router.api.auth import Gatekeeper, with_tenants
+from ctxroute.router.api.context import RouterContext
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.fleet.topology import Fleet
 from ctxroute.router.observe.logs import setup_logging
 from ctxroute.router.observe.metrics import Metrics, MetricsShare
 from ctxroute.router.run.runtime import run_async
+from ctxroute.router.run.shutdown import stop_gracefully
 from ctxroute.router.store.loadboard import LoadBoard, LoadView
 
 log = logging.getLogger("ctxroute.serve")
@@ -41,11 +43,15 @@ async def serve_until_stopped(
     board: LoadView | None = None,
     metrics_share: MetricsShare | None = None,
 ) -> None:
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:  # the first stops in order (shutdown.py), a second hurries it
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     runner = make_runner(create_app(config, board=board, metrics_share=metrics_share))
     await runner.setup()
     try:
@@ -60,6 +66,7 @@ async def serve_until_stopped(
             if admin_url is not None:
                 print(f"ctxroute admin address: {admin_url}", flush=True)
         await stop.wait()
+        await stop_gracefully(runner.app[RouterContext.KEY], config.shutdown, hurry)
     finally:
         await runner.cleanup()
 

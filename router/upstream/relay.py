@@ -37,6 +37,26 @@ class RelayResult:
     summary: StreamSummary
     upstream_error: str | None
     client_gone: bool
+    stopped: bool = False  # cut by the router's own shutdown (an SSE error event said so)
+
+
+class Relays:
+    """The streams being relayed, so that a shutdown whose grace has run out can end each
+    with an SSE error event instead of cutting it mid-chunk."""
+
+    __slots__ = ("live", "stopping")
+
+    def __init__(self) -> None:
+        self.live: set[_Relay] = set()
+        self.stopping: str | None = None  # the reason every stream is being ended
+
+    def stop_all(self, reason: str) -> int:
+        """End every stream with ``reason`` (each writes its error event and returns);
+        how many there were."""
+        self.stopping = reason
+        for relay in self.live:
+            relay.on_end(None, stopped=True)
+        return len(self.live)
 
 
 class _Relay:
@@ -44,8 +64,8 @@ class _Relay:
     transport as it comes (inside the upstream connection's ``data_received``), pausing
     the backend when the client falls behind; ``on_end`` hears the upstream end."""
 
-    __slots__ = ("chunked", "ended", "high_water", "paused", "scanner", "transport", "upstream",
-                 "wake")  # fmt: skip
+    __slots__ = ("chunked", "ended", "high_water", "paused", "scanner", "stopped", "transport",
+                 "upstream", "wake")  # fmt: skip
 
     def __init__(self, transport: asyncio.Transport, upstream: UpstreamResponse,
                  chunked: bool) -> None:  # fmt: skip
@@ -56,6 +76,7 @@ class _Relay:
         self.high_water = transport.get_write_buffer_limits()[1]
         self.ended: list[UpstreamError | None] = []
         self.paused = False
+        self.stopped = False
         self.wake: asyncio.Future[None] | None = None
 
     def sink(self, data: bytes) -> None:
@@ -69,8 +90,9 @@ class _Relay:
             self.upstream.pause()
             self._wake()
 
-    def on_end(self, error: UpstreamError | None) -> None:
+    def on_end(self, error: UpstreamError | None, stopped: bool = False) -> None:
         self.ended.append(error)
+        self.stopped = self.stopped or stopped
         self._wake()
 
     def _wake(self) -> None:
@@ -117,6 +139,7 @@ async def relay_stream(
     first: bytes,
     headers: list[tuple[str, str]],
     idle_s: float,
+    relays: Relays | None = None,
 ) -> tuple[web.StreamResponse, RelayResult]:
     out = web.StreamResponse(status=upstream.status, headers=headers)
     chunked = request.version >= HttpVersion11
@@ -131,19 +154,31 @@ async def relay_stream(
     relay = _Relay(transport, upstream, chunked)
     relay.sink(first)
     upstream.relay(relay.sink, relay.on_end)
-    problem, gone = await relay.pump(request, idle_s)
+    if relays is not None:
+        relays.live.add(relay)
+    try:
+        problem, gone = await relay.pump(request, idle_s)
+    finally:
+        if relays is not None:
+            relays.live.discard(relay)
     summary = relay.scanner.summary()
     if gone or transport.is_closing():
         return out, RelayResult(summary, problem, client_gone=True)
-    if problem is None and not summary.done:
+    stopped = relay.stopped and not summary.done
+    if stopped:
+        problem = relays.stopping if relays is not None and relays.stopping else "stopped"
+    elif problem is None and not summary.done:
         problem = "the backend ended the stream before the answer finished"
     if problem is not None:
         upstream.close()  # detach: nothing of the backend's may follow our closing event
         # close an event the backend left half-written, then say what happened
         prefix = b"" if relay.scanner.ends_event() else b"\n\n"
-        await out.write(prefix + error_event(problem))
+        await out.write(prefix + error_event(problem, *(_UNAVAILABLE if stopped else ())))
     await out.write_eof()
-    return out, RelayResult(summary, problem, client_gone=False)
+    return out, RelayResult(summary, None if stopped else problem, client_gone=False,
+                            stopped=stopped)  # fmt: skip
 
 
-__all__ = ["RelayResult", "relay_stream"]
+_UNAVAILABLE = ("ServiceUnavailableError", 503)
+
+__all__ = ["RelayResult", "Relays", "relay_stream"]
