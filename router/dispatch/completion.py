@@ -89,7 +89,7 @@ class Dispatcher:
         record.plan = planned.plan
         raw: bytes = asked.raw
         extra: tuple[tuple[str, str], ...] = ()
-        if self.fallback and not planned.plan.candidates:
+        if self.fallback and not planned.plan.candidates and planned.unusable(view_of):
             planned, raw, extra = self._fallback(planned, asked, request_id, view_of)
         tier = self._tier(asked)
         wait_s = None if asked.timeout is None else timeout_s(asked.timeout)

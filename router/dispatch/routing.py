@@ -26,6 +26,16 @@ class Route:
     def replan(self, fleet: Fleet, ledger: Ledger) -> RoutePlan:
         return plan(self.facts, self.pools, self.eligibility, ledger.view_of, fleet.settings)
 
+    def unusable(self, view_of: ViewOf) -> bool:
+        """No backend that could hold it is usable (breakers, drains, down), as opposed to
+        all of them merely busy (at max_in_flight: then it waits for one, as configured)."""
+        for i in self.plan.pools:
+            for b in self.pools[i].backends:
+                v = view_of(b)
+                if v.usable and v.up:
+                    return False
+        return True
+
 
 def route(facts: RequestFacts, fleet: Fleet, view_of: ViewOf) -> Route:
     """Plan ``facts`` over its model's pools (ContextTooLong when no window can hold it)."""

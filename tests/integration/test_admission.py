@@ -429,3 +429,22 @@ async def test_a_waiter_refused_between_its_wake_up_and_its_turn_is_not_left_wai
         assert gate.waiting == 0
         assert (await busy)[0] == 200
         assert idle(await admission_status(s, router))
+
+
+async def test_a_tier_reserve_never_leaves_a_one_slot_pool_to_the_highest_tier_alone(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    # the shipped tiers reserve 10% for high: of one slot that is no slot at all, so normal
+    # and low requests to an idle backend are served (they were refused 429 'deadline'
+    # within 0.1 s, since in_flight + 1 > 0.9 x 1 always held)
+    sim = await make_sim(model="sim-model")
+    tiers = [{"name": "high", "reserve": 0.1}, {"name": "normal"}, {"name": "low"}]
+    config = config_for([sim], max_in_flight=1,
+                        admission={"tiers": tiers, "default_tier": "normal"})  # fmt: skip
+    router = await make_router(config)
+    body = {"prompt": "hi", "max_tokens": 2}
+    async with aiohttp.ClientSession() as s:
+        for tier in ("normal", "low", None, "high"):
+            headers = {"X-Priority": tier} if tier else {}
+            async with s.post(router.url + "/v1/completions", json=body, headers=headers) as r:
+                assert r.status == 200, (tier, await r.text())

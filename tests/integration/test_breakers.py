@@ -306,6 +306,34 @@ async def test_the_fallback_model_answers_only_while_the_big_one_is_unusable(
                 assert small.received == received
 
 
+async def test_a_model_whose_backends_are_merely_full_waits_for_them_not_the_fallback(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    big = await make_sim(model="big-model", max_model_len=1024)
+    small = await make_sim(model="small-model", max_model_len=1024)
+    config = fallback_config(big, small)
+    pools = [p.model_copy(update={"backends": tuple(b.model_copy(update={"max_in_flight": 1})
+                                                    for b in p.backends)})
+             for p in config.pools]  # fmt: skip
+    router = await make_router(config.model_copy(update={"pools": tuple(pools)}))
+    body = {"model": "big-model", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2}  # fmt: skip
+    async with aiohttp.ClientSession() as s:
+        # the one slot busy for 40 ms (a longer wait would be shed by the short class's
+        # CoDel, which is a 429, not the fallback either)
+        await faults(s, big, hang_before_first_token=0.04)
+
+        async def ask() -> tuple[int, str]:
+            async with s.post(router.url + "/v1/chat/completions", json=body) as r:
+                await r.read()
+                return r.status, r.headers.get("x-ctxroute-backend", "")
+
+        answers = await asyncio.gather(ask(), ask())
+    # the second waited for the big model's slot: full is not unusable
+    assert answers == [(200, big.url)] * 2
+    assert small.received == 0
+
+
 def test_a_fallback_must_name_served_models() -> None:
     pool = {"name": "a", "model": "m", "max_context_tokens": 1000,
             "backends": [{"url": "http://x:1"}]}  # fmt: skip

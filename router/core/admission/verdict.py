@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -135,7 +136,9 @@ def _over_share(
     settings: AdmissionSettings,
 ) -> bool:
     """Whether one more request of ``tier`` would fill the pools that can hold it past the
-    tier's share (what higher tiers reserve is theirs)."""
+    tier's share (what higher tiers reserve is theirs). Reserves are whole slots, rounded
+    down: 10% of one usable slot reserves none, so a small pool (or one that a breaker left
+    a slot of) still serves every tier instead of refusing all but the highest."""
     capacity = 0
     in_flight = 0
     for i in plan.pools:
@@ -144,7 +147,8 @@ def _over_share(
             if v.usable and v.up:
                 capacity += b.max_in_flight
                 in_flight += v.load.in_flight
-    return in_flight + 1 > settings.shares[tier] * capacity
+    reserved = math.floor(capacity * (1.0 - settings.shares[tier]) + 1e-9)
+    return in_flight + 1 > capacity - reserved
 
 
 def _count_clean(pools: Sequence[PoolView], view_of: ViewOf) -> tuple[int, int]:
