@@ -15,6 +15,7 @@ indices as numbers and values parsed as YAML scalars, e.g.::
 
 from ctxroute.router.config.edge import AdminConfig, AuthConfig, KeyConfig, LimitsConfig
 from ctxroute.router.config.load import ENV_PREFIX, load_config, parse_config, shipped
+from ctxroute.router.config.resilience import RetryBudgetConfig, ShutdownConfig
 from ctxroute.router.config.schema import (
     AdmissionConfig,
     BackendConfig,
@@ -26,10 +27,8 @@ from ctxroute.router.config.schema import (
     OverloadConfig,
     PoolConfig,
     ProbeConfig,
-    RetryBudgetConfig,
     RouterConfig,
     RoutingConfig,
-    ShutdownConfig,
     StoreConfig,
     TierConfig,
     TimeoutsConfig,

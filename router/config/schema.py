@@ -7,6 +7,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from ctxroute.router.config.edge import AdminConfig, AuthConfig, LimitsConfig
+from ctxroute.router.config.resilience import RetryBudgetConfig, ShutdownConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -101,19 +102,6 @@ class ListenConfig(_Frozen):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
-class ShutdownConfig(_Frozen):
-    """What SIGTERM (or Ctrl-C) does: ``/readyz`` answers 503 at once; requests keep being
-    served for ``prestop_s`` (while a load balancer notices); then new requests get 503
-    ``shutting_down`` while the answers in flight finish, for at most ``grace_s``; then the
-    streams still running end with an SSE error event and the rest is cut. A second
-    signal skips the waiting."""
-
-    prestop_s: float = Field(default=0.0, ge=0, le=600, description="serving on after SIGTERM")
-    grace_s: float = Field(
-        default=90.0, ge=0, le=3600, description="for the answers in flight to finish"
-    )
-
-
 class TimeoutsConfig(_Frozen):
     connect_s: float = Field(default=2.0, gt=0)
     ttfb_s: float = Field(
@@ -132,18 +120,6 @@ class TimeoutsConfig(_Frozen):
         description="reuse an idle upstream connection only this long (below the backend's "
         "own keep-alive: uvicorn, which vLLM runs on, closes after 5 s)",
     )
-
-
-class RetryBudgetConfig(_Frozen):
-    """Retries of attempts that may have reached a backend (a timeout before the first
-    byte, a connection broken after sending, a 5xx): at most ``ratio`` of the requests of
-    the last ``window_s`` seconds, plus ``min_per_s`` a second. Attempts that provably
-    never reached one (connection refused, 429/503, vLLM's context-length 400) are always
-    tried elsewhere."""
-
-    ratio: float = Field(default=0.2, ge=0, le=10, description="retries per recent request")
-    min_per_s: float = Field(default=3.0, ge=0, description="retries a second allowed anyway")
-    window_s: float = Field(default=10.0, ge=1, le=600, description="what 'recent' means")
 
 
 class RoutingConfig(_Frozen):
@@ -219,6 +195,16 @@ class BreakersConfig(_Frozen):
     jitter: float = Field(default=0.2, ge=0, le=1, description="open time x (1 + jitter x U[0,1))")
     half_open_probes: int = Field(default=1, ge=1, description="probes across the whole fleet")
     memory: MemoryBreakerConfig = MemoryBreakerConfig()
+
+    @model_validator(mode="after")
+    def _rate_rule_can_judge(self) -> BreakersConfig:
+        if self.window < self.min_calls:
+            raise ValueError(
+                f"window ({self.window}) must be at least min_calls ({self.min_calls}): the "
+                "failure rate is judged over the window once it holds min_calls calls, so a "
+                "smaller window turns the rule off"
+            )
+        return self
 
 
 class StoreConfig(_Frozen):

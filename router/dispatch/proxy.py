@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Final, NamedTuple
 
+import orjson
 from aiohttp import web
 from ctxroute.router.config import RetryBudgetConfig, RoutingConfig, TimeoutsConfig
 from ctxroute.router.core.classify import budget as pool_budget
@@ -171,7 +172,7 @@ class Proxy:
         resp: UpstreamResponse | None = None
         outcome: Outcome | None = None
         try:
-            data = b"".join((head[0], self.fleet.host_lines[backend.index], head[1], x.body))
+            data = self._request_bytes(x, head, backend)
             try:
                 resp = await self.upstream.request(
                     (backend.host, backend.port), data, deadline=self.deadlines[x.facts.stream]
@@ -217,6 +218,16 @@ class Proxy:
                 outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="aborted by a router error")
             self.ledger.end(attempt, outcome)
             x.ended.append((backend, outcome))
+
+    def _request_bytes(self, x: Exchange, head: tuple[bytes, bytes], backend: Backend) -> bytes:
+        """The request as ``backend`` gets it: its own host line, and, for a backend that
+        serves the model under a name of its own (``model`` in its config), that name in
+        the body (only then is the body parsed again and its length recounted)."""
+        if backend.model == x.facts.model:
+            return b"".join((head[0], self.fleet.host_lines[backend.index], head[1], x.body))
+        body = orjson.dumps({**orjson.loads(x.body), "model": backend.model})
+        tail = request_head_tail(x.request.raw_headers, x.request_id, len(body))
+        return b"".join((head[0], self.fleet.host_lines[backend.index], tail, body))
 
     def _cancelled(self, x: Exchange, outcome: Outcome | None) -> Outcome:
         """The outcome of an attempt whose handler was cancelled: ended by the router's

@@ -448,3 +448,35 @@ async def test_with_budget_left_a_timeout_is_tried_on_the_next_backend(
             assert r.status == 503
             assert "retry budget" not in (await r.json())["error"]["message"]
         assert sum(sim.received for sim in sims) == 3  # the default floor allows these
+
+
+def test_a_breaker_window_smaller_than_min_calls_is_refused() -> None:
+    # the failure-rate rule judges the window once it holds min_calls calls: a smaller
+    # window would turn the rule off without a word
+    pool = {"name": "a", "model": "m", "max_context_tokens": 1000,
+            "backends": [{"url": "http://x:1"}]}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"window \(5\) must be at least min_calls \(10\)"):
+        parse_config({"pools": [pool], "breakers": {"window": 5}}, environ={})
+    parse_config({"pools": [pool], "breakers": {"window": 10}}, environ={})
+
+
+async def test_a_backend_serving_the_model_under_its_own_name_gets_that_name(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    own = await make_sim(model="llama-8b-instruct-v2")  # what this vLLM was started with
+    config = parse_config(
+        {"pools": [{"name": "p", "model": "chat", "max_context_tokens": 1024,
+                    "default_max_tokens": 8,
+                    "backends": [{"url": own.url, "model": "llama-8b-instruct-v2"}]}]},
+        environ={},
+    )  # fmt: skip
+    router = await make_router(config)
+    async with aiohttp.ClientSession() as s:
+        for stream in (False, True):
+            body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 3, "stream": stream}  # fmt: skip
+            async with s.post(router.url + "/v1/chat/completions", json=body) as r:
+                assert r.status == 200, await r.text()
+                await r.read()
+            assert own.last_body is not None and own.last_body["model"] == "llama-8b-instruct-v2"
+            assert own.last_body["messages"] == body["messages"]
