@@ -22,6 +22,7 @@
     +-- Overloaded                   503  the router itself is overloaded (event loop, memory)
     +-- ShuttingDown                 503  this router is stopping: another replica may answer
     +-- UpstreamFailed               502  the backend broke after the answer began
+    +-- UpstreamTimedOut             504  every backend tried took it and none answered in time
 """
 
 from __future__ import annotations
@@ -140,6 +141,12 @@ class ShuttingDown(RouterError):
     error_type = "ServiceUnavailableError"
     reject = "shutting_down"
     close = True  # the next request on this connection would be refused too
+
+
+class UpstreamTimedOut(RouterError):
+    status = 504
+    error_type = "GatewayTimeoutError"
+    reject = "upstream_timeout"
 
 
 class UpstreamFailed(RouterError):

@@ -25,7 +25,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         429: "rate limited, queue full or deadline (x-ctxroute-reject says which)",
         431: "the request's headers are too large",
         502: "the backend broke after its answer began",
-        503: "no backend can take it, or the router is overloaded",
+        503: "no backend can take it, the router is overloaded, or it is shutting down",
+        504: "every backend tried took the request and none answered in time",
     }
     return {str(c): {"description": words[c], "content": {JSON: {"schema": _ERROR}}} for c in codes}
 
@@ -63,7 +64,7 @@ _COMPLETION_OUT = {
         "description": "vLLM's answer, passed on (a JSON body, or an SSE stream)",
         "content": {JSON: {"schema": {"type": "object"}}, "text/event-stream": {}},
     },
-    **_errors(400, 401, 403, 404, 408, 413, 429, 431, 502, 503),
+    **_errors(400, 401, 403, 404, 408, 413, 429, 431, 502, 503, 504),
 }
 
 _ROUTER_HEADERS = [

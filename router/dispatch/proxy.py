@@ -38,7 +38,7 @@ from ctxroute.router.dispatch.answer import (
     response_headers,
     route_line_of,
 )
-from ctxroute.router.errors import NoBackend, UpstreamFailed
+from ctxroute.router.errors import NoBackend, UpstreamFailed, UpstreamTimedOut
 from ctxroute.router.fleet.ledger import Attempt, Ledger
 from ctxroute.router.fleet.topology import Fleet
 from ctxroute.router.model import Backend, Outcome, OutcomeKind, RequestFacts, RoutePlan
@@ -300,7 +300,7 @@ class Proxy:
         headers = self._headers(x, refusal.headers, refusal.backend, refusal.position, len(x.ended))
         return web.Response(status=refusal.status, body=refusal.body, headers=headers)
 
-    def _no_backend(self, x: Exchange) -> NoBackend:
+    def _no_backend(self, x: Exchange) -> NoBackend | UpstreamTimedOut:
         # the backends that could hold it, not every backend of the model: a pool whose
         # window is too small is no reason to refuse, and its breakers say nothing about
         # when to retry
@@ -316,6 +316,10 @@ class Proxy:
         if x.budget_spent:
             message += ("; not tried again: the retry budget is spent (too many recent "
                         "attempts failed after reaching a backend)")  # fmt: skip
+        if x.ended and all(o.kind is OutcomeKind.TIMEOUT for _, o in x.ended):
+            # every backend tried is up and took the request, and none answered in time:
+            # a gateway timeout, not "no backend" (and no advice to retry in a second)
+            return UpstreamTimedOut(message)
         return NoBackend(message, retry_after=wait if wait else 1.0)
 
 
