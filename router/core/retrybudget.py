@@ -50,7 +50,10 @@ class RetryBudget:
 
     def request(self, now: float) -> None:
         """A request's first attempt: it adds ``ratio`` of a retry to the budget."""
-        self._slot(now)[1] += 1
+        slots = self._slots
+        # (the common case, another request in the same second, without the window's walk)
+        slot = slots[-1] if slots and slots[-1][0] == math.floor(now) else self._slot(now)
+        slot[1] += 1
         self.requests += 1
 
     def allowed(self, now: float) -> float:
