@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from ctxroute.backends.simulator.runner import EngineRunner
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 _JSON = "application/json"
+_MAX_IDS = 100_000
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}
 _TRUE = {"true", "1", "yes", "on", "y", "t"}
 _FALSE = {"false", "0", "no", "off", "n", "f"}
@@ -122,6 +124,9 @@ class Simulator:
         self.core = EngineCore(self.profile)
         self.metrics = VllmMetrics(self.core, self.profile, self.config.model, self.kv_usage)
         self.received = 0  # completion requests received, whatever became of them
+        # how many times each X-Request-Id came (the chaos suite's ledger joins it with the
+        # router's request log); bounded: cleared past _MAX_IDS distinct ids
+        self.received_ids: Counter[str] = Counter()
         self.last_body: object = None  # the last completion request's body, parsed (tests)
         self.tokenizer: Tokenizer = (
             HFTokenizer(self.config.tokenizer) if self.config.tokenizer else ByteTokenizer()
@@ -435,6 +440,10 @@ class Simulator:
             body, text = self._parse(await request.read(), chat)
             self.last_body = body
             client_id = request.headers.get("X-Request-Id")
+            if client_id is not None:
+                if len(self.received_ids) >= _MAX_IDS:
+                    self.received_ids.clear()
+                self.received_ids[client_id] += 1
             req, stream, include_usage = self._admit(body, text, chat, loop.time(), client_id)
         except _BadRequest as exc:
             return _json(exc.body, exc.status)

@@ -103,6 +103,13 @@ class Exchange:
         self.budget_spent = False  # a retry was due and the retry budget refused it
 
 
+    def end(self, backend: Backend, outcome: Outcome) -> None:
+        """An attempt ended: it counts in the request's log line however it ended (a
+        client that leaves during a prefill still had it sent)."""
+        self.ended.append((backend, outcome))
+        self.record.attempts = len(self.ended)
+
+
 class ContextRefusal(NamedTuple):
     """vLLM's context-length 400 from a window: the answer if no larger window is left."""
 
@@ -217,7 +224,7 @@ class Proxy:
             if outcome is None:  # an exception nobody expected: the backend is not blamed
                 outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="aborted by a router error")
             self.ledger.end(attempt, outcome)
-            x.ended.append((backend, outcome))
+            x.end(backend, outcome)
 
     def _request_bytes(self, x: Exchange, head: tuple[bytes, bytes], backend: Backend) -> bytes:
         """The request as ``backend`` gets it: its own host line, and, for a backend that
