@@ -102,7 +102,6 @@ class Exchange:
         self.refusal: ContextRefusal | None = None
         self.budget_spent = False  # a retry was due and the retry budget refused it
 
-
     def end(self, backend: Backend, outcome: Outcome) -> None:
         """An attempt ended: it counts in the request's log line however it ended (a
         client that leaves during a prefill still had it sent)."""
