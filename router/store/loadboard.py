@@ -49,7 +49,7 @@ class LoadBoard:
             # one process: lists read and write fastest
             self._cells = [[[0] * FIELDS for _ in range(backends)] for _ in range(rows)]
         else:
-            size = rows * backends * FIELDS
+            size = rows * backends * FIELDS + backends
             if len(shared) < size * _CELL:
                 raise ValueError("the shared mapping is smaller than the board")
             cells = memoryview(shared).cast("q")
@@ -58,6 +58,12 @@ class LoadBoard:
                  for b in range(backends)]
                 for r in range(rows)
             ]  # fmt: skip
+        # operator drains, one cell per backend after the rows: with workers, a drain made
+        # through one of them is seen by all (MemoryStore follows these)
+        self.drains: list[int] | memoryview = [0] * backends
+        if shared is not None:
+            start = rows * backends * FIELDS
+            self.drains = memoryview(shared).cast("q")[start : start + backends]
         self._mine = self._cells[row]
         # each backend's rows, for the fleet-wide sum
         self._columns = [[self._cells[r][b] for r in range(rows)] for b in range(backends)]
@@ -67,7 +73,7 @@ class LoadBoard:
     @staticmethod
     def shared_memory(backends: int, rows: int) -> mmap.mmap:
         """An anonymous MAP_SHARED mapping for ``rows`` processes: make it before forking."""
-        return mmap.mmap(-1, max(1, rows * backends * FIELDS * _CELL))
+        return mmap.mmap(-1, max(1, (rows * backends * FIELDS + backends) * _CELL))
 
     def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int,
             long_flight: int = 0) -> None:  # fmt: skip

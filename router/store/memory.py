@@ -7,6 +7,8 @@ local state is what the request path reads, Redis or not). The load view is the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -14,11 +16,12 @@ from collections.abc import Callable, Sequence
 from ctxroute.router.config import BreakersConfig
 from ctxroute.router.core import breaker as br
 from ctxroute.router.model import Backend
-from ctxroute.router.store.loadboard import LoadView
+from ctxroute.router.store.loadboard import LoadBoard, LoadView
 
 log = logging.getLogger("ctxroute.breakers")
 
 _GO = (True, False)  # allowed, not a probe
+_FOLLOW_S = 0.05
 
 
 def breaker_settings(config: BreakersConfig) -> br.BreakerSettings:
@@ -39,6 +42,9 @@ class MemoryStore:
         self.breakers: list[br.Breaker] = [br.CLOSED] * count
         self.memory: list[bool] = [False] * count
         self.drain: list[bool] = [False] * count
+        # with serve --workers, the drains every worker follows (LoadBoard.drains)
+        self.shared_drains = load.drains if isinstance(load, LoadBoard) and load.rows > 1 else None
+        self._follow: asyncio.Task[None] | None = None
 
     @property
     def up(self) -> bool:
@@ -111,6 +117,8 @@ class MemoryStore:
         return self.drain[backend]
 
     async def set_drained(self, backend: int, drained: bool) -> None:
+        if self.shared_drains is not None:
+            self.shared_drains[backend] = 1 if drained else 0
         self._apply_drain(backend, drained)
 
     def _apply_drain(self, backend: int, drained: bool) -> None:
@@ -128,7 +136,21 @@ class MemoryStore:
         return min(waits) if waits else None
 
     async def start(self) -> None:
-        return None
+        if self.shared_drains is not None:
+            self._follow = asyncio.get_running_loop().create_task(self._follow_drains())
 
     async def close(self) -> None:
-        return None
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
+
+    async def _follow_drains(self) -> None:
+        """Apply the drains other workers made (within _FOLLOW_S of the admin request)."""
+        shared = self.shared_drains
+        assert shared is not None
+        while True:
+            await asyncio.sleep(_FOLLOW_S)
+            for i, flag in enumerate(shared):
+                if bool(flag) != self.drain[i]:
+                    self._apply_drain(i, bool(flag))

@@ -19,6 +19,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 from ctxroute.router.config import parse_config
+from ctxroute.router.core.keys import digest
 
 from tests.fixtures.demo import demo_banner
 from tests.fixtures.servers import free_port, wait_for_port
@@ -348,6 +349,39 @@ def test_every_worker_answers_metrics_for_all_of_them(tmp_path: Path) -> None:
                                    reason="length"))  # fmt: skip
         assert set(counts) == {12.0}, counts
         assert set(lengths) == {12.0}, lengths
+    finally:
+        _stop(proc, sim)
+    assert proc.returncode == 0
+
+
+async def test_a_drain_through_one_worker_reaches_every_worker(tmp_path: Path) -> None:
+    # no Redis: the workers share their drains through the load board's shared memory, so
+    # a drain made through whichever worker answered /admin/drain is obeyed by all
+    sim_port, port = free_port(), free_port()
+    sim = _sim(sim_port, 1.0)
+    admin_key = "sk-ctx-cli-admin-0123456789abcdefghijklmnopqrstuvwxyzAB"
+    config = ROUTER_FOR_SIM.format(port=port, backend=sim_port) + (
+        f"admin: {{keys: [{digest(admin_key)}]}}\n"
+    )
+    path = write(tmp_path, config)
+    proc = subprocess.Popen([*CLI, "serve", "--config", str(path), "--workers", "2"],  # noqa: ASYNC220
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port("127.0.0.1", sim_port, 20.0, sim)
+        wait_for_port("127.0.0.1", port, 20.0, proc)
+        headers = {"Authorization": f"Bearer {admin_key}"}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url + "/admin/drain", json={"backend": "only-1"},
+                              headers=headers) as r:  # fmt: skip
+                assert r.status == 200, await r.text()
+        await asyncio.sleep(0.3)
+        seen: dict[int, bool] = {}
+        for _ in range(30):  # a connection each: the kernel spreads them over the workers
+            status = await asyncio.to_thread(_status, port)
+            seen[status["pid"]] = status["pools"][0]["backends"][0]["drained"]
+        assert len(seen) == 2, f"only one worker answered /status: {seen}"
+        assert all(seen.values()), seen
     finally:
         _stop(proc, sim)
     assert proc.returncode == 0
