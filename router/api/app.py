@@ -195,6 +195,7 @@ def _context(
         gatekeeper,
     )
     ctx.metrics.watch(ctx.snapshot)
+    ctx.metrics.follow(ledger.outcomes, ledger.store.openings, gate.admitted)
     return ctx
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from ctxroute.router.core.breaker import BreakerState
+from ctxroute.router.model import OutcomeKind
 from ctxroute.router.observe.snapshot import AdmissionState, BackendState, RouterState
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -125,8 +126,30 @@ class RequestCollector(Collector):
         for (pool, reason, tier), count in sorted(metrics.shed.items()):
             shed.add_metric([pool, reason, tier], count)
         yield from (requests, finish, retries, disconnects, wasted, shed)
+        yield from _process_families(metrics)
         if metrics.tenants:
             yield from _tenant_families(metrics.tenants)
+
+
+def _process_families(metrics: Metrics) -> Iterator[Metric]:
+    """Figures every process keeps of its own (summed over the workers of a server)."""
+    outcomes = CounterMetricFamily(
+        "ctxroute_attempt_outcomes", "Attempts on backends by how they ended", labels=["outcome"]
+    )
+    for kind, count in zip(OutcomeKind, metrics.outcomes, strict=True):
+        outcomes.add_metric([kind.value], count)
+    openings = CounterMetricFamily(
+        "ctxroute_breaker_openings",
+        "Times the error breaker opened on this router's own evidence (never goes back)",
+        labels=_BACKEND,
+    )
+    for (pool, url), count in zip(metrics.backend_labels, metrics.openings, strict=True):
+        openings.add_metric([pool, url], count)
+    admitted = GaugeMetricFamily("ctxroute_admitted", _ADMITTED_HELP, labels=["pool", "tier"])
+    for pool, counts in metrics.admitted.items():
+        for tier, count in zip(metrics.tiers, counts, strict=True):
+            admitted.add_metric([pool, tier], count)
+    yield from (outcomes, openings, admitted)
 
 
 def _tenant_families(tenants: dict[str, list[int]]) -> Iterator[Metric]:
@@ -166,13 +189,6 @@ class StateCollector(Collector):
         state = self.state()
         yield from _backend_families(state)
         yield from _admission_families(state.admission)
-        outcomes = CounterMetricFamily(
-            "ctxroute_attempt_outcomes",
-            "Attempts on backends by how they ended",
-            labels=["outcome"],
-        )
-        for kind, count in state.outcomes.items():
-            outcomes.add_metric([kind.value], count)
         redis = GaugeMetricFamily(
             "ctxroute_store_up",
             "1 when the shared store (Redis) is reachable; always 1 for the in-process store",
@@ -183,7 +199,7 @@ class StateCollector(Collector):
             "ctxroute_event_loop_lag_seconds", "The router's event-loop lag at its last check"
         )
         lag.add_metric([], state.admission.loop_lag_s)
-        yield from (outcomes, redis, lag)
+        yield from (redis, lag)
 
 
 def _backend_families(state: RouterState) -> Iterator[Metric]:
@@ -197,23 +213,19 @@ def _backend_families(state: RouterState) -> Iterator[Metric]:
         "2 open",
         labels=[*_BACKEND, "kind"],
     )
-    openings = CounterMetricFamily(
-        "ctxroute_breaker_openings", "Times the error breaker opened", labels=_BACKEND
-    )
     for b in state.backends:
         names = [b.backend.pool, b.backend.url]
         for family, read in gauges:
             family.add_metric(names, read(b) or 0.0)
         breaker.add_metric([*names, "error"], _BREAKER_VALUE[b.breaker.state])
         breaker.add_metric([*names, "memory"], 2.0 if b.memory_open else 0.0)
-        openings.add_metric(names, b.breaker.openings)
         for family, read in probed:
             value = read(b)
             if value is not None:
                 family.add_metric(names, value)
     yield from (family for family, _ in gauges[:4])
     yield from (family for family, _ in gauges[4:])
-    yield from (breaker, openings)
+    yield breaker
     yield from (family for family, _ in probed)
 
 
@@ -224,9 +236,7 @@ _ADMITTED_HELP: Final = "Requests admitted and not ended, per pool and priority 
 def _admission_families(admission: AdmissionState) -> Iterator[Metric]:
     labels = ["pool", "tier"]
     depth = GaugeMetricFamily("ctxroute_queue_depth", _QUEUE_DEPTH_HELP, labels=labels)
-    admitted = GaugeMetricFamily("ctxroute_admitted", _ADMITTED_HELP, labels=labels)
     for q in admission.queues:
         for t, name in enumerate(admission.tiers):
             depth.add_metric([q.pool, name], q.waiting[t])
-            admitted.add_metric([q.pool, name], q.admitted[t])
-    yield from (depth, admitted)
+    yield depth

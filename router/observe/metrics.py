@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from ctxroute.router.core.breaker import BreakerState
+from ctxroute.router.model import OutcomeKind
 from ctxroute.router.observe.families import RequestCollector, StateCollector
 from ctxroute.router.observe.record import RequestRecord
 from ctxroute.router.observe.snapshot import RouterState
@@ -157,12 +158,21 @@ _TENANT_STATUS: Final = {2: 1, 4: 2, 5: 3}  # status // 100 -> its place in TENA
 
 
 class Metrics:
-    def __init__(self, pools: list[str], tiers: list[str], tenants: Sequence[str] = ()) -> None:
+    def __init__(self, pools: list[str], tiers: list[str], tenants: Sequence[str] = (),
+                 backends: Sequence[tuple[str, str]] = ()) -> None:  # fmt: skip
         self.registry = CollectorRegistry(auto_describe=True)
         self.pool_names = list(pools)
         self.tiers = list(tiers)
         self.tenant_names = list(tenants)
+        self.backend_labels = list(backends)  # (pool, url) of each backend, by index
         self.pools = {pool: PoolStats() for pool in pools}
+        # counters and gauges kept elsewhere in this process (the ledger's attempt outcomes,
+        # the store's breaker openings, the gate's admitted requests), carried in the same
+        # shared rows so that with serve --workers a scrape of any worker sums them all
+        self.outcomes = [0] * len(OutcomeKind)
+        self.openings = [0] * len(self.backend_labels)
+        self.admitted = {pool: [0] * len(tiers) for pool in pools if pool}
+        self._sources: tuple[dict[OutcomeKind, int], list[int], dict[str, list[int]]] | None = None
         # tenant -> its TENANT_FIGURES; none without keys. Label values fixed at start (the
         # layout of a shared row may not change while workers run)
         self.tenants: dict[str, list[int]] = {
@@ -179,8 +189,21 @@ class Metrics:
     def for_config(cls, config: RouterConfig) -> Metrics:
         """The label values are the config's: pools (and "" for requests refused before
         one was known) and priority tiers. Every process of a server agrees on them."""
+        backends = [(p.name, b.url) for p in config.pools for b in p.backends]
         return cls(["", *(p.name for p in config.pools)], [t.name for t in config.admission.tiers],
-                   metric_tenants(config))  # fmt: skip
+                   metric_tenants(config), backends)  # fmt: skip
+
+    def follow(self, outcomes: dict[OutcomeKind, int], openings: list[int],
+               admitted: dict[str, list[int]]) -> None:  # fmt: skip
+        """Read these figures of this process (kept by their owners, updated in place)."""
+        self._sources = (outcomes, openings, admitted)
+
+    def _refresh(self) -> None:
+        if self._sources is not None:
+            outcomes, openings, admitted = self._sources
+            self.outcomes = [outcomes[kind] for kind in OutcomeKind]
+            self.openings = list(openings)
+            self.admitted = {pool: list(counts) for pool, counts in admitted.items()}
 
     def recent_ttft(self, pool: str, now: float) -> dict[str, float | int | None]:
         """TTFT percentiles (ms) of the pool's answers through this process that ended in
@@ -217,6 +240,11 @@ class Metrics:
         out += self.shed.values()
         for figures in self.tenants.values():
             out += figures
+        self._refresh()
+        out += self.outcomes
+        out += self.openings
+        for counts in self.admitted.values():
+            out += counts
         return out
 
     def load(self, values: Sequence[float]) -> None:
@@ -232,6 +260,9 @@ class Metrics:
             stats.retries, stats.disconnects, stats.wasted = (int(next(it)) for _ in range(3))
         self.shed = {k: int(next(it)) for k in self.shed}
         self.tenants = {t: [int(next(it)) for _ in figures] for t, figures in self.tenants.items()}
+        self.outcomes = [int(next(it)) for _ in self.outcomes]
+        self.openings = [int(next(it)) for _ in self.openings]
+        self.admitted = {p: [int(next(it)) for _ in counts] for p, counts in self.admitted.items()}
 
     def attach(self, share: MetricsShare) -> None:
         """Write this process's figures to ``share`` from now on, starting from what its
@@ -249,13 +280,14 @@ class Metrics:
         own when nothing is shared."""
         share = self.share
         if share is None:
+            self._refresh()
             return self
         self.flush()
         total = [0.0] * share.size
         for row in share.rows:
             for i, value in enumerate(row):
                 total[i] += value
-        out = Metrics(self.pool_names, self.tiers, self.tenant_names)
+        out = Metrics(self.pool_names, self.tiers, self.tenant_names, self.backend_labels)
         out.load(total)
         return out
 

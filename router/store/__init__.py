@@ -28,6 +28,7 @@ from ctxroute.router.store.loadboard import LoadView
 class Store(Protocol):
     kind: str  # "memory" or "redis"
     load: LoadView
+    openings: list[int]  # breaker openings this process decided, per backend (a counter)
 
     @property
     def up(self) -> bool:

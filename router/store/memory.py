@@ -42,6 +42,9 @@ class MemoryStore:
         self.breakers: list[br.Breaker] = [br.CLOSED] * count
         self.memory: list[bool] = [False] * count
         self.drain: list[bool] = [False] * count
+        # breaker openings this process decided (a counter: never reset, unlike the
+        # breaker's own count, which is its backoff's exponent)
+        self.openings: list[int] = [0] * count
         # with serve --workers, the drains every worker follows (LoadBoard.drains)
         self.shared_drains = load.drains if isinstance(load, LoadBoard) and load.rows > 1 else None
         self._follow: asyncio.Task[None] | None = None
@@ -75,6 +78,8 @@ class MemoryStore:
         else:
             after = br.record(before, failed, probe, now, self.settings, self.jitter())
         if after is not before:
+            if after.state is br.BreakerState.OPEN and before.state is not br.BreakerState.OPEN:
+                self.openings[backend] += 1
             self._set(backend, after, now)
 
     def _set(self, backend: int, after: br.Breaker, now: float) -> None:

@@ -126,6 +126,13 @@ async def test_half_open_lets_one_probe_through_then_closes_on_its_success(
         assert (await status_of(s, router, sim))["breaker"]["error"] == "closed"
         await faults(s, sim, hang_before_first_token=0.0)
         assert await send(s, router, 5) == [200] * 5
+        # the breaker's own count went back to 0 on closing (its backoff's exponent); the
+        # metric is a counter and does not
+        assert (await status_of(s, router, sim))["breaker"]["openings"] == 0
+        async with s.get(router.url + "/metrics") as r:
+            text = await r.text()
+        line = f'ctxroute_breaker_openings_total{{backend="{sim.url}",pool="only"}} 1.0'
+        assert line in text, [t for t in text.splitlines() if "openings" in t]
 
 
 async def test_a_failed_probe_reopens_it_for_longer(
