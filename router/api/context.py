@@ -104,7 +104,7 @@ class RouterContext:
         return BackendState(
             backend=self.fleet.backends[i],
             up=ledger.up[i],
-            usable=store.usable(i, now),
+            usable=store.looks_usable(i, now),
             breaker=breaker,
             probe_in_s=probe_in,
             memory_open=store.memory_open(i),

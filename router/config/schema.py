@@ -226,6 +226,11 @@ class StoreConfig(_Frozen):
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+        if value is not None and value.startswith("redis+cluster://"):
+            raise ValueError(
+                "Redis Cluster is not supported (the store's pub/sub and multi-key scripts "
+                "want one node): use one primary, with redis+sentinel:// for failover"
+            )
         if value is not None and not value.startswith(schemes):
             raise ValueError("must start with " + ", ".join(schemes))
         return value

@@ -39,6 +39,11 @@ class Store(Protocol):
         """Would a new request be let through now (breakers, memory, drain)?"""
         ...
 
+    def looks_usable(self, backend: int, now: float) -> bool:
+        """``usable`` for a reader only (``/status``, ``/metrics``): no side effects (it
+        never asks for a probe lease)."""
+        ...
+
     def allow(self, backend: int, now: float) -> tuple[bool, bool]:
         """Take the right to send a request now: (allowed, as a half-open probe)."""
         ...

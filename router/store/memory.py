@@ -61,6 +61,10 @@ class MemoryStore:
         b = self.breakers[backend]
         return b.closed or br.usable(b, now, self.settings)
 
+    def looks_usable(self, backend: int, now: float) -> bool:
+        """``usable`` without its side effects, for what only reads (``/status``)."""
+        return MemoryStore.usable(self, backend, now)
+
     def allow(self, backend: int, now: float) -> tuple[bool, bool]:
         if self.drain[backend] or self.memory[backend]:
             return False, False

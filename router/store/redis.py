@@ -55,7 +55,7 @@ class RedisStore(MemoryStore):
         config: StoreConfig,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self.shared = SharedLoad(board, len(backends), self._announce_load)
+        self.shared = SharedLoad(board, [b.url for b in backends], self._announce_load)
         super().__init__(backends, settings, self.shared, jitter)
         assert config.redis_url is not None
         self.config = config
@@ -77,6 +77,8 @@ class RedisStore(MemoryStore):
         self._up = False
         self._ever_up = False
         self.leases = [0] * len(self.backends)  # probe leases this process holds
+        # when each expires in Redis (px): past it the lease is no longer this process's
+        self.lease_until = [0.0] * len(self.backends)
         self._want_lease: set[int] = set()
         self._dirty: set[int] = set()  # local transitions not yet written to Redis
         self._drain_dirty: dict[int, bool] = {}
@@ -116,11 +118,19 @@ class RedisStore(MemoryStore):
         if b.state is br.BreakerState.OPEN and now < b.open_until:
             return False  # refused anyway
         taken = b.probes_out + b.probes_ok if b.state is br.BreakerState.HALF_OPEN else 0
-        return taken >= self.leases[backend]
+        held = self.leases[backend] if now < self.lease_until[backend] else 0
+        return taken >= held
 
     def usable(self, backend: int, now: float) -> bool:
         if self._needs_lease(backend, now):
             self._ask_lease(backend)
+            return False
+        return super().usable(backend, now)
+
+    def looks_usable(self, backend: int, now: float) -> bool:
+        # for /status and /metrics: never asks for the probe lease (a replica that is only
+        # scraped would take it, and hold up the one that has a request to probe with)
+        if self._needs_lease(backend, now):
             return False
         return super().usable(backend, now)
 
@@ -286,6 +296,7 @@ class RedisStore(MemoryStore):
             )
             if got:
                 self.leases[backend] = 1
+                self.lease_until[backend] = time.monotonic() + self.lease_ms / 1000.0
                 log.info(
                     "probe lease %s taken: this process probes %s", key, self.backends[backend].url
                 )

@@ -6,13 +6,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 
-def make_client(url: str, timeout_s: float) -> aioredis.Redis | RedisCluster:
-    """A client for redis:// rediss:// unix:// URLs, redis+sentinel://h1:p1,h2:p2/service[/db]
-    (the current master of that service) and redis+cluster://host:port (a Cluster)."""
+def make_client(url: str, timeout_s: float) -> aioredis.Redis:
+    """A client for redis:// rediss:// unix:// URLs and redis+sentinel://h1:p1,h2:p2/service
+    [/db] (the current master of that service). Not Redis Cluster: the store's pub/sub and
+    multi-key scripts want one node (config/schema.py refuses the URL, saying so)."""
     common: dict[str, Any] = {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
@@ -32,6 +32,4 @@ def make_client(url: str, timeout_s: float) -> aioredis.Redis | RedisCluster:
         sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": timeout_s}, **common)  # type: ignore[no-untyped-call]
         master: aioredis.Redis = sentinel.master_for(path[0], db=db, password=password)
         return master
-    if url.startswith("redis+cluster://"):
-        return RedisCluster.from_url("redis://" + url[len("redis+cluster://") :], **common)
     return aioredis.Redis.from_url(url, **common)

@@ -16,11 +16,13 @@ class SharedLoad:
     most to the other replicas' next decisions (a short request must not land behind it),
     so it is announced at once rather than at the next periodic publication."""
 
-    def __init__(self, board: LoadView, backends: int,
+    def __init__(self, board: LoadView, urls: Sequence[str],
                  notify: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.board = board
         self.notify = notify
-        self.remote: list[Load] = [Load()] * backends
+        self.urls = list(urls)
+        self.index = {url: i for i, url in enumerate(self.urls)}
+        self.remote: list[Load] = [Load()] * len(self.urls)
         self.others: dict[str, str] = {}  # process id -> its packed rows
 
     def add(self, backend: int, in_flight: int, pending: int, long: int, budget: int,
@@ -46,11 +48,13 @@ class SharedLoad:
         )
 
     def packed(self) -> str:
-        rows = (self.board.local(i) for i in range(len(self.remote)))
+        """This process's rows, each named by its backend's URL: replicas whose backend
+        lists differ (a rolling config change) still add load to the right backend."""
+        local = self.board.local
         return ";".join(
-            f"{r.in_flight},{r.pending_prefill},{r.long_pending},{r.budget_in_flight},"
+            f"{url}|{r.in_flight},{r.pending_prefill},{r.long_pending},{r.budget_in_flight},"
             f"{r.long_in_flight}"
-            for r in rows
+            for url, r in zip(self.urls, (local(i) for i in range(len(self.urls))), strict=True)
         )
 
     def merge(self, reply: Sequence[str]) -> None:
@@ -65,11 +69,17 @@ class SharedLoad:
 
     def _sum(self) -> None:
         total = [[0, 0, 0, 0, 0] for _ in self.remote]
+        index = self.index
         for packed in self.others.values():
-            for i, row in enumerate(packed.split(";")[: len(total)]):
+            for position, row in enumerate(packed.split(";")):
+                url, _, fields = row.rpartition("|")
+                # a row without its URL comes from an older release: by position, as then
+                i = index.get(url) if url else (position if position < len(total) else None)
+                if i is None:
+                    continue  # a backend this replica does not have
                 cells = total[i]
                 # a replica of the release before long_in_flight publishes four fields
-                for j, value in enumerate(row.split(",")[:5]):
+                for j, value in enumerate(fields.split(",")[:5]):
                     cells[j] += int(value)
         self.remote = [Load(*cells) for cells in total]
 

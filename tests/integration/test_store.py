@@ -11,6 +11,7 @@ import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -287,3 +288,64 @@ async def test_a_flushed_redis_is_rebuilt_from_what_the_replicas_know(
     late = await make_redis_store(2, prefix=prefix)  # knows only what Redis has
     await until(lambda: late.breaker(0).state is br.BreakerState.OPEN, within=3.0)
     assert a.up and late.up
+
+
+async def test_replicas_with_different_backend_lists_add_load_to_the_right_backend(
+    redis_server: RedisServer,
+) -> None:
+    # a rolling config change: replica b lists the same two backends the other way round
+    # and a third one; load is matched by URL, never by position
+    prefix = uuid.uuid4().hex[:8]
+    config = StoreConfig(redis_url=redis_server.url, key_prefix=prefix)
+    first, second = fleet(2)
+    third = replace(first, index=2, url="http://127.0.0.1:9", host="127.0.0.1", port=9)
+    reordered = [replace(second, index=0), replace(first, index=1), third]
+    a = RedisStore(fleet(2), SETTINGS, LoadBoard(2), config)
+    b = RedisStore(reordered, SETTINGS, LoadBoard(3), config)
+    for s in (a, b):
+        await s.start()
+    try:
+        await until(lambda: a.up and b.up)
+        a.load.add(0, 2, 100, 0, 500)  # on `first`
+        b.load.add(2, 7, 0, 0, 70)  # on a backend a does not have
+        await until(lambda: b.load.fleet(1).in_flight == 2, within=2.0)
+        assert b.load.fleet(0).in_flight == 0  # not on `second`, where position 0 points
+        await until(lambda: a.load.fleet(0).in_flight == 2 and a._dirty == set(), within=2.0)  # type: ignore[attr-defined]
+        assert a.load.fleet(1).in_flight == 0
+    finally:
+        for s in (a, b):
+            await s.close()
+
+
+async def test_reading_the_state_never_takes_a_probe_lease(make_redis_store: StoreFactory) -> None:
+    # /status and /metrics read usable(): a replica only scraped must not hold the lease
+    # the one with a request needs
+    prefix = uuid.uuid4().hex[:8]
+    scraped = await make_redis_store(1, prefix=prefix)
+    serving = await make_redis_store(1, prefix=prefix)
+    open_it(serving)
+    await until(lambda: scraped.breaker(0).state is br.BreakerState.OPEN)
+    await asyncio.sleep(SETTINGS.open_s + 0.05)
+    for _ in range(50):
+        assert not scraped.looks_usable(0, time.monotonic())
+        await asyncio.sleep(0.005)
+    assert await take_probe(serving)  # the lease was there to take
+
+
+async def test_a_lease_this_process_never_used_expires_here_as_in_redis(
+    make_redis_store: StoreFactory,
+) -> None:
+    store = await make_redis_store(1, prefix=uuid.uuid4().hex[:8])
+    open_it(store)
+    await asyncio.sleep(SETTINGS.open_s + 0.05)
+    await store._take_lease(0)  # type: ignore[attr-defined]  # taken, never used
+    assert store.leases[0] == 1  # type: ignore[attr-defined]
+    # once it has expired in Redis (px) it is no longer this process's: a probe now would
+    # go beside another replica's; it asks for a lease again instead
+    store.lease_until[0] = time.monotonic() - 0.001  # type: ignore[attr-defined]
+    assert store.allow(0, time.monotonic()) == (False, False)
+
+
+def test_a_redis_cluster_url_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="Redis Cluster is not supported"):
+        StoreConfig(redis_url="redis+cluster://node:6379")
