@@ -259,3 +259,51 @@ async def test_a_replica_stopped_under_load_finishes_its_streams(
     statuses = Counter(x.status for x in ledger.sent)
     assert set(statuses) <= {200, 503, None}, statuses
     assert statuses[200] >= 15
+
+
+async def test_a_replica_killed_while_it_holds_the_probe_lease(
+    make_sim: SimFactory, routers: Routers
+) -> None:
+    # replica a takes the fleet's probe lease for a failed backend and dies (SIGKILL) with
+    # its probe in flight; the lease does not outlive it for long (it expires, or the next
+    # opening clears it) and replica b probes the backend and closes its breaker
+    sims = [await make_sim(model="sim-model", seed=i) for i in range(2)]
+    broken = sims[0]
+    breakers = {"consecutive_failures": 3, "open_s": 0.5, "jitter": 0.0, "max_open_s": 1.0}
+    with run_redis_server() as server:
+        config = fleet(sims, store={"redis_url": server.url}, breakers=breakers)
+        a, b = await routers(config), await routers(config)
+        ledger = Ledger()
+        async with aiohttp.ClientSession() as s:
+
+            async def breaker_on(router: RouterProcess) -> str:
+                async with s.get(router.url + "/status") as r:
+                    pools = (await r.json())["pools"]
+                backend = next(x for x in pools[0]["backends"] if x["url"] == broken.url)
+                return str(backend["breaker"]["error"])
+
+            await faults(s, broken, burst_5xx=1000)
+            i = itertools.count()
+            while await breaker_on(b) != "open":  # opened through a, shared with b
+                await send(s, a.url, ledger, f"open-{next(i)}", stream=False,
+                           headers={"X-Session-ID": f"s{next(i)}"})  # fmt: skip
+            await faults(s, broken, burst_5xx=0, hang_before_first_token=30.0)
+            await asyncio.sleep(0.6)  # past the open time: a's next request probes
+            probes = [asyncio.create_task(send(s, a.url, ledger, f"probe-{n}", stream=True,
+                                               headers={"X-Session-ID": f"p{n}"}))
+                      for n in range(8)]  # fmt: skip
+            await asyncio.sleep(0.5)
+            assert [k for k in broken.received_ids if k.startswith("probe-")], "no probe went"
+            lease = redis.Redis.from_url(server.url).get(f"{{ctxroute}}:probe:{broken.url}:0")
+            assert lease is not None, "nobody holds the probe lease"
+            a.proc.kill()  # with the lease, and its probe hanging on the backend
+            await asyncio.gather(*probes)
+            await faults(s, broken, hang_before_first_token=0.0)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 25.0  # at worst the lease's own expiry (10 s), a probe
+            while await breaker_on(b) != "closed":
+                assert loop.time() < deadline, "replica b never probed the backend"
+                await send(s, b.url, ledger, f"after-{next(i)}", stream=False,
+                           headers={"X-Session-ID": f"b{next(i)}"})  # fmt: skip
+                await asyncio.sleep(0.1)
+            await verdict(s, ledger, [a, b], sims, running=[b])
