@@ -1,8 +1,10 @@
-"""compose.yaml, checked without a Docker engine: the file validates (docker-compose
-``config``, when installed), everything it names exists and agrees with config/router.yaml,
-and the ``sim`` profile's services run as local processes, with their own commands and
-the router's own config, service names mapped to loopback ports: both routers come up
-ready, on Redis and the simulators, and answer through both pools."""
+"""compose.yaml (and compose.gpu.yaml), checked without a Docker engine: each invocation
+validates (docker-compose ``config``, when installed); every backend URL of the routers'
+config, Redis and every scrape target resolves to a service that invocation starts; the
+default starts no GPU service. And ``docker compose up`` as typed, with no flags: its
+services run as local processes, with their own commands and the router's own config,
+service names mapped to loopback ports: both routers come up ready, on Redis and the
+simulators, and answer through both pools."""
 
 from __future__ import annotations
 
@@ -23,64 +25,100 @@ import yaml
 from tests.fixtures.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "compose.yaml"
+# what the README's compose section says to type, by the stack it gives
+INVOCATIONS = {
+    "default": ["compose.yaml"],  # docker compose up
+    "gpu": [
+        "compose.yaml",
+        "compose.gpu.yaml",
+    ],  # docker compose -f compose.yaml -f compose.gpu.yaml up
+}
 
 
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict)
-    return data
+def services_of(invocation: str) -> dict[str, Any]:
+    """The invocation's services, merged as Compose merges its files: by docker-compose
+    itself when installed, else key by key per service (what these files use)."""
+    files = INVOCATIONS[invocation]
+    tool = shutil.which("docker-compose")
+    if tool is not None:
+        args = [a for f in files for a in ("-f", f)]
+        done = subprocess.run([tool, *args, "config"], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT, check=True)  # fmt: skip
+        return dict(yaml.safe_load(done.stdout)["services"])
+    services: dict[str, Any] = {}
+    for f in files:
+        for name, service in (yaml.safe_load((ROOT / f).read_text())["services"]).items():
+            services[name] = {**services.get(name, {}), **service}
+    return services
+
+
+def started(services: dict[str, Any]) -> dict[str, Any]:
+    """The services ``up`` starts with no --profile: those in no profile."""
+    return {name: s for name, s in services.items() if not s.get("profiles")}
 
 
 def router_config() -> dict[str, Any]:
     return dict(yaml.safe_load((ROOT / "config" / "router.yaml").read_text()))
 
 
-def hosts_of(services: dict[str, Any], profile: str) -> dict[str, str]:
-    """Host name -> the service that answers to it when ``profile`` is up."""
+def hosts_of(services: dict[str, Any]) -> dict[str, str]:
+    """Host name -> the service that answers to it, among ``services``."""
     out = {}
     for name, service in services.items():
-        profiles = service.get("profiles")
-        if profiles and profile not in profiles:
-            continue
         out[name] = name
         for alias in (service.get("networks") or {}).get("default", {}).get("aliases", []):
             out[alias] = name
     return out
 
 
-@pytest.mark.parametrize("profile", ["gpu", "sim"])
-def test_compose_validates(profile: str) -> None:
+def _gpu(service: dict[str, Any]) -> bool:
+    devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations")
+               or {}).get("devices")  # fmt: skip
+    return bool(devices) or str(service.get("image", "")).startswith("vllm/")
+
+
+@pytest.mark.parametrize("invocation", sorted(INVOCATIONS))
+def test_compose_validates(invocation: str) -> None:
     tool = shutil.which("docker-compose")
     if tool is None:
         pytest.skip("docker-compose not installed (apt-get install docker-compose)")
-    done = subprocess.run([tool, "-f", str(COMPOSE), "--profile", profile, "config", "-q"],
+    args = [a for f in INVOCATIONS[invocation] for a in ("-f", f)]
+    done = subprocess.run([tool, *args, "config", "-q"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("profile", ["gpu", "sim"])
-def test_every_backend_redis_and_scrape_target_is_a_service(profile: str) -> None:
-    services = compose()["services"]
-    hosts = hosts_of(services, profile)
+@pytest.mark.parametrize("invocation", sorted(INVOCATIONS))
+def test_every_backend_redis_and_scrape_target_is_a_started_service(invocation: str) -> None:
+    running = started(services_of(invocation))
+    hosts = hosts_of(running)
     config = router_config()
     for pool in config["pools"]:
         for backend in pool["backends"]:
-            assert urlsplit(backend["url"]).hostname in hosts, (profile, backend["url"])
-    redis_url = services["router-1"]["environment"]["CTXROUTE__STORE__REDIS_URL"]
+            host = urlsplit(backend["url"]).hostname
+            assert host in hosts, (invocation, backend["url"], sorted(running))
+    redis_url = running["router-1"]["environment"]["CTXROUTE__STORE__REDIS_URL"]
     assert hosts.get(urlsplit(redis_url).hostname) == "redis"
     scrape = yaml.safe_load((ROOT / "config" / "prometheus" / "prometheus.yml").read_text())
     for job in scrape["scrape_configs"]:
         for target in job["static_configs"][0]["targets"]:
-            assert target.split(":")[0] in hosts, (profile, target)
-    for service in services.values():
+            assert target.split(":")[0] in hosts, (invocation, target)
+    for service in running.values():
         for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
-            if source.startswith("./"):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+            if source.startswith(("./", "/")):
                 assert (ROOT / source).exists(), source
-    # a GPU engine and a simulator never answer to the same name in one profile
-    for name in ("vllm-short-1", "vllm-long-1"):
-        assert name in hosts
+        for port in service.get("ports", []):  # auth is off: loopback only
+            published = port if isinstance(port, str) else port.get("host_ip", "") + ":"
+            assert str(published).startswith("127.0.0.1"), (invocation, port)
+    # one name never means two servers: each host name is one started service's
+    names = [n for s_name, s in running.items() for n in hosts_of({s_name: s})]
+    assert len(names) == len(set(names)), sorted(names)
+    gpu = sorted(n for n, s in running.items() if _gpu(s))
+    if invocation == "default":
+        assert gpu == [], gpu  # no GPU, no model download
+    else:
+        assert len(gpu) == 4, gpu
 
 
 @pytest.fixture
@@ -120,13 +158,14 @@ async def _until_ok(url: str, seconds: float = 30.0) -> Any:
     raise AssertionError(f"{url} never answered 200")
 
 
-async def test_the_sim_profile_wires_up_as_local_processes(
+async def test_docker_compose_up_as_typed_wires_up_as_local_processes(
     processes: list[asyncio.subprocess.Process],
 ) -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed")
-    services = compose()["services"]
-    hosts = hosts_of(services, "sim")
+    # the services `docker compose up` starts, as typed
+    services = started(services_of("default"))
+    hosts = hosts_of(services)
     ports = {name: free_port() for name in services}
 
     def port_of(host: str) -> int:
@@ -141,7 +180,7 @@ async def test_the_sim_profile_wires_up_as_local_processes(
     redis = services["redis"]["command"]
     await run("redis", [*redis, "--port", str(ports["redis"]), "--bind", "127.0.0.1"])
     for name, service in services.items():
-        if "sim" not in (service.get("profiles") or []):
+        if service.get("command", [None])[:2] != ["ctxroute", "sim"]:
             continue
         argv = _local(service["command"])
         argv[argv.index("--host") + 1] = "127.0.0.1"
