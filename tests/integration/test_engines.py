@@ -1,5 +1,5 @@
-"""backends/vllm/engines.yaml is the one source of each pool's vLLM arguments: compose.yaml
-and the Kubernetes manifests pass exactly what ``ctxroute vllm-args`` prints, and the
+"""backends/vllm/engines.yaml is the one source of each pool's vLLM arguments:
+compose.gpu.yaml and the Kubernetes manifests pass exactly what ``ctxroute vllm-args`` prints, and the
 router configs shipped beside them agree with the engines (windows, in-flight limits).
 Also ``ctxroute vllm-args`` and ``ctxroute capacity`` as a user runs them."""
 
@@ -41,7 +41,7 @@ def test_vllm_args_prints_each_pools_flags_for_a_shell_and_as_json() -> None:
 
 @pytest.mark.parametrize("kind", ["short", "long"])
 def test_compose_passes_exactly_the_engines_files_arguments(kind: str) -> None:
-    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    compose = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())  # the GPU stack's
     assert compose[f"x-vllm-{kind}-args"] == ENGINES.args(POOL_OF_SERVICE[kind])
     for name in (f"vllm-{kind}-1", f"vllm-{kind}-2"):
         assert compose["services"][name]["command"] == ENGINES.args(POOL_OF_SERVICE[kind])
