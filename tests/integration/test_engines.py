@@ -1,6 +1,7 @@
 """backends/vllm/engines.yaml is the one source of each pool's vLLM arguments:
-compose.gpu.yaml and the Kubernetes manifests pass exactly what ``ctxroute vllm-args`` prints, and the
-router configs shipped beside them agree with the engines (windows, in-flight limits).
+compose.gpu.yaml and the Kubernetes manifests pass exactly what ``ctxroute vllm-args``
+prints, and the router configs shipped beside them agree with the engines (windows,
+in-flight limits).
 Also ``ctxroute vllm-args`` and ``ctxroute capacity`` as a user runs them."""
 
 from __future__ import annotations
