@@ -81,7 +81,7 @@ class Dispatcher:
         record.prompt_tokens, record.model, record.stream = (facts.prompt.estimate, facts.model,
                                                              facts.stream)  # fmt: skip
         tenant = asked.tenant
-        if tenant is not None and tenant.models is not None and facts.model not in tenant.models:
+        if tenant is not None and not tenant.may_use(facts.model):
             raise Forbidden(f"tenant {tenant.name} may not use the model {facts.model!r}", "model")
         view_of = self.ledger.views()  # the plan and the verdict on it see the same fleet
         planned = route(facts, fleet, view_of)

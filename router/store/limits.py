@@ -46,10 +46,11 @@ class Limiter:
 
     async def take(self, tenant: Tenant, cost: int, quotas: bool = True) -> LimitDecision:
         """The decision on a request of ``tenant`` reserving ``cost`` tokens."""
+        here = self.take_here(tenant, cost, quotas)
+        if here is not None:
+            return here
         requests, tokens = tenant.requests, tenant.tokens
         now = time.monotonic()
-        if self.client is None or now < self.down_until:
-            return self.local.take(tenant.name, requests, tokens, cost, now, quotas)
         try:
             async with asyncio.timeout(self.timeout_s):
                 reply = await self._script_rate()(

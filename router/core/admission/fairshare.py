@@ -41,11 +41,7 @@ class VirtualCounters:
         self.pending[tenant] = self.pending.get(tenant, 0.0) + amount
 
     def served(self, tenant: str, input_tokens: int, output_tokens: int, weight: float) -> None:
-        # charge() written out: twice per keyed request
-        amount = (INPUT_WEIGHT * input_tokens + OUTPUT_WEIGHT * output_tokens) / weight
-        if amount > 0:
-            self.counters[tenant] = self.counters.get(tenant, 0.0) + amount
-            self.pending[tenant] = self.pending.get(tenant, 0.0) + amount
+        self.charge(tenant, (INPUT_WEIGHT * input_tokens + OUTPUT_WEIGHT * output_tokens) / weight)
 
     def lift(self, tenant: str, waiting: Iterable[str]) -> None:
         """``tenant`` starts waiting where ``waiting`` (other tenants) wait: it starts no
