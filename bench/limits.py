@@ -21,16 +21,14 @@ import argparse
 import asyncio
 import itertools
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
 import orjson
-from ctxroute.bench.mixed import _free_port, _wait_http
+from ctxroute.bench.mixed import _free_port, _wait_http, start_redis_server
 from ctxroute.router.core.keys import digest, new_key
 
 PY = sys.executable
@@ -40,25 +38,6 @@ BODY = {
     "messages": [{"role": "user", "content": "Say something about rate limits. " * 12}],
     "max_tokens": 24,
 }
-
-
-def _redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server not found (apt-get install redis-server)")
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp)],
-                            stdout=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
 
 
 async def _drive(urls: list[str], key: str, duration_s: float) -> tuple[int, int, int]:
@@ -97,7 +76,7 @@ def _run(kind: str, rpm: int, tpm: int, burst_s: float, duration_s: float) -> di
     tmp = Path(tempfile.mkdtemp(prefix="ctxroute-limits-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        redis, redis_url = _redis(tmp)
+        redis, redis_url = start_redis_server([])
         procs.append(redis)
         sim_port = _free_port()
         procs.append(subprocess.Popen(

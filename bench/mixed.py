@@ -234,6 +234,30 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0)
     raise RuntimeError(f"{url} not ready after {timeout_s:g}s")
 
 
+def start_redis_server(pin: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on a free loopback port, nothing persisted, started under ``pin``
+    (a taskset prefix, or nothing); the process and its URL once it accepts connections."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*pin, binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+
+
 class Fleet:
     """Simulated engines for every backend of a router config (and the router)."""
 
@@ -265,26 +289,9 @@ class Fleet:
             _wait_http(url + "/health", proc)
 
     def start_redis(self) -> str:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("--redis needs redis-server on PATH (apt-get install redis-server)")
-        port = _free_port()
-        proc = subprocess.Popen(
-            [*self.pin_load, binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        proc, url = start_redis_server(self.pin_load)
         self.procs.append(proc)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        return f"redis://127.0.0.1:{port}/0"
+        return url
 
     def start_routers(self, workers: int, replicas: int = 1,
                       redis_url: str | None = None) -> list[str]:  # fmt: skip
