@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 import aiohttp
 from ctxroute.backends.simulator import PROFILES, SimConfig, Simulator
 
-from tests.chaos.ledger import Ledger, send, settled
+from tests.chaos.ledger import Ledger, read_log, send, settled
 from tests.chaos.test_chaos import (
     BACKEND_FAULTS,
     MAX_ATTEMPTS,
@@ -36,33 +37,15 @@ from tests.chaos.test_chaos import (
     fleet,
     received,
 )
-from tests.fixtures.servers import run_redis_server
+from tests.fixtures.servers import rss_mb, run_redis_server
 
 # every engine's steps 20 ms slower than the tiny profile's: answers of 8-64 tokens take
 # 0.2-1.3 s, so that four engines of 8 slots each are the limit, not this machine's CPU
 BASE = {"slow_token_ms": 20.0}
 
 
-def _rss_mb(pid: int) -> float:
-    total = 0.0
-    for child in [pid, *_children(pid)]:
-        try:
-            for line in Path(f"/proc/{child}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-async def _chaos(s: aiohttp.ClientSession, sims: list[Simulator], redis_proc: object,
+async def _chaos(s: aiohttp.ClientSession, sims: list[Simulator],
+                 redis_proc: subprocess.Popen[bytes],
                  until: float, rng: random.Random, said: Counter[str]) -> None:  # fmt: skip
     """Every ~15 s one fault on one engine for 5-10 s (or Redis paused for 1 s)."""
     loop = asyncio.get_running_loop()
@@ -70,9 +53,9 @@ async def _chaos(s: aiohttp.ClientSession, sims: list[Simulator], redis_proc: ob
         await asyncio.sleep(rng.uniform(5, 10))
         if rng.random() < 0.15:
             said["redis paused"] += 1
-            redis_proc.send_signal(signal.SIGSTOP)  # type: ignore[attr-defined]
+            redis_proc.send_signal(signal.SIGSTOP)
             await asyncio.sleep(1.0)
-            redis_proc.send_signal(signal.SIGCONT)  # type: ignore[attr-defined]
+            redis_proc.send_signal(signal.SIGCONT)
             continue
         name = rng.choice(sorted(BACKEND_FAULTS))
         sim = rng.choice(sims)
@@ -110,7 +93,7 @@ async def soak(minutes: float, rate: float, seed: int) -> int:
             warm = [asyncio.create_task(send(s, replicas[i % 2].url, ledger, f"warm-{i}",
                                              stream=True)) for i in range(40)]  # fmt: skip
             await asyncio.gather(*warm)
-            rss_start = [_rss_mb(r.proc.pid) for r in replicas]
+            rss_start = [rss_mb(r.proc.pid) for r in replicas]
             until = loop.time() + minutes * 60
             chaos = asyncio.create_task(_chaos(s, sims, server.proc, until, rng, said))
             tasks = []
@@ -129,13 +112,11 @@ async def soak(minutes: float, rate: float, seed: int) -> int:
                 async with s.delete(sim.url + "/sim/faults") as r:
                     await r.read()
             left = await settled(s, [r.url for r in replicas])
-            rss_end = [_rss_mb(r.proc.pid) for r in replicas]
+            rss_end = [rss_mb(r.proc.pid) for r in replicas]
         for r in replicas:
             await r.stop()
     for sim in sims:
         await sim.stop()
-    from tests.chaos.ledger import read_log
-
     lines = [line for r in replicas for line in read_log(r.log_path)]
     violations = ledger.check(lines, received(sims), MAX_ATTEMPTS) + left
     elapsed = time.monotonic() - started

@@ -26,6 +26,7 @@ from ctxroute.backends.simulator import Simulator
 from tests.chaos.ledger import Ledger, read_log, send, settled
 from tests.conftest import SimFactory
 from tests.fixtures.servers import free_port, run_redis_server, wait_for_port
+from tests.integration.test_breakers import faults
 
 pytestmark = pytest.mark.timeout(120)
 CLI = [sys.executable, "-m", "ctxroute.router"]
@@ -91,11 +92,6 @@ def fleet(sims: list[Simulator], **extra: Any) -> dict[str, Any]:
         "routing": {"max_attempts": MAX_ATTEMPTS},
         **extra,
     }  # fmt: skip
-
-
-async def faults(s: aiohttp.ClientSession, sim: Simulator, **values: object) -> None:
-    async with s.post(sim.url + "/sim/faults", json=values) as r:
-        assert r.status == 200, await r.text()
 
 
 async def load(s: aiohttp.ClientSession, urls: list[str], ledger: Ledger, tag: str, n: int,

@@ -23,7 +23,8 @@ BODY = {"prompt": "hello there", "max_tokens": 2}
 _sessions = itertools.count()
 
 
-def one_pool(sims: list[Simulator], window: int = 1024, **extra: Any) -> RouterConfig:
+def one_pool(sims: list[Simulator], window: int = 1024, max_in_flight: int = 64,
+             **extra: Any) -> RouterConfig:  # fmt: skip
     breakers = {"consecutive_failures": 3, "open_s": 0.4, "jitter": 0.0, "max_open_s": 2.0}
     breakers.update(extra.pop("breakers", {}))
     return parse_config(
@@ -34,7 +35,7 @@ def one_pool(sims: list[Simulator], window: int = 1024, **extra: Any) -> RouterC
                     "model": "sim-model",
                     "max_context_tokens": window,
                     "default_max_tokens": 16,
-                    "backends": [{"url": s.url, "max_in_flight": 64} for s in sims],
+                    "backends": [{"url": s.url, "max_in_flight": max_in_flight} for s in sims],
                 }
             ],
             "timeouts": {"connect_s": 1.0, "ttfb_s": 5.0},

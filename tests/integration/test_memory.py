@@ -15,18 +15,11 @@ from pathlib import Path
 import aiohttp
 from ctxroute.backends.simulator import PROFILES, SimConfig, Simulator
 
-from tests.fixtures.servers import free_port, wait_for_port
+from tests.fixtures.servers import free_port, rss_mb, wait_for_port
 
 CLI = [sys.executable, "-m", "ctxroute.router"]
 USER_BYTES = 256 * 1024  # each valid request's `user`: the hash ring's key when no session ID
 ROUND = 400  # requests per round; 5 rounds after warm-up: ~2,000 x 256 KB = 500 MB offered
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def _hostile(i: int) -> tuple[bytes | dict[str, object], dict[str, str]]:
@@ -92,12 +85,12 @@ async def test_router_memory_stays_flat_under_hostile_input(tmp_path: Path) -> N
         async with aiohttp.ClientSession() as s:
             warm = await _round(s, url, 0)
             warm = await _round(s, url, ROUND)
-            before = _rss_mb(proc.pid)
+            before = rss_mb(proc.pid)
             totals: dict[int, int] = {}
             for n in range(2, 7):
                 for status, count in (await _round(s, url, n * ROUND)).items():
                     totals[status] = totals.get(status, 0) + count
-            after = _rss_mb(proc.pid)
+            after = rss_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 15)

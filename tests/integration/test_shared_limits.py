@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from ctxroute.backends.simulator import Simulator
-from ctxroute.router.config import RouterConfig, parse_config
+from ctxroute.router.config import RouterConfig
 from ctxroute.router.core.keys import Tenant, digest, new_key
 from ctxroute.router.core.ratelimit import LocalLimits, Rate
 from ctxroute.router.store.limits import Limiter
@@ -22,7 +22,7 @@ from ctxroute.router.store.limits import Limiter
 from tests.conftest import SimFactory
 from tests.fixtures.router import RunningRouter
 from tests.fixtures.servers import RedisServer, run_redis_server
-from tests.integration.test_breakers import RouterFactory
+from tests.integration.test_breakers import RouterFactory, one_pool
 
 CHAT = "/v1/chat/completions"
 KEY, HEAVY, LIGHT = new_key(), new_key(), new_key()
@@ -31,25 +31,11 @@ KEY, HEAVY, LIGHT = new_key(), new_key(), new_key()
 def shared(sims: list[Simulator], redis_url: str | None, keys: list[dict[str, Any]],
            max_in_flight: int = 64, admission: dict[str, Any] | None = None,
            **auth: Any) -> RouterConfig:  # fmt: skip
+    """test_breakers' one pool, with keys, their limits shared through ``redis_url``."""
     store = {} if redis_url is None else {"redis_url": redis_url,
                                           "key_prefix": uuid.uuid4().hex[:8]}  # fmt: skip
-    return parse_config(
-        {
-            "pools": [
-                {
-                    "name": "only",
-                    "model": "sim-model",
-                    "max_context_tokens": 1024,
-                    "default_max_tokens": 16,
-                    "backends": [{"url": s.url, "max_in_flight": max_in_flight} for s in sims],
-                }
-            ],
-            "store": store,
-            "auth": {"keys": keys, **auth},
-            "admission": admission or {},
-        },
-        environ={},
-    )
+    return one_pool(sims, max_in_flight=max_in_flight, store=store,
+                    auth={"keys": keys, **auth}, admission=admission or {})  # fmt: skip
 
 
 async def chat(s: aiohttp.ClientSession, router: RunningRouter, key: str,
