@@ -156,7 +156,7 @@ class Proxy:
                 return answer
         if x.refusal is not None:
             return self._context_refusal(x)
-        raise self._no_backend(x)
+        raise self._unanswered(x)
 
     def _may_retry(self, x: Exchange) -> bool:
         """After a failed attempt: whether another may follow. Always when the failure
@@ -306,7 +306,9 @@ class Proxy:
         headers = self._headers(x, refusal.headers, refusal.backend, refusal.position, len(x.ended))
         return web.Response(status=refusal.status, body=refusal.body, headers=headers)
 
-    def _no_backend(self, x: Exchange) -> NoBackend | UpstreamTimedOut:
+    def _unanswered(self, x: Exchange) -> NoBackend | UpstreamTimedOut:
+        """The refusal of a request no backend answered: 504 when every one tried took it
+        and timed out, else 503 naming why each could not."""
         # the backends that could hold it, not every backend of the model: a pool whose
         # window is too small is no reason to refuse, and its breakers say nothing about
         # when to retry
