@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 import yaml
+from ctxroute.bench.capacity import find_capacity, overload_lines
 from ctxroute.bench.loadgen import Result, Targets, run_load
 from ctxroute.bench.report import plot, print_report, progress
 from ctxroute.bench.tenants import RUNS as TENANT_RUNS
@@ -45,7 +46,7 @@ from ctxroute.bench.tenants import (
     print_tenant_report,
     tenant_rows,
 )
-from ctxroute.bench.workload import Workload, plan_requests
+from ctxroute.bench.workload import MIXES, Workload, plan_requests
 from ctxroute.router.config import ConfigError, RouterConfig, load_config
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -73,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--profile", default="h100-8b", help="simulated engine profile")
     p.add_argument("--workload", type=Path, help="YAML with Workload fields (bench/workload.py)")
+    p.add_argument("--mix", choices=sorted(MIXES), help="a named workload (bench/workload.py); "
+                   "kv-heavy: the default mix, whose long documents keep engines' KV caches "
+                   "80-95%% full past 10 req/s on four H100 engines")  # fmt: skip
     p.add_argument("--rate", type=float, help="requests per second (default 8)")
     p.add_argument("--duration", type=float, help="seconds of arrivals (default 60)")
     p.add_argument("--seed", type=int, help="workload seed (default 1)")
@@ -107,6 +111,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rate): the light one alone, then both with fair shares on and off (bench/tenants.py)",
     )
     p.add_argument(
+        "--find-capacity",
+        action="store_true",
+        help="step the rate from --rate (default 8) by --step until goodput drops under 0.99 "
+        "in a class, refine once, then run at --overload x the capacity found "
+        "(bench/capacity.py); once per --variant",
+    )
+    p.add_argument("--step", type=float, default=2.0, help="--find-capacity's rate step")
+    p.add_argument("--overload", type=float, default=4.0,
+                   help="--find-capacity's overload factor (0: no overload run)")  # fmt: skip
+    p.add_argument(
         "--no-deadlines",
         action="store_true",
         help="do not send X-Request-Timeout (by default each request carries its class's SLO)",
@@ -116,6 +130,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # config overlays (section -> keys) of the router, compared on the same traffic
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "admission": {},
+    "wall": {
+        "breakers": {"memory": {"open_at": 0.88, "on_preemptions": False, "queue_growth_at": None}},
+        "routing": {"kv_marks": {"long": 0.792, "short": 1.0}},
+    },
     "no-hold": {"admission": {"hold_long": False}, "routing": {"keep_clean": 0}},
     "stack": {"admission": {"hold_long": False}},
     "no-admission": {"admission": {"enabled": False}},
@@ -453,7 +471,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.fleet is not None:
             config = load_config(args.fleet)
-        base = Workload.from_file(args.workload) if args.workload else Workload()
+        mix = MIXES[args.mix or "kv-heavy"]
+        base = Workload.from_file(args.workload) if args.workload else mix
         model = config.pools[0].model if config else base.model
         workload = replace(
             base,
@@ -488,6 +507,8 @@ def run(args: argparse.Namespace) -> int:
     runs = []
     if args.tenants is not None:
         return _run_tenants(args, workload, config)
+    if args.find_capacity:
+        return _run_capacity(args, workload, config, order, variants)
     for rate in args.rates or [workload.rate]:
         at_rate = replace(workload, rate=rate)
         for target in order:
@@ -510,6 +531,42 @@ def run(args: argparse.Namespace) -> int:
                 option=orjson.OPT_INDENT_2,
             )
         )
+        print(f"results written to {args.json}")
+    return 0
+
+
+def _run_capacity(args: argparse.Namespace, workload: Workload, config: RouterConfig | None,
+                  order: list[str], variants: list[str]) -> int:  # fmt: skip
+    """``--find-capacity``: the search of bench/capacity.py per target and variant."""
+    start = args.rate if args.rate is not None else 8.0
+    runs: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for target in order:
+        for variant in variants if target == "router" else ["admission"]:
+
+            def run_at(rate: float, target: str = target, variant: str = variant) -> dict[str, Any]:
+                return _run_one(args, replace(workload, rate=rate), target, config, variant)
+
+            found = find_capacity(run_at, start, args.step)
+            if found.rate is not None and args.overload > 0:
+                found.overload = run_at(round(found.rate * args.overload, 3))
+            runs += found.runs + ([found.overload] if found.overload else [])
+            name = f"{target}" + (f" {variant}" if target == "router" and variant != "admission"
+                                  else "")  # fmt: skip
+            lines += overload_lines(name, found, args.overload)
+    where = args.fleet.name if args.fleet else args.url
+    title = (
+        f"{where}: capacity search from {start:g} req/s by {args.step:g}, "
+        f"{workload.duration_s:g}s each, seed {workload.seed}; SLO short "
+        f"{args.short_slo_ms:g} ms, long {args.long_slo_s:g} s"
+    )
+    print_report(runs, title, rates_line=False)
+    for line in lines:
+        print(line)
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps({"title": title, "workload": workload.__dict__,
+                                            "runs": runs, "capacity": lines},
+                                           option=orjson.OPT_INDENT_2))  # fmt: skip
         print(f"results written to {args.json}")
     return 0
 

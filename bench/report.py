@@ -103,7 +103,10 @@ def _engines_line(run: dict[str, Any]) -> str | None:
     return f"{run_name(run)} @ {run['rate']:g}/s: " + ", ".join(said)
 
 
-def print_report(runs: list[dict[str, Any]], title: str, console: Console | None = None) -> None:
+def print_report(runs: list[dict[str, Any]], title: str, console: Console | None = None,
+                 rates_line: bool = True) -> None:  # fmt: skip
+    """The table, the engines' figures and errors per run; with ``rates_line`` and several
+    rates, the capacity at SLO among the rates tried."""
     console = console or Console()
     console.print(table(runs, title))
     console.print(
@@ -118,7 +121,7 @@ def print_report(runs: list[dict[str, Any]], title: str, console: Console | None
         if run["errors"]:
             console.print(f"{run_name(run)} at {run['rate']:g} req/s: errors by kind: "
                           f"{run['errors']}")  # fmt: skip
-    if len({r["rate"] for r in runs}) > 1:
+    if rates_line and len({r["rate"] for r in runs}) > 1:
         for name, mine in _by_name(runs).items():
             good = [r["rate"] for r in mine
                     if r["short"]["goodput"] >= 0.99 and r["long"]["goodput"] >= 0.99]  # fmt: skip

@@ -142,4 +142,14 @@ def plan_requests(w: Workload) -> list[Planned]:
                                w.long_max_tokens))  # fmt: skip
 
 
-__all__ = ["Planned", "Workload", "plan_requests"]
+# named workloads (``ctxroute bench --mix NAME``); the defaults of Workload are kv-heavy
+MIXES: dict[str, Workload] = {
+    # 80% short chats (8 shared ~500-token system prompts, 50-200-token turns, max_tokens
+    # 128-256; SLO: first token in 500 ms), 20% long documents (8k-60k tokens,
+    # log-uniform, max_tokens 512; SLO 15 s), streaming, Poisson. On four h100-8b engines
+    # (448k KV tokens each, 8,192 tokens a step) their KV caches run 80-95% full past
+    # 10 req/s: the mix that tells KV room per request from a wall per engine
+    "kv-heavy": Workload(),
+}
+
+__all__ = ["MIXES", "Planned", "Workload", "plan_requests"]

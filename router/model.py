@@ -79,6 +79,9 @@ class BackendView(NamedTuple):
     prefill_tokens_per_s: float
     usable: bool = True
     kv_tokens: int | None = None  # configured, else read from vLLM's cache_config_info
+    # KV tokens the engine held at the last scrape beyond the budgets in flight then
+    # (``core/kvroom.py``)
+    kv_unaccounted: int = 0
 
 
 def fit_phrase(fits: bool, pool: str) -> str:
@@ -94,7 +97,6 @@ class Placement(enum.StrEnum):
     HASH_OWNER = "hash owner"
     OWNER_OVER_LOAD = "owner over its bounded load"
     NOT_OWNER = "not the hash owner"
-    NO_KV_ROOM = "no KV room for its budget"
 
 
 class Rule(enum.StrEnum):
@@ -138,7 +140,9 @@ class RoutePlan(NamedTuple):
     only the largest window might, and the backend's own check decides). ``placement`` and
     ``rule``: why the first candidate was chosen. ``owner``: the preferred pool's hash
     owner (the affinity choice); ``bypass``: why the first candidate is not it, with the
-    owner's estimated wait when that was the reason.
+    owner's estimated wait when that was the reason. ``kv_full``: backends left out only
+    because their KV cache has no room for the budget under the class's mark (a wait for
+    room, not a refusal).
     """
 
     preferred: str
@@ -153,12 +157,15 @@ class RoutePlan(NamedTuple):
     owner: str = ""
     bypass: Bypass = Bypass.NONE
     owner_wait_ms: float = 0.0
+    kv_full: int = 0
 
     @property
     def reason(self) -> str:
         """Why the first candidate was chosen, as phrases joined by "; "."""
         fit = fit_phrase(self.fits, self.preferred)
         if not self.candidates:
+            if self.kv_full:
+                return fit + "; no KV room under the mark on any backend: waits for room"
             return fit + "; no backend is usable: breakers, memory, drain or max_in_flight"
         if not self.usable:
             return fit + "; every usable backend is down: trying anyway"

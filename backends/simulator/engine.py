@@ -220,6 +220,10 @@ class EngineCore:
                     break
                 num_new = min(remaining, budget)
                 if not self._grow(req, num_new):
+                    # it waits holding nothing (as vLLM's allocate_slots leaves it): prefix
+                    # blocks kept by a waiting request would be held by no running one, and
+                    # a few such requests can hold the cache so that nothing ever runs
+                    self._unattach(req)
                     break
                 self.waiting.popleft()
                 req.status = Status.RUNNING
@@ -331,6 +335,16 @@ class EngineCore:
         req.num_computed = cached_tokens
         req.num_cached_tokens = cached_tokens
         self.counters.prefix_cache_hits += cached_tokens
+
+    def _unattach(self, req: SimRequest) -> None:
+        """Give back the cached prefix blocks a waiting request took, if it took any."""
+        if req.blocks:
+            self.pool.release(req.blocks, cacheable=len(req.blocks))
+            req.blocks = []
+            self.counters.prefix_cache_hits -= req.num_cached_tokens  # asked again later
+            self.counters.prefix_cache_queries -= req.prompt_tokens
+            req.num_computed = 0
+            req.num_cached_tokens = 0
 
     def _preempt(self, req: SimRequest) -> None:
         self._free(req)

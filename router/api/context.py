@@ -14,6 +14,7 @@ from ctxroute.router.api.auth import Gatekeeper
 from ctxroute.router.api.lifecycle import Lifecycle
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.core.breaker import BreakerState, retry_after
+from ctxroute.router.dispatch.answer import kept_from
 from ctxroute.router.dispatch.completion import Dispatcher
 from ctxroute.router.dispatch.gate import Gate
 from ctxroute.router.fleet.ledger import Ledger
@@ -101,6 +102,13 @@ class RouterContext:
         reading = self.readings[i]
         fresh = reading.fresh(now, self.config.probe.interval_s)
         probe_in = retry_after(breaker, now) if breaker.state is BreakerState.OPEN else None
+        load = ledger.board.fleet(i)
+        size = ledger.kv_tokens[i]
+        room = None
+        if size is not None:
+            taken = load.budget_in_flight + ledger.kv_unaccounted[i]
+            marks = self.fleet.work.kv
+            room = (int(size * marks.long) - taken, int(size * marks.short) - taken)
         return BackendState(
             backend=self.fleet.backends[i],
             up=ledger.up[i],
@@ -113,11 +121,16 @@ class RouterContext:
             requests_waiting=reading.waiting if fresh else None,
             requests_running=reading.running if fresh else None,
             metrics="fresh" if fresh else (reading.error or "unknown: not read yet"),
-            load=ledger.board.fleet(i),
+            load=load,
             local=ledger.board.local(i),
-            kv_capacity_tokens=ledger.kv_tokens[i],
+            kv_capacity_tokens=size,
             prefill_tokens_per_s=ledger.rates[i],
             prefill_learned=ledger.learned[i],
+            memory_why=str(ledger.memory_why[i]) if store.memory_open(i) else "",
+            memory_openings={k.name.lower(): n for k, n in ledger.memory_openings[i].items()},
+            kv_unaccounted_tokens=ledger.kv_unaccounted[i],
+            kv_room_tokens=room,
+            kept_from=kept_from(ledger, self.fleet.backends[i], load, room),
         )
 
 

@@ -13,17 +13,16 @@ indices as numbers and values parsed as YAML scalars, e.g.::
     CTXROUTE__POOLS__0__BACKENDS__1__URL=http://10.0.0.7:8000
 """
 
+from ctxroute.router.config.breakers import BreakersConfig, KvMarksConfig, MemoryBreakerConfig
 from ctxroute.router.config.edge import AdminConfig, AuthConfig, KeyConfig, LimitsConfig
 from ctxroute.router.config.load import ENV_PREFIX, load_config, parse_config, shipped
 from ctxroute.router.config.resilience import RetryBudgetConfig, ShutdownConfig
 from ctxroute.router.config.schema import (
     AdmissionConfig,
     BackendConfig,
-    BreakersConfig,
     ClassAdmissionConfig,
     ConfigError,
     ListenConfig,
-    MemoryBreakerConfig,
     OverloadConfig,
     PoolConfig,
     ProbeConfig,
@@ -45,6 +44,7 @@ __all__ = [
     "ClassAdmissionConfig",
     "ConfigError",
     "KeyConfig",
+    "KvMarksConfig",
     "LimitsConfig",
     "ListenConfig",
     "MemoryBreakerConfig",

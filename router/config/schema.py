@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
+from ctxroute.router.config.breakers import BreakersConfig, KvMarksConfig
 from ctxroute.router.config.edge import AdminConfig, AuthConfig, LimitsConfig
 from ctxroute.router.config.resilience import RetryBudgetConfig, ShutdownConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -157,6 +158,7 @@ class RoutingConfig(_Frozen):
     max_attempts: int = Field(default=3, ge=1)
     retry_budget: RetryBudgetConfig = Field(default_factory=lambda: RetryBudgetConfig())
     vnodes: int = Field(default=160, ge=1, description="virtual nodes per backend weight")
+    kv_marks: KvMarksConfig = KvMarksConfig()
 
 
 class ProbeConfig(_Frozen):
@@ -164,47 +166,6 @@ class ProbeConfig(_Frozen):
         default=1.0, gt=0, description="how often /health and /metrics of every backend are read"
     )
     timeout_s: float = Field(default=1.0, gt=0)
-
-
-class MemoryBreakerConfig(_Frozen):
-    open_at: float = Field(
-        default=0.88, gt=0, le=1, description="vLLM's KV cache usage (0-1) that opens it"
-    )
-    close_below: float | None = Field(
-        default=None, gt=0, le=1, description="usage under which it closes; default 0.9 x open_at"
-    )
-    max_waiting: float | None = Field(
-        default=None, ge=0, description="vLLM's waiting queue over this counts as saturated too"
-    )
-
-    @model_validator(mode="after")
-    def _hysteresis(self) -> MemoryBreakerConfig:
-        if self.close_below is not None and self.close_below > self.open_at:
-            raise ValueError("close_below must not be above open_at")
-        return self
-
-
-class BreakersConfig(_Frozen):
-    consecutive_failures: int = Field(default=5, ge=1, description="failures in a row that open")
-    failure_rate: float = Field(default=0.5, gt=0, le=1, description="failure share that opens")
-    min_calls: int = Field(default=10, ge=1, description="calls before the rate is judged")
-    window: int = Field(default=20, ge=1, description="the last calls the rate is over")
-    open_s: float = Field(default=2.0, gt=0, description="first open time")
-    growth: float = Field(default=2.0, ge=1, description="open time x this per reopening")
-    max_open_s: float = Field(default=60.0, gt=0)
-    jitter: float = Field(default=0.2, ge=0, le=1, description="open time x (1 + jitter x U[0,1))")
-    half_open_probes: int = Field(default=1, ge=1, description="probes across the whole fleet")
-    memory: MemoryBreakerConfig = MemoryBreakerConfig()
-
-    @model_validator(mode="after")
-    def _rate_rule_can_judge(self) -> BreakersConfig:
-        if self.window < self.min_calls:
-            raise ValueError(
-                f"window ({self.window}) must be at least min_calls ({self.min_calls}): the "
-                "failure rate is judged over the window once it holds min_calls calls, so a "
-                "smaller window turns the rule off"
-            )
-        return self
 
 
 class StoreConfig(_Frozen):

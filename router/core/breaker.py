@@ -20,14 +20,18 @@ Error breaker, per backend::
   refused. Outcomes of calls that were not probes (they started before it opened) do not
   count while it is open or half-open.
 
-Memory-pressure breaker, per backend: ``memory_open`` below, hysteresis on vLLM's own KV
-cache usage and waiting queue. It never counts as a failure.
+Memory breaker, per backend: ``memory_open`` below. It opens on distress, evidence that
+the engine is overcommitted (preemptions rising, the waiting queue growing on a nearly
+full cache, usage at the high mark), not on the usage vLLM runs at normally: the KV marks
+of ``core/kvroom.py`` keep requests within room. Hysteresis on usage; it never counts as a
+failure.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 
 class BreakerState(enum.Enum):
@@ -148,24 +152,77 @@ def retry_after(b: Breaker, now: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class MemorySettings:
-    open_at: float = 0.88  # KV cache usage (0-1) at which the backend takes no new request
+    open_at: float = 0.97  # KV cache usage (0-1) at which the backend takes no new request
     close_below: float | None = None  # default 0.9 x open_at
     max_waiting: float | None = None  # vLLM's waiting queue over this is saturation too
+    on_preemptions: bool = True  # vllm:num_preemptions_total rising is distress
+    queue_growth_at: float | None = 0.9  # a growing queue at this usage or more is distress
 
     @property
     def close_at(self) -> float:
         return self.close_below if self.close_below is not None else 0.9 * self.open_at
 
 
-def memory_open(was_open: bool, kv_usage: float | None, waiting: float | None,
-                settings: MemorySettings) -> bool:  # fmt: skip
-    """The memory breaker's next state from fresh readings. Unknown readings (None: not
-    scraped, or too old) change nothing: unknown is not healthy, and not saturated."""
-    over_queue = (
-        settings.max_waiting is not None and waiting is not None and waiting > settings.max_waiting
-    )
-    if kv_usage is None:
-        return was_open or over_queue
-    if was_open:
-        return kv_usage >= settings.close_at or over_queue
-    return kv_usage >= settings.open_at or over_queue
+class MemoryReading(NamedTuple):
+    """One fresh reading of a backend's vLLM gauges (None: the gauge is missing)."""
+
+    kv_usage: float | None
+    waiting: float | None = None
+    preemptions: float | None = None  # vllm:num_preemptions_total
+
+
+class Distress(enum.StrEnum):
+    """The evidence that an engine is overcommitted, the rule that opened its breaker."""
+
+    NONE = ""
+    PREEMPTING = "preempting (vllm:num_preemptions_total rose)"
+    QUEUE_GROWING = "waiting queue growing on a nearly full KV cache"
+    FULL = "KV cache usage at the high mark"
+    QUEUE_OVER = "waiting queue over max_waiting"
+    RECOVERING = "recovering: KV cache usage not yet under close_below"
+
+
+def distress(now: MemoryReading, before: MemoryReading | None,
+             settings: MemorySettings) -> Distress:  # fmt: skip
+    """Which rule, if any, says the engine is overcommitted, from this reading and the one
+    before it (None: the first)."""
+    usage = now.kv_usage
+    if (
+        settings.on_preemptions
+        and before is not None
+        and now.preemptions is not None
+        and before.preemptions is not None
+        and now.preemptions > before.preemptions  # a restart resets it: lower is no signal
+    ):
+        return Distress.PREEMPTING
+    if usage is not None and usage >= settings.open_at:
+        return Distress.FULL
+    waiting = now.waiting
+    if settings.max_waiting is not None and waiting is not None and waiting > settings.max_waiting:
+        return Distress.QUEUE_OVER
+    if (
+        settings.queue_growth_at is not None
+        and usage is not None
+        and usage >= settings.queue_growth_at
+        and before is not None
+        and now.waiting is not None
+        and before.waiting  # it was waiting already, and more wait now: two readings
+        and now.waiting > before.waiting
+    ):
+        return Distress.QUEUE_GROWING
+    return Distress.NONE
+
+
+def memory_open(was_open: bool, now: MemoryReading | None, before: MemoryReading | None,
+                settings: MemorySettings) -> tuple[bool, Distress]:  # fmt: skip
+    """The memory breaker's next state, and the rule that holds it open. ``now`` None (not
+    scraped, or too old) changes nothing: unknown is not healthy, and not distressed. Once
+    open it stays open until no rule fires and usage is under ``close_at`` (hysteresis)."""
+    if now is None:
+        return was_open, Distress.NONE
+    why = distress(now, before, settings)
+    if why is not Distress.NONE:
+        return True, why
+    if was_open and (now.kv_usage is None or now.kv_usage >= settings.close_at):
+        return True, Distress.RECOVERING
+    return False, Distress.NONE

@@ -8,7 +8,9 @@ question of a prompt, with the same threshold: is it long?
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ctxroute.router.core.kvroom import KvMarks
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,9 +21,8 @@ class LongWork:
     keep_clean: int = 1
     # admission holds long work at the router until a backend can start it cleanly
     hold: bool = False
-    # the share of a backend's KV cache that long work's budgets in flight may fill: below
-    # the memory breaker's close threshold, so that admitted work alone never trips it
-    kv_fill: float = 1.0
+    # the share of a backend's KV cache each class may fill (``core/kvroom.py``)
+    kv: KvMarks = field(default_factory=KvMarks)
 
     def is_long(self, prompt_tokens: int) -> bool:
         return prompt_tokens >= self.prefill_tokens

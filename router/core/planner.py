@@ -1,11 +1,13 @@
 """Route planning over the fleet: which backends to try, in which order, and why. Pure.
 
 Every backend of every pool whose window holds the request is a candidate (pools are
-preferences, not walls). Filters come first: one whose breaker is open, whose KV cache is
-under pressure or that an operator drained is left out; a backend known down goes to the
-end of the list (a last resort for retries), one at ``max_in_flight`` is left out, one
-whose KV cache (when its size is known) cannot hold the request's budget next to what is
-in flight on it comes after the rest. The others are ordered by an explicit score, in milliseconds:
+preferences, not walls). Filters come first: one whose breaker is open (the error
+breaker, or the memory breaker, which opens on distress: preemptions, a growing queue
+on a full cache), or that an operator drained, is left out; so is one whose KV cache
+(when its size is known) has no room for the request's budget under its class's mark
+(``core/kvroom.py``: long work up to ``kv.long``, short work up to ``kv.short``, near
+full), and one at ``max_in_flight``; a backend known down goes to the end of the list (a
+last resort for retries). The others are ordered by an explicit score, in milliseconds:
 
     estimated wait for the first token   (pending prefill ahead of it + its own prompt,
                                           at the backend's prefill rate, + two engine
@@ -32,9 +34,6 @@ request behind a long prefill waits for all of it (a 60k-token prefill holds an 
   for two such steps), long work is kept off the ``keep_clean`` backends of the model
   that carry the least of it in the pool short requests prefer (``reserved_for_short``):
   they are its last resort, and stay light for short requests.
-
-A backend whose KV cache (when its size is known) cannot hold the request's budget next
-to what is in flight on it, up to ``kv_fill`` of it, comes after the rest.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from typing import NamedTuple
 
 from ctxroute.router.core.classify import Eligibility
 from ctxroute.router.core.hashring import PoolRing
+from ctxroute.router.core.kvroom import has_room
 from ctxroute.router.core.longwork import LongWork
 from ctxroute.router.model import (
     Backend,
@@ -81,8 +81,8 @@ class PlannerSettings:
     step_ms_per_ktok: float = 0.0
     # what is long work, and how it is kept from short requests (admission's rules too):
     # with ``work.hold`` a long request goes only to a backend free of long prefill, never
-    # queues behind another; ``work.kv_fill``: the share of a backend's KV cache that
-    # budgets in flight may fill
+    # queues behind another; ``work.kv``: the share of a backend's KV cache each class
+    # may fill
     work: LongWork = field(default_factory=LongWork)
 
 
@@ -144,23 +144,21 @@ def plan(
     if not short and work.hold:
         reserved = reserved_for_short(pools, view_of, work.keep_clean)
     scored: list[_Scored] = []
-    no_room: list[_Scored] = []  # no KV room for its budget: after the others
     down: list[Backend] = []  # known down: a last resort for retries
     owner = ""  # the preferred pool's hash owner: the affinity choice
     owner_left: Bypass | None = None  # why the owner is not among the scored ones
+    kv_full = 0  # backends left out only for want of KV room under the class's mark
     for pool_index, need in zip(eligibility.pools, eligibility.budgets, strict=True):
         pool = pools[pool_index]
-        lists = (scored, no_room, down)
+        lists = (scored, down)
         if pool is preferred:
-            owner, owner_left = _score_pool(lists, facts, pool, need, 0.0, short, reserved,
-                                            view_of, settings)  # fmt: skip
+            owner, owner_left, full = _score_pool(lists, facts, pool, need, 0.0, short,
+                                                  reserved, view_of, settings)  # fmt: skip
         else:
-            _score_pool(lists, facts, pool, need, settings.pool_tolerance_ms, short, reserved,
-                        view_of, settings)  # fmt: skip
+            _, _, full = _score_pool(lists, facts, pool, need, settings.pool_tolerance_ms,
+                                     short, reserved, view_of, settings)  # fmt: skip
+        kv_full += full
     rule = _order(scored, short, pools, view_of, settings)
-    if no_room:
-        no_room.sort(key=_cost)
-        scored += no_room
     candidates = tuple([s.backend for s in scored] + down)
     waits = tuple([s.wait_ms for s in scored] + [float("inf")] * len(down))
     bypass = Bypass.NONE
@@ -187,33 +185,39 @@ def plan(
         owner,
         bypass,
         owner_wait_ms,
+        kv_full,
     )
 
 
-def _score_pool(lists: tuple[list[_Scored], list[_Scored], list[Backend]],
-                facts: RequestFacts, pool: PoolView, need: int, away: float, short: bool,
+def _score_pool(lists: tuple[list[_Scored], list[Backend]], facts: RequestFacts,
+                pool: PoolView, need: int, away: float, short: bool,
                 reserved: frozenset[int], view_of: ViewOf,
-                settings: PlannerSettings) -> tuple[str, Bypass | None]:  # fmt: skip
+                settings: PlannerSettings) -> tuple[str, Bypass | None, int]:  # fmt: skip
     """Score every backend of ``pool`` that can take the request (``need``: its budget
-    there; ``away``: the cost of leaving the preferred pool) into ``lists`` (scored, no KV
-    room, down), as the module's docstring says. Returns the pool's hash owner, and why it
-    was left out when it was."""
-    scored, no_room, down = lists
+    there; ``away``: the cost of leaving the preferred pool) into ``lists`` (scored, down),
+    as the module's docstring says. Returns the pool's hash owner, why it was left out
+    when it was, and how many backends were left out only for want of KV room."""
+    scored, down = lists
     prompt = facts.prompt.estimate
     # the first token waits for the step under way and its own: two steps' KV reads
     step_ms_per_token = 2.0 * settings.step_ms_per_ktok / 1000.0
-    # held long work may fill KV up to kv_fill (admission's limit); a short request's
-    # budget is small next to what the KV pool holds, and it is never held for KV room
-    kv_fill = 1.0 if short else settings.work.kv_fill
+    mark = settings.work.kv.short if short else settings.work.kv.long
     owner_url, views, owner_ok = _owner_and_views(pool, facts.hash_key, need, view_of, settings)
     owner_left = None
+    kv_full = 0
     for v in views:
         b = v.backend
         load = v.load
         if not v.usable or not v.up or load.in_flight >= b.max_in_flight:
-            # unusable (a breaker, memory pressure or a drain): not even a last resort;
+            # unusable (a breaker, memory distress or a drain): not even a last resort;
             # down: a last resort for retries; at max_in_flight: not now
             left = _left_out(v)
+        elif not has_room(v, need, mark):
+            left = Bypass.NO_KV_ROOM  # not now: it would overcommit the engine's KV
+            kv_full += 1
+        else:
+            left = None
+        if left is not None:
             if b.url == owner_url:
                 owner_left = left
             if left is Bypass.DOWN:
@@ -227,12 +231,10 @@ def _score_pool(lists: tuple[list[_Scored], list[_Scored], list[Backend]],
         else:
             cost += settings.affinity_tolerance_ms
             placement = Placement.OWNER_OVER_LOAD if b.url == owner_url else Placement.NOT_OWNER
-        s = _Scored(cost, wait_ms, load.long_pending == 0, b, placement, b.index in reserved)
-        if v.kv_tokens is not None and load.budget_in_flight + need > v.kv_tokens * kv_fill:
-            no_room.append(s._replace(placement=Placement.NO_KV_ROOM))
-        else:
-            scored.append(s)
-    return owner_url, owner_left
+        scored.append(
+            _Scored(cost, wait_ms, load.long_pending == 0, b, placement, b.index in reserved)
+        )
+    return owner_url, owner_left, kv_full
 
 
 def _left_out(v: BackendView) -> Bypass:
@@ -308,12 +310,9 @@ def _order(
 
 def _bypass(owner: str, scored: list[_Scored], best: _Scored, rule: Rule) -> tuple[Bypass, float]:
     """Why the hash owner, a scored candidate, is not the first one (computed only then):
-    its KV room, its bounded load, a long-prefill rule, or its estimated wait (returned
-    with it)."""
+    its bounded load, a long-prefill rule, or its estimated wait (returned with it)."""
     for s in scored:
         if s.backend.url == owner:
-            if s.placement is Placement.NO_KV_ROOM:
-                return Bypass.NO_KV_ROOM, 0.0
             if s.placement is Placement.OWNER_OVER_LOAD:
                 return Bypass.BOUNDED_LOAD, 0.0
             if rule is not Rule.NONE and s.clean != best.clean:

@@ -11,7 +11,7 @@ from ctxroute.router.core.breaker import BreakerState, retry_after
 from ctxroute.router.core.explain import owner_note, route_line
 from ctxroute.router.fleet.ledger import Ledger
 from ctxroute.router.fleet.topology import Fleet
-from ctxroute.router.model import Backend, Bypass, Outcome, RequestFacts, RoutePlan
+from ctxroute.router.model import Backend, Bypass, Load, Outcome, RequestFacts, RoutePlan
 from ctxroute.router.observe.record import RequestRecord
 
 # RFC 9110 hop-by-hop headers, plus the ones the relay recomputes
@@ -124,13 +124,39 @@ def read_usage(body: bytes, record: RequestRecord) -> None:
         record.completion_tokens = completion
 
 
+def kept_from(
+    ledger: Ledger, backend: Backend, load: Load, room: tuple[int, int] | None
+) -> tuple[str, ...]:
+    """Every rule that keeps ``backend`` from new requests now, most decisive first
+    (``room``: the KV tokens long and short requests may still commit there)."""
+    store = ledger.store
+    i = backend.index
+    rules = []
+    if store.drained(i):
+        rules.append("drained")
+    if store.memory_open(i):
+        rules.append(f"memory breaker: {ledger.memory_why[i] or 'KV cache distress'}")
+    b = store.breaker(i)
+    if b.state is not BreakerState.CLOSED:
+        rules.append(f"error breaker {b.state.value}")
+    if not ledger.up[i]:
+        rules.append("down")
+    if load.in_flight >= backend.max_in_flight:
+        rules.append("at max_in_flight")
+    if room is not None and room[1] <= 0:
+        rules.append("no KV room under the short mark")
+    elif room is not None and room[0] <= 0:
+        rules.append("no KV room for long work (under the long mark)")
+    return tuple(rules)
+
+
 def why_unusable(ledger: Ledger, backend: Backend, now: float) -> str:
     store = ledger.store
     i = backend.index
     if store.drained(i):
         return "drained"
     if store.memory_open(i):
-        return "KV cache under pressure"
+        return f"memory breaker open: {ledger.memory_why[i] or 'KV cache distress'}"
     b = store.breaker(i)
     if b.state is not BreakerState.CLOSED:
         wait = retry_after(b, now)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Final
 
+from ctxroute.router.core.breaker import Distress
 from ctxroute.router.core.longwork import LongWork
 from ctxroute.router.model import FAILURES, Backend, BackendView, Outcome, OutcomeKind
 
@@ -79,6 +80,13 @@ class Ledger:
         self.rates = [b.prefill_tokens_per_s or default_prefill_rate for b in self.backends]
         # KV capacity in tokens: configured, else what the probe reads off vLLM
         self.kv_tokens: list[int | None] = [b.kv_tokens for b in self.backends]
+        # what each engine held at its last scrape beyond the budgets in flight then
+        # (``core/kvroom.py``): the probe's to write
+        self.kv_unaccounted = [0] * len(self.backends)
+        # the rule that holds each memory breaker open (the probe's to write)
+        self.memory_why = [Distress.NONE] * len(self.backends)
+        # memory breaker openings this process decided, per backend and rule (a counter)
+        self.memory_openings: list[dict[Distress, int]] = [{} for _ in self.backends]
         # called when a backend may take more (an attempt ended, a long prefill ended): the
         # admission gate moves its queues on it
         self.on_change: Callable[[], None] | None = None
@@ -106,7 +114,8 @@ class Ledger:
     def _view(self, backend: Backend, now: float) -> BackendView:
         i = backend.index
         return BackendView(backend, self.board.fleet(i), self.up[i], self.rates[i],
-                           self.store.usable(i, now), self.kv_tokens[i])  # fmt: skip
+                           self.store.usable(i, now), self.kv_tokens[i],
+                           self.kv_unaccounted[i])  # fmt: skip
 
     def begin(self, backend: Backend, prefill: int, budget: int, now: float) -> Attempt | None:
         """Count a request as dispatched to ``backend``; None when it is at max_in_flight

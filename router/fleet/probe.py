@@ -4,12 +4,14 @@ down) and ``GET /metrics`` of every backend, whose vLLM gauges drive the memory 
 The metrics text is parsed by prometheus-client's parser. KV cache usage is
 ``vllm:kv_cache_usage_perc`` (older vLLM: ``vllm:gpu_cache_usage_perc``), the highest over
 the server's engines (one full engine refuses work even when the others have room);
-``vllm:num_requests_waiting`` and ``vllm:num_requests_running`` are summed over engines.
-The KV cache's size in tokens (``num_gpu_blocks`` x ``block_size`` of
-``vllm:cache_config_info``) becomes the backend's KV capacity unless the configuration
-sets one: admission holds long requests that would overfill it.
-A reading older than three intervals is unknown: it neither opens nor closes the memory
-breaker, and /status says so.
+``vllm:num_requests_waiting``, ``vllm:num_requests_running`` and
+``vllm:num_preemptions_total`` are summed over engines. The KV cache's size in tokens
+(``num_gpu_blocks`` x ``block_size`` of ``vllm:cache_config_info``) becomes the backend's
+KV capacity unless the configuration sets one. Each reading also says how much the engine
+holds beyond the budgets the router has in flight on it (``core/kvroom.py``: what the
+router does not account for itself), and feeds the memory breaker, which opens on
+distress (``core/breaker.py``). A reading older than three intervals is unknown: it
+neither opens nor closes the memory breaker, and /status says so.
 
 Passive signals (a connect error in the proxy) mark a backend down at once; the probe
 brings it back when it answers again. Every change is logged, and so is a probe round
@@ -26,7 +28,8 @@ from typing import NamedTuple
 
 import aiohttp
 from ctxroute.router.config import RouterConfig
-from ctxroute.router.core.breaker import MemorySettings, memory_open
+from ctxroute.router.core.breaker import MemoryReading, MemorySettings, memory_open
+from ctxroute.router.core.kvroom import unaccounted
 from ctxroute.router.fleet.ledger import Ledger
 from ctxroute.router.fleet.topology import Fleet
 from ctxroute.router.model import Backend
@@ -36,6 +39,8 @@ log = logging.getLogger("ctxroute.probe")
 
 _KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _STALE_INTERVALS = 3
+# a counter's family is named without _total by the parser; an untyped one keeps it
+_PREEMPTIONS = ("vllm:num_preemptions", "vllm:num_preemptions_total")
 
 
 @dataclass(slots=True)
@@ -45,8 +50,11 @@ class Reading:
     kv_usage: float | None = None
     waiting: float | None = None
     running: float | None = None
+    preemptions: float | None = None  # vllm:num_preemptions_total
     at: float | None = None  # time.monotonic() of the reading
     error: str | None = None  # why the last scrape failed, if it did
+    # the reading before this one, for the breaker's rules on what changed between them
+    before: MemoryReading | None = None
 
     def fresh(self, now: float, interval_s: float) -> bool:
         return self.at is not None and now - self.at <= _STALE_INTERVALS * interval_s
@@ -57,6 +65,7 @@ class VllmMetrics(NamedTuple):
     waiting: float | None
     running: float | None
     kv_tokens: int | None  # the KV cache's size in tokens, per engine
+    preemptions: float | None = None
 
 
 def _kv_tokens(labels: dict[str, str]) -> int | None:
@@ -74,6 +83,7 @@ def parse_vllm_metrics(text: str) -> VllmMetrics:
     waiting: float | None = None
     running: float | None = None
     kv_tokens: int | None = None
+    preemptions: float | None = None
     for family in text_string_to_metric_families(text):
         # the parser drops a counter's _total, never a gauge's name: compare whole names
         name = family.name
@@ -87,8 +97,11 @@ def parse_vllm_metrics(text: str) -> VllmMetrics:
         elif name == "vllm:cache_config_info":
             sizes = [t for t in (_kv_tokens(s.labels) for s in family.samples) if t]
             kv_tokens = min(sizes) if sizes else None
+        elif name in _PREEMPTIONS:
+            total = [s.value for s in family.samples if s.name == _PREEMPTIONS[1]]
+            preemptions = sum(total) if total else None
     kv = usage.get(_KV[0], usage.get(_KV[1]))
-    return VllmMetrics(kv, waiting, running, kv_tokens)
+    return VllmMetrics(kv, waiting, running, kv_tokens, preemptions)
 
 
 def make_probe_session(config: RouterConfig) -> aiohttp.ClientSession:
@@ -103,7 +116,13 @@ def make_probe_session(config: RouterConfig) -> aiohttp.ClientSession:
 
 def memory_settings(config: RouterConfig) -> MemorySettings:
     m = config.breakers.memory
-    return MemorySettings(open_at=m.open_at, close_below=m.close_below, max_waiting=m.max_waiting)
+    return MemorySettings(
+        open_at=m.open_at,
+        close_below=m.close_below,
+        max_waiting=m.max_waiting,
+        on_preemptions=m.on_preemptions,
+        queue_growth_at=m.queue_growth_at,
+    )
 
 
 async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,
@@ -151,12 +170,17 @@ class _Probe:
         # per backend, as soon as its reading is in
         fresh = reading.fresh(time.monotonic(), self.interval_s)
         store = self.ledger.store
-        is_open = memory_open(
-            store.memory_open(backend.index),
-            reading.kv_usage if fresh else None,
-            reading.waiting if fresh else None,
-            self.memory,
+        now = MemoryReading(reading.kv_usage, reading.waiting, reading.preemptions)
+        is_open, why = memory_open(
+            store.memory_open(backend.index), now if fresh else None, reading.before, self.memory
         )
+        if fresh:  # a stale reading changes nothing, and keeps the reason it had
+            reading.before = now
+            self.ledger.memory_why[backend.index] = why
+        if is_open and not store.memory_open(backend.index):
+            log.warning("memory breaker of %s opens: %s", backend.url, why)
+            counts = self.ledger.memory_openings[backend.index]
+            counts[why] = counts.get(why, 0) + 1
         store.set_memory(backend.index, is_open)
 
     async def _read_metrics(self, backend: Backend, reading: Reading) -> None:
@@ -165,7 +189,7 @@ class _Probe:
                 if resp.status != 200:
                     raise ValueError(f"/metrics answered {resp.status}")
                 text = await resp.text()
-            kv, waiting, running, kv_tokens = parse_vllm_metrics(text)
+            kv, waiting, running, kv_tokens, preemptions = parse_vllm_metrics(text)
         except TimeoutError:
             reading.error = f"/metrics did not answer within {self.timeout_s:g}s"
             return
@@ -173,10 +197,18 @@ class _Probe:
             reading.error = f"/metrics failed: {exc}"
             return
         reading.kv_usage, reading.waiting, reading.running = kv, waiting, running
+        reading.preemptions = preemptions
         reading.at = time.monotonic()
         reading.error = None if kv is not None else "/metrics has no KV cache usage gauge"
+        ledger = self.ledger
+        i = backend.index
         if backend.kv_tokens is None and kv_tokens is not None:
-            self.ledger.kv_tokens[backend.index] = kv_tokens
+            ledger.kv_tokens[i] = kv_tokens
+        size = ledger.kv_tokens[i]
+        if kv is not None and size is not None:
+            # read right after the scrape: what the engine holds beyond the router's budgets
+            reserved = ledger.board.fleet(i).budget_in_flight
+            ledger.kv_unaccounted[i] = unaccounted(kv, size, reserved)
 
 
 async def probe_forever(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from ctxroute.router.config import AdmissionConfig, ClassAdmissionConfig, RouterConfig
 from ctxroute.router.core.admission import AdmissionSettings, ClassLimits, Tier
-from ctxroute.router.core.breaker import MemorySettings
 from ctxroute.router.core.hashring import PoolRing
+from ctxroute.router.core.kvroom import KvMarks
 from ctxroute.router.core.longwork import LongWork
 from ctxroute.router.core.planner import PlannerSettings, PoolView
 from ctxroute.router.model import Backend
@@ -93,12 +93,12 @@ class Fleet:
 
 
 def long_work(config: RouterConfig) -> LongWork:
-    m = config.breakers.memory  # budgets in flight stay under its close threshold
+    marks = config.routing.kv_marks
     return LongWork(
         prefill_tokens=config.routing.long_prefill_tokens,
         keep_clean=config.routing.keep_clean,
         hold=config.admission.enabled and config.admission.hold_long,
-        kv_fill=MemorySettings(m.open_at, m.close_below).close_at,
+        kv=KvMarks(long=marks.long, short=marks.short),
     )
 
 

@@ -38,6 +38,10 @@ _BACKEND_GAUGES: Final[tuple[tuple[str, str, Callable[[BackendState], float | No
      lambda b: b.load.long_pending),
     ("ctxroute_backend_budget_in_flight_tokens", "Prompt + max_tokens of every request in flight",
      lambda b: b.load.budget_in_flight),
+    ("ctxroute_backend_kv_committed_tokens",
+     "KV tokens committed: budgets in flight + what the engine held beyond them at the last "
+     "scrape (a request fits when its budget does under its class's mark)",
+     lambda b: b.load.budget_in_flight + b.kv_unaccounted_tokens),
     ("ctxroute_backend_up", "1 when the backend answers", lambda b: 1.0 if b.up else 0.0),
     ("ctxroute_backend_usable",
      "1 when the router may send it new requests (breakers closed, not drained)",
@@ -213,19 +217,27 @@ def _backend_families(state: RouterState) -> Iterator[Metric]:
         "2 open",
         labels=[*_BACKEND, "kind"],
     )
+    memory = CounterMetricFamily(
+        "ctxroute_memory_breaker_openings",
+        "Memory breaker openings this process decided, by the distress rule that opened it "
+        "(preempting, queue_growing, full, queue_over)",
+        labels=[*_BACKEND, "reason"],
+    )
     for b in state.backends:
         names = [b.backend.pool, b.backend.url]
         for family, read in gauges:
             family.add_metric(names, read(b) or 0.0)
         breaker.add_metric([*names, "error"], _BREAKER_VALUE[b.breaker.state])
         breaker.add_metric([*names, "memory"], 2.0 if b.memory_open else 0.0)
+        for reason, count in b.memory_openings.items():
+            memory.add_metric([*names, reason], count)
         for family, read in probed:
             value = read(b)
             if value is not None:
                 family.add_metric(names, value)
     yield from (family for family, _ in gauges[:4])
     yield from (family for family, _ in gauges[4:])
-    yield breaker
+    yield from (breaker, memory)
     yield from (family for family, _ in probed)
 
 

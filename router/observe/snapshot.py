@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ctxroute.router.core.breaker import Breaker
 from ctxroute.router.model import Backend, Load, OutcomeKind
@@ -54,6 +54,14 @@ class BackendState:
     kv_capacity_tokens: int | None
     prefill_tokens_per_s: float
     prefill_learned: bool
+    memory_why: str = ""  # the rule that holds the memory breaker open
+    # memory breaker openings this process decided, by the rule's name (preempting, full...)
+    memory_openings: Mapping[str, int] = field(default_factory=dict)
+    kv_unaccounted_tokens: int = 0  # held beyond the budgets in flight, at the last scrape
+    # tokens a request of each class may still commit here (long, short); None: size unknown
+    kv_room_tokens: tuple[int, int] | None = None
+    # the rules that keep it from new requests now ("" for none), most decisive first
+    kept_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

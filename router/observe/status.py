@@ -59,9 +59,12 @@ def backend_json(b: BackendState) -> dict[str, object]:
         "url": b.backend.url,
         "up": b.up,
         "usable": b.usable,
+        # the rules that keep it from new requests now, most decisive first
+        "kept_from": list(b.kept_from),
         "breaker": {
             "error": breaker.state.value,
             "memory": "open" if b.memory_open else "closed",
+            "memory_why": b.memory_why or None,  # the distress rule that holds it open
             "openings": breaker.openings,
             # set only while the breaker is open (the snapshot's rule)
             "probe_in_s": None if b.probe_in_s is None else round(b.probe_in_s, 3),
@@ -77,6 +80,12 @@ def backend_json(b: BackendState) -> dict[str, object]:
         "long_in_flight": load.long_in_flight,  # prefilling or decoding
         "budget_in_flight_tokens": load.budget_in_flight,
         "kv_capacity_tokens": b.kv_capacity_tokens,
+        # committed = budgets in flight + unaccounted; room: what each class may still add
+        "kv_unaccounted_tokens": b.kv_unaccounted_tokens,
+        "kv_committed_tokens": load.budget_in_flight + b.kv_unaccounted_tokens,
+        "kv_room_tokens": None
+        if b.kv_room_tokens is None
+        else {"long": b.kv_room_tokens[0], "short": b.kv_room_tokens[1]},
         "prefill_tokens_per_s": round(b.prefill_tokens_per_s),
         "prefill_rate": "learned" if b.prefill_learned else "configured",
         "local": {

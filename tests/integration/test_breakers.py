@@ -173,38 +173,83 @@ async def test_backpressure_and_the_clients_own_faults_never_open_a_breaker(
         assert await send(s, router, 3) == [200] * 3
 
 
-async def test_kv_cache_pressure_stops_new_requests_until_it_falls_below_the_close_threshold(
+async def test_usage_vllm_runs_at_keeps_long_work_away_and_the_high_mark_opens_the_breaker(
     two: list[Simulator], make_router: RouterFactory
 ) -> None:
-    full = two[0]
+    full, other = two
     config = one_pool(two, probe={"interval_s": 0.05, "timeout_s": 1.0})
     router = await make_router(config, probes=True)
     async with aiohttp.ClientSession() as s:
 
-        async def memory(state: str) -> dict[str, Any]:
+        async def until(check: Any) -> dict[str, Any]:
             for _ in range(100):
                 st = await status_of(s, router, full)
-                if st["breaker"]["memory"] == state:
+                if check(st):
                     return st  # type: ignore[no-any-return]
                 await asyncio.sleep(0.02)
-            raise AssertionError(f"memory breaker never became {state}: {st}")
+            raise AssertionError(f"never happened: {st}")
 
+        # 90% full is how vLLM runs: no breaker; the engine has room for short work only
         await faults(s, full, kv_usage_floor=0.9)
-        st = await memory("open")
-        assert st["kv_cache_usage"] >= 0.88 and st["breaker"]["error"] == "closed"
+        st = await until(lambda st: st["kv_unaccounted_tokens"] > 0)
+        assert st["breaker"]["memory"] == "closed" and st["usable"]
+        assert st["kept_from"] == ["no KV room for long work (under the long mark)"]
+        assert st["kv_room_tokens"]["long"] <= 0 < st["kv_room_tokens"]["short"]
+        before = full.received, other.received
+        assert set(await send(s, router, 10)) == {200}  # short: both engines take them
+        assert full.received > before[0] and other.received > before[1]
+        # long work (a third of the 4,096-token cache) goes only where it fits
+        long_body = {"prompt": "word " * 300, "max_tokens": 4}
+        received = full.received
+        assert set(await send(s, router, 6, long_body)) == {200}
+        assert full.received == received
+        # at the high mark the breaker opens, and says why
+        await faults(s, full, kv_usage_floor=0.97)
+        st = await until(lambda st: st["breaker"]["memory"] == "open")
+        assert st["breaker"]["memory_why"] == "KV cache usage at the high mark"
+        assert st["kept_from"][0].startswith("memory breaker: KV cache usage at the high mark")
         received = full.received
         assert set(await send(s, router, 10)) == {200}
         assert full.received == received
-        await faults(s, full, kv_usage_floor=0.8)  # under 0.88, over 0.9 x 0.88: stays open
-        await asyncio.sleep(0.2)
-        assert (await status_of(s, router, full))["breaker"]["memory"] == "open"
+        # under the high mark, over close_below (0.9 x 0.97): recovering, still open
+        await faults(s, full, kv_usage_floor=0.9)
+        st = await until(lambda st: st["breaker"]["memory_why"] is not None
+                         and st["breaker"]["memory_why"].startswith("recovering"))  # fmt: skip
+        assert st["breaker"]["memory"] == "open"
         await faults(s, full, kv_usage_floor=0.0)
-        await memory("closed")
-        for _ in range(10):
-            async with s.post(router.url + COMPLETIONS, json=BODY,
-                              headers={"X-Session-ID": str(_)}) as r:  # fmt: skip
-                assert r.status == 200
+        await until(lambda st: st["breaker"]["memory"] == "closed" and not st["kept_from"])
+        assert set(await send(s, router, 10)) == {200}
         assert full.received > received
+
+
+async def test_an_engine_that_preempts_is_opened_for_distress(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    """A router told the cache is ten times its size overcommits it: the engine preempts,
+    and the memory breaker opens on the preemptions (not on usage), then closes."""
+    sim = await make_sim(model="sim-model", max_model_len=1024, num_blocks=64)  # 1,024 tokens
+    config = one_pool([sim], probe={"interval_s": 0.05, "timeout_s": 1.0})
+    data = config.model_dump(mode="json", exclude_none=True)
+    data["pools"][0]["backends"][0]["kv_tokens"] = 10_240
+    data["breakers"]["memory"] = {"open_at": 1.0, "queue_growth_at": None}
+    router = await make_router(RouterConfig.model_validate(data), probes=True)
+    async with aiohttp.ClientSession() as s:
+        # ~350 tokens each at the end, no two sharing a prefix block: 8 need 2.7x the cache
+        bodies = [{"prompt": f"{i:04d} " + "word " * 150, "max_tokens": 200, "ignore_eos": True}
+                  for i in range(8)]  # fmt: skip
+        statuses = await asyncio.gather(*(send(s, router, 1, body) for body in bodies))
+        assert {x for st in statuses for x in st} == {200}
+        assert sim.core.counters.preemptions > 0
+        # the breaker opened on them (it may have closed again since: the burst is over)
+        for _ in range(100):
+            async with s.get(router.url + "/metrics") as r:
+                text = await r.text()
+            if 'reason="preempting"' in text:
+                break
+            await asyncio.sleep(0.02)
+        assert "ctxroute_memory_breaker_openings_total{" in text
+        assert 'reason="preempting"' in text, text
+        assert 'reason="full"' not in text
 
 
 async def test_a_drained_backend_finishes_its_requests_and_gets_no_new_ones(

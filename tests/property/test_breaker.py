@@ -5,6 +5,7 @@ leaves both in the same state, and the invariants hold throughout."""
 from __future__ import annotations
 
 from ctxroute.router.core import breaker as br
+from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -150,13 +151,72 @@ def test_open_time_grows_with_openings_and_is_capped() -> None:
     assert br.open_time(1, SETTINGS, 0.999) > br.open_time(1, SETTINGS, 0.0)
 
 
-def test_memory_breaker_has_hysteresis_and_unknown_changes_nothing() -> None:
+def test_memory_breaker_opens_on_distress_not_on_usage_vllm_runs_at() -> None:
     m = br.MemorySettings()
-    assert m.close_at == 0.9 * 0.88
-    assert not br.memory_open(False, 0.87, 0, m)
-    assert br.memory_open(False, 0.88, 0, m)
-    assert br.memory_open(True, 0.80, 0, m)  # above 0.792: stays open
-    assert not br.memory_open(True, 0.79, 0, m)
-    assert br.memory_open(True, None, None, m) and not br.memory_open(False, None, None, m)
+    assert m.close_at == 0.9 * 0.97
+
+    def step(was: bool, now: br.MemoryReading | None, before: br.MemoryReading | None = None):  # type: ignore[no-untyped-def]
+        return br.memory_open(was, now, before, m)
+
+    # 88-95% full with a steady queue is how vLLM is meant to run: closed
+    assert step(False, br.MemoryReading(0.95, 3, 0), br.MemoryReading(0.93, 3, 0)) == (
+        False, br.Distress.NONE)  # fmt: skip
+    assert step(False, br.MemoryReading(0.97, 0, 0)) == (True, br.Distress.FULL)
+    # preemptions rising: open, at any usage; a counter that went down (a restart) is not
+    assert step(False, br.MemoryReading(0.5, 0, 3), br.MemoryReading(0.5, 0, 2)) == (
+        True, br.Distress.PREEMPTING)  # fmt: skip
+    assert not step(False, br.MemoryReading(0.5, 0, 0), br.MemoryReading(0.5, 0, 7))[0]
+    # a queue growing over two readings while nearly full; not on a cache with room
+    grow = (br.MemoryReading(0.92, 4, 0), br.MemoryReading(0.92, 2, 0))
+    assert step(False, *grow) == (True, br.Distress.QUEUE_GROWING)
+    assert not step(False, br.MemoryReading(0.92, 4, 0), br.MemoryReading(0.92, 0, 0))[0]
+    assert not step(False, br.MemoryReading(0.6, 4, 0), br.MemoryReading(0.6, 2, 0))[0]
+    # hysteresis: open until usage is under close_at and nothing fires
+    assert step(True, br.MemoryReading(0.9, 0, 0)) == (True, br.Distress.RECOVERING)
+    assert step(True, br.MemoryReading(0.8, 0, 0)) == (False, br.Distress.NONE)
+    # unknown changes nothing
+    assert step(True, None) == (True, br.Distress.NONE)
+    assert step(False, None) == (False, br.Distress.NONE)
     queue = br.MemorySettings(max_waiting=10)
-    assert br.memory_open(False, 0.1, 11, queue) and not br.memory_open(False, 0.1, 10, queue)
+    assert br.memory_open(False, br.MemoryReading(0.1, 11), None, queue)[0]
+    assert not br.memory_open(False, br.MemoryReading(0.1, 10), None, queue)[0]
+    off = br.MemorySettings(on_preemptions=False, queue_growth_at=None)
+    assert not br.memory_open(False, *grow, off)[0]
+
+
+readings = st.one_of(
+    st.none(),
+    st.builds(
+        br.MemoryReading,
+        st.one_of(st.none(), st.floats(0.0, 1.0)),
+        st.one_of(st.none(), st.integers(0, 6).map(float)),
+        st.one_of(st.none(), st.integers(0, 4).map(float)),
+    ),
+)
+
+
+@given(st.lists(readings, max_size=30))
+def test_memory_breaker_matches_a_reference_model(sequence: list[br.MemoryReading | None]) -> None:
+    """Step the breaker through a run of readings (None: stale) and compare it with a
+    model written from the documented rules: open while a rule fires, then until usage is
+    known and under close_at."""
+    m = br.MemorySettings()
+    is_open = False
+    before: br.MemoryReading | None = None
+    for now in sequence:
+        got = br.memory_open(is_open, now, before, m)[0]
+        if now is None:
+            want = is_open
+        else:
+            u, w, p = now
+            fires = (
+                (before is not None and p is not None and before.preemptions is not None
+                 and p > before.preemptions)
+                or (u is not None and u >= 0.97)
+                or (u is not None and u >= 0.9 and before is not None and w is not None
+                    and bool(before.waiting) and w > (before.waiting or 0))
+            )  # fmt: skip
+            want = fires or (is_open and (u is None or u >= 0.9 * 0.97))
+            before = now
+        assert got == want
+        is_open = got

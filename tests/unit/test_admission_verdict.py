@@ -4,8 +4,15 @@ reference written from the rules."""
 from __future__ import annotations
 
 from ctxroute.router.core.admission.settings import AdmissionSettings, Tier
-from ctxroute.router.core.admission.verdict import HOLDS, YIELD_TO_SHORT_MS, Verdict, verdict
+from ctxroute.router.core.admission.verdict import (
+    HOLDS,
+    LAST_RESORT_MARGIN_MS,
+    YIELD_TO_SHORT_MS,
+    Verdict,
+    verdict,
+)
 from ctxroute.router.core.hashring import PoolRing
+from ctxroute.router.core.kvroom import KvMarks, has_room
 from ctxroute.router.core.longwork import LongWork
 from ctxroute.router.core.planner import PoolView
 from ctxroute.router.model import Backend, BackendView, Load, RoutePlan
@@ -34,26 +41,33 @@ loads = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2), st.integers(0, 
     st.integers(0, 2),
     st.integers(1, 60_000),
     st.sampled_from([0.0, 100.0, YIELD_TO_SHORT_MS]),
+    st.sampled_from([float("inf"), 5000.0, 500.0]),
+    st.integers(0, 20_000),
 )
-@settings(max_examples=400)
+@settings(max_examples=600)
 def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budget: int,  # type: ignore[no-untyped-def]
-                                   yielded: float) -> None:  # fmt: skip
+                                   yielded: float, time_left: float,
+                                   unaccounted: int) -> None:  # fmt: skip
     pools = _fleet(len(rows), kv=100_000)
     backends = pools[0].backends
     views = {b.index: BackendView(b, Load(r[0], r[1] * 5000 + r[4] * 600, r[1], r[2],
                                           r[1] + r[3]),
-                                  True, 20_000.0, True, b.kv_tokens)
+                                  True, 20_000.0, True, b.kv_tokens, unaccounted)
              for b, r in zip(backends, rows, strict=True)}  # fmt: skip
-    room = [b for b in backends if views[b.index].load.in_flight < b.max_in_flight]
+    work = LongWork(keep_clean=keep, hold=True, kv=KvMarks(long=0.8, short=0.95))
+    # the planner leaves out what is full and what has no KV room under the class's mark
+    free = [b for b in backends if views[b.index].load.in_flight < b.max_in_flight]
+    room = [b for b in free if has_room(views[b.index], budget, work.kv.of(long))]
     # the planner's order is not under test here: the least loaded first
     room.sort(key=lambda b: views[b.index].load.pending_prefill)
-    plan = RoutePlan("p", tuple(room), tuple(0.0 for _ in room), budget, (0,), len(room))
-    work = LongWork(keep_clean=keep, hold=True, kv_fill=0.79)
+    plan = RoutePlan("p", tuple(room), tuple(0.0 for _ in room), budget, (0,), len(room),
+                     kv_full=len(free) - len(room))  # fmt: skip
     s = AdmissionSettings(tiers=(Tier("high"), Tier("normal", 0.25), Tier("low")), work=work)
     v = verdict(tier, long, plan, pools, lambda b: views[b.index], s, lambda b: True,
-                yielded_ms=yielded)  # fmt: skip
+                time_left, yielded)  # fmt: skip
     if not room:
-        assert v is Verdict.FULL  # they pass by themselves: wait
+        # no KV room: requests end and make some; full: they pass by themselves. Both wait
+        assert v is (Verdict.HOLD_KV if len(free) else Verdict.FULL)
         return
     capacity = sum(b.max_in_flight for b in backends)
     in_flight = sum(v_.load.in_flight for v_ in views.values())
@@ -75,24 +89,22 @@ def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budge
         # chunk. It yields for a bounded time only
         assert v is Verdict.HOLD_SHORT
         return
+    if (
+        len(backends) > keep
+        and room[0].index in _lightest(views, keep)
+        and (first.load.long_in_flight or time_left > LAST_RESORT_MARGIN_MS)
+    ):
+        # the best is kept light for short work: long work goes there only when it could
+        # not wait any longer and still start in time, and never next to other long work
+        assert v is Verdict.HOLD_CLEAN
+        return
     pending = sum(1 for v_ in views.values() if v_.load.long_pending)
     if pending == 0:
         assert v is Verdict.ADMIT  # nothing that would end: holding would never end
         return
     clean = sum(1 for v_ in views.values()
                 if not v_.load.long_pending and v_.load.in_flight < 8)  # fmt: skip
-    if first.load.budget_in_flight + budget > 100_000 * s.work.kv_fill:
-        assert v is Verdict.HOLD_KV
-    elif first.load.long_pending or clean - 1 < keep:
-        assert v is Verdict.HOLD_CLEAN
-    elif room[0].index in _lightest(views, keep) and any(
-        b is not room[0]
-        and views[b.index].load.long_pending
-        and b in room
-        and views[b.index].load.budget_in_flight + budget <= 100_000 * s.work.kv_fill
-        for b in backends
-    ):
-        # the best is kept light for short work while a busy one with room will be free
+    if first.load.long_pending or clean - 1 < keep:
         assert v is Verdict.HOLD_CLEAN
     else:
         assert v is Verdict.ADMIT

@@ -102,6 +102,34 @@ def test_running_out_of_blocks_preempts_the_latest_request_and_everything_still_
     assert core.pool.used == 0
 
 
+def test_preempted_requests_with_cached_prefixes_never_hold_the_cache_while_waiting() -> None:
+    """Requests that all hit the prefix cache, preempted under pressure, wait holding no
+    blocks: blocks kept by waiting requests would be held by no running one, and once they
+    fill the cache nothing runs again (the simulator once deadlocked so)."""
+    core = EngineCore(tiny(num_blocks=64, max_model_len=1024))
+    warm = make_req("warm", 300, 1, hashes=tuple(range(1, 19)))
+    core.add(warm)
+    run_until_idle(core)  # its 18 prompt blocks stay cached
+    # eight prompts that share its first 12 blocks, then differ; each grows to 500 tokens
+    reqs = [make_req(f"r{i}", 300, 200, hashes=(*range(1, 13), *(1000 * (i + 1) + j
+                                                                  for j in range(6))))
+            for i in range(8)]  # fmt: skip
+    for r in reqs:
+        core.add(r)
+    now = 0.0
+    for _ in range(100_000):
+        if not core.has_work():
+            break
+        step = core.schedule(now)
+        held = sum(len(r.blocks) for r in core.waiting)
+        assert held == 0, f"waiting requests hold {held} blocks"
+        now += step.duration_ms / 1000
+        core.complete(step, now)
+    assert core.counters.preemptions > 0
+    assert all(r.finish_reason == "length" and r.output_tokens == 200 for r in reqs)
+    assert core.pool.used == 0
+
+
 def test_no_request_is_admitted_beyond_max_num_seqs() -> None:
     core = EngineCore(tiny(max_num_seqs=3))
     for i in range(5):

@@ -7,11 +7,13 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from ctxroute.router.core.classify import eligible_pools
 from ctxroute.router.core.explain import bypass_words
 from ctxroute.router.core.hashring import PoolRing
+from ctxroute.router.core.kvroom import KvMarks
 from ctxroute.router.core.longwork import LongWork
 from ctxroute.router.core.planner import PlannerSettings, PoolView, plan
 from ctxroute.router.model import (
@@ -62,11 +64,16 @@ def route(pools: tuple[PoolView, ...], f: RequestFacts, loads: dict[int, Load] |
 
 
 def planner_settings(**settings: float) -> PlannerSettings:
-    """PlannerSettings with the long-work rules (hold_long, keep_clean, kv_fill,
-    long_prefill_tokens) given by their old names, beside the planner's own."""
-    names = {"hold_long": "hold", "keep_clean": "keep_clean", "kv_fill": "kv_fill",
+    """PlannerSettings with the long-work rules (hold_long, keep_clean, long_prefill_tokens,
+    and the KV marks as kv_long and kv_short) given by their config names, beside the
+    planner's own."""
+    names = {"hold_long": "hold", "keep_clean": "keep_clean",
              "long_prefill_tokens": "prefill_tokens"}  # fmt: skip
-    work = {names[k]: settings.pop(k) for k in list(settings) if k in names}
+    work: dict[str, Any] = {names[k]: settings.pop(k) for k in list(settings) if k in names}
+    marks = {
+        k.removeprefix("kv_"): settings.pop(k) for k in ("kv_long", "kv_short") if k in settings
+    }
+    work["kv"] = KvMarks(**{"long": 0.88, "short": 0.97, **marks})
     return PlannerSettings(work=LongWork(**work), **settings)  # type: ignore[arg-type]
 
 
@@ -185,7 +192,7 @@ def test_full_backends_are_left_out_and_down_ones_come_last() -> None:
     assert p.candidates == (c, b)
 
 
-def test_a_backend_without_kv_room_for_the_budget_comes_after_the_others() -> None:
+def test_a_backend_without_kv_room_for_the_budget_is_not_a_candidate() -> None:
     (pool,) = make_pools(("p", 2, 131072))
     small = pool.backends[0]
     pools = (
@@ -194,21 +201,27 @@ def test_a_backend_without_kv_room_for_the_budget_comes_after_the_others() -> No
     )  # fmt: skip
     p = route(pools, facts("k", prompt=40_000, max_tokens=512),
               {small.index: Load(1, 0, 0, 20_000)})  # fmt: skip
-    assert p.candidates[0] is pool.backends[1]
+    assert p.candidates == (pool.backends[1],) and p.kv_full == 1
 
 
-def test_kv_room_counts_up_to_the_fill_admission_allows() -> None:
+def test_kv_room_is_judged_under_the_mark_of_the_request_class() -> None:
     (pool,) = make_pools(("p", 2, 131072))
     a, b = (_with_kv(x, 100_000) for x in pool.backends)
     pools = (PoolView(pool.name, "m", pool.max_context_tokens, 128, pool.ring, (a, b),
                       {a.url: a, b.url: b}),)  # fmt: skip
     loads = {a.index: Load(1, 0, 0, 70_000), b.index: Load(1, 0, 0, 75_000)}
-    # 70k + 10.5k fits in 100k, but not under 79% of it: both come after, a first
+    # long: 70k + 10.5k fits in 100k, but not under 79% of it: neither is a candidate,
+    # and the plan says they wait for room
     f = facts("k", prompt=10_000, max_tokens=512)
-    full = route(pools, f, loads, kv_fill=0.79)
+    full = route(pools, f, loads, kv_long=0.79)
+    assert full.candidates == () and full.kv_full == 2 and full.usable == 0
     assert "no KV room" in full.reason
-    roomy = route(pools, f, loads)
-    assert "no KV room" not in roomy.reason
+    roomy = route(pools, f, loads)  # under 88%: both have room
+    assert roomy.usable == 2 and roomy.kv_full == 0
+    # short: 75k + 1.5k fits under 97% but not under 76%
+    g = facts("k", prompt=1_000, max_tokens=500)
+    assert route(pools, g, loads).usable == 2
+    assert route(pools, g, loads, kv_long=0.7, kv_short=0.76).usable == 1
 
 
 def test_the_plan_names_the_hash_owner_and_why_it_was_passed_over() -> None:

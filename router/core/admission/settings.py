@@ -34,7 +34,7 @@ class AdmissionSettings:
     short: ClassLimits = ClassLimits(30.0, 10.0, 0.025, 0.05)
     long: ClassLimits = ClassLimits(120.0, 60.0, 5.0, 5.0)
     # what is long work and how it is held: the router passes the planner's own rules
-    work: LongWork = field(default_factory=lambda: LongWork(hold=True, kv_fill=0.79))
+    work: LongWork = field(default_factory=lambda: LongWork(hold=True))
     shares: tuple[float, ...] = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ class Verdict(enum.Enum):
     FULL = "full"  # no candidate has room (max_in_flight, memory pressure)
     RESERVED = "reserved"  # room is left only for higher tiers
     HOLD_CLEAN = "hold_clean"  # a long prefill now would leave no backend free of one
-    HOLD_KV = "hold_kv"  # no candidate has KV room for its budget
+    HOLD_KV = "hold_kv"  # no backend has KV room for its budget under its class's mark
     HOLD_SHORT = "hold_short"  # a short prefill is pending where it would go: let it start
     LATE = "late"  # the best backend would not start it before its deadline: wait for a better
     NO_BACKEND = "no_backend"  # nothing usable, and waiting would not change that soon
@@ -45,6 +45,9 @@ HOLDS: Final = frozenset({HOLD_CLEAN, HOLD_KV, HOLD_SHORT})
 # engine steps (a short prefill starts in the next one), bounded so that a stream of short
 # requests never starves it
 YIELD_TO_SHORT_MS: Final = 250.0
+# A long request goes to the backend kept light for short requests only when it could not
+# wait this much longer for another one and still start before its deadline
+LAST_RESORT_MARGIN_MS: Final = 1000.0
 
 
 def verdict(
@@ -66,6 +69,8 @@ def verdict(
     one, and is refused at its deadline if none comes: what is admitted can start in time.
     ``yielded_ms``: how long a long request has yielded to short prefills in a row."""
     if not plan.usable:
+        if plan.kv_full:
+            return HOLD_KV  # requests end and free their KV: room comes by itself
         # nothing usable, or only backends known down (a last resort, tried anyway: the
         # planner lists them last)
         if plan.candidates:
@@ -83,7 +88,7 @@ def verdict(
         return ADMIT
     if not settings.work.hold:
         return ADMIT
-    return _long_verdict(plan, pools, view_of, settings, yielded_ms)
+    return _long_verdict(plan, pools, view_of, settings, yielded_ms, time_left_ms)
 
 
 def _long_verdict(
@@ -92,8 +97,10 @@ def _long_verdict(
     view_of: ViewOf,
     settings: AdmissionSettings,
     yielded_ms: float,
+    time_left_ms: float,
 ) -> Verdict:
-    """Whether long work held at the router may go now (``LongWork.hold``)."""
+    """Whether long work held at the router may go now (``LongWork.hold``). The planner
+    has left out every backend without KV room for it."""
     best = plan.candidates[0]
     best_view = view_of(best)
     pending = best_view.load
@@ -102,22 +109,27 @@ def _long_verdict(
         # with this one's first chunk (thousands of tokens), and its first token would wait
         # for the whole chunk. It starts in a step or two; this one waits that long here
         return HOLD_SHORT
-    clean, long_pending = _count_clean(pools, view_of)
+    clean, long_pending, usable = _count_clean(pools, view_of)
+    work = settings.work
+    if (
+        usable > work.keep_clean
+        and best.index in reserved_for_short(pools, view_of, work.keep_clean)
+        and (
+            best_view.load.long_in_flight or time_left_ms - plan.waits_ms[0] > LAST_RESORT_MARGIN_MS
+        )
+    ):
+        # the planner puts the backends kept light for short requests last: this one is
+        # first, so every other one is busy with a long prefill, full, or lacks KV room
+        # (their long work ends and frees it). Holding a long document a few seconds more
+        # costs less than its prefill and decode in front of every short request: it goes
+        # here only when it could not wait any longer and still start in time, and never
+        # next to other long work
+        return HOLD_CLEAN
     if long_pending == 0:
         return ADMIT  # nothing to wait for: holding would never end
-    work = settings.work
-    if not _kv_room(best_view, plan.budget, work.kv_fill):
-        return HOLD_KV
     # the planner puts backends free of long prefill first for long requests: a long one
     # never queues in an engine behind another long prefill, it waits here instead
     if best_view.load.long_pending or clean - 1 < work.keep_clean:
-        return HOLD_CLEAN
-    if best.index in reserved_for_short(pools, view_of, work.keep_clean) and _busy_one_has_room(
-        best, plan.budget, pools, view_of, work.kv_fill
-    ):
-        # the planner puts backends kept light for short requests last: this one is first,
-        # so every other one is busy with a long prefill or lacks KV room. Wait for a busy
-        # one with room rather than bring long work to a light one; none: the fleet needs it
         return HOLD_CLEAN
     return ADMIT
 
@@ -151,41 +163,23 @@ def _over_share(
     return in_flight + 1 > capacity - reserved
 
 
-def _count_clean(pools: Sequence[PoolView], view_of: ViewOf) -> tuple[int, int]:
-    """(usable backends free of long prefill with room, usable backends with one pending)."""
+def _count_clean(pools: Sequence[PoolView], view_of: ViewOf) -> tuple[int, int, int]:
+    """(usable backends free of long prefill with room, usable backends with one pending,
+    usable backends)."""
     clean = 0
     long_pending = 0
+    usable = 0
     for pool in pools:
         for b in pool.backends:
             v = view_of(b)
             if not (v.up and v.usable):
                 continue
+            usable += 1
             if v.load.long_pending:
                 long_pending += 1
             elif v.load.in_flight < b.max_in_flight:
                 clean += 1
-    return clean, long_pending
-
-
-def _busy_one_has_room(
-    best: Backend, budget: int, pools: Sequence[PoolView], view_of: ViewOf, kv_fill: float
-) -> bool:
-    """Whether a usable backend other than ``best``, busy with a long prefill, has room for
-    the request (max_in_flight and KV)."""
-    for pool in pools:
-        for b in pool.backends:
-            v = view_of(b)
-            load = v.load
-            if (
-                v.up
-                and v.usable
-                and load.long_pending
-                and b is not best
-                and load.in_flight < b.max_in_flight
-                and _kv_room(v, budget, kv_fill)
-            ):
-                return True
-    return False
+    return clean, long_pending, usable
 
 
 def _clean_one_full(pools: Sequence[PoolView], view_of: ViewOf) -> bool:
@@ -197,7 +191,3 @@ def _clean_one_full(pools: Sequence[PoolView], view_of: ViewOf) -> bool:
             if v.up and v.usable and not load.long_pending and load.in_flight >= b.max_in_flight:
                 return True
     return False
-
-
-def _kv_room(v: BackendView, budget: int, fill: float) -> bool:
-    return v.kv_tokens is None or v.load.budget_in_flight + budget <= v.kv_tokens * fill
