@@ -59,6 +59,11 @@ def _state(b: dict[str, Any]) -> Text:
         problems.append(error.replace("_", "-"))
     if breaker.get("memory") == "open":
         problems.append("kv-open")
+    kept = " ".join(b.get("kept_from") or ())
+    if "under the short mark" in kept:
+        problems.append("kv-full")  # no room even for short work
+    elif "for long work" in kept:
+        problems.append("kv-long-full")  # room for short work only
     if not problems:
         return Text("ok", style="green")
     return Text(",".join(problems), style="yellow" if problems == ["half-open"] else "red")

@@ -1,8 +1,9 @@
 """``/dashboard`` in a real browser: headless Chromium (Debian's ``chromium`` package) loads
 the page from a running router in front of simulators, one backend healthy, one with its
-KV cache at 90% (memory breaker open), one drained, one down; the test reads the DOM the
-page's script rendered and saves a screenshot (to ``$CTXROUTE_ARTIFACTS`` too, when set).
-Skipped when no Chromium is installed (``.ci/run`` installs it)."""
+KV cache at 98% (memory breaker open at the high mark), one drained, one down; the test
+reads the DOM the page's script rendered and saves a screenshot (to
+``$CTXROUTE_ARTIFACTS`` too, when set). Skipped when no Chromium is installed (``.ci/run``
+installs it)."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ async def test_the_status_page_renders_pools_backends_breakers_kv_and_ttft(
             body = {"model": "sim-model", "prompt": "hello", "max_tokens": 2}
             async with s.post(router.url + "/v1/completions", json=body) as r:
                 assert r.status == 200
-        async with s.post(full.url + "/sim/faults", json={"kv_usage_floor": 0.9}) as r:
+        async with s.post(full.url + "/sim/faults", json={"kv_usage_floor": 0.98}) as r:
             assert r.status == 200
         async with s.post(
             router.url + "/admin/drain", json={"backend": drained.url}, headers=ADMIN
@@ -115,8 +116,12 @@ async def test_the_status_page_renders_pools_backends_breakers_kv_and_ttft(
               if "data-backend" in e}  # fmt: skip
     assert states == {ok.url: "ok", full.url: "memory", drained.url: "drained", gone.url: "down"}
     kv = {e["data-kv"] for e in page.find(tag="span") if e.get("data-kv")}
-    assert "0.900" in kv  # the full engine's bar, at 90%
+    assert "0.980" in kv  # the full engine's bar, at 98%
     assert [e["data-memory"] for e in page.find(tag="td") if "data-memory" in e].count("open") == 1
+    # which rule keeps each backend from requests, in its own cell
+    kept = {e["data-kept-from"] for e in page.find(tag="td") if "data-kept-from" in e}
+    assert "memory breaker: KV cache usage at the high mark" in kept, kept
+    assert "drained" in kept and "" in kept  # the healthy one: kept from nothing
     low, high = (page.find(tag="section", **{"data-pool": name})[0]
                  for name in ("low-latency", "high-memory"))  # fmt: skip
     assert "low-latency" in low["text"] and "window 1,024 tokens" in low["text"]

@@ -89,13 +89,20 @@ def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budge
         # chunk. It yields for a bounded time only
         assert v is Verdict.HOLD_SHORT
         return
+
+    def open_to_short(v_: BackendView) -> bool:
+        return (not v_.load.long_pending and v_.load.in_flight < 8
+                and has_room(v_, 4096, 0.95))  # fmt: skip
+
+    for_short = sum(1 for v_ in views.values() if open_to_short(v_))
     if (
         len(backends) > keep
-        and room[0].index in _lightest(views, keep)
-        and (first.load.long_in_flight or time_left > LAST_RESORT_MARGIN_MS)
+        and for_short - 1 < keep
+        and open_to_short(first)
+        and time_left > LAST_RESORT_MARGIN_MS
     ):
-        # the best is kept light for short work: long work goes there only when it could
-        # not wait any longer and still start in time, and never next to other long work
+        # it would take the last backend open to short requests: only when it could not
+        # wait any longer and still start in time
         assert v is Verdict.HOLD_CLEAN
         return
     pending = sum(1 for v_ in views.values() if v_.load.long_pending)
@@ -109,13 +116,6 @@ def test_verdicts_follow_the_rules(rows, tier: int, long: bool, keep: int, budge
     else:
         assert v is Verdict.ADMIT
     assert (v in HOLDS) <= long
-
-
-def _lightest(views: dict[int, BackendView], keep: int) -> set[int]:
-    """The ``keep`` backends carrying the least long work, then the least work."""
-    order = sorted(views, key=lambda i: (views[i].load.long_in_flight,
-                                         views[i].load.budget_in_flight, i))  # fmt: skip
-    return set(order[:keep])
 
 
 def test_nothing_usable_and_nothing_passing_is_no_backend() -> None:

@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from ctxroute.router.core.admission.settings import AdmissionSettings
-from ctxroute.router.core.planner import PoolView, reserved_for_short
+from ctxroute.router.core.kvroom import has_room
+from ctxroute.router.core.longwork import LongWork
+from ctxroute.router.core.planner import PoolView
 from ctxroute.router.model import Backend, BackendView, RoutePlan
 
 ViewOf = Callable[[Backend], BackendView]
@@ -45,7 +47,7 @@ HOLDS: Final = frozenset({HOLD_CLEAN, HOLD_KV, HOLD_SHORT})
 # engine steps (a short prefill starts in the next one), bounded so that a stream of short
 # requests never starves it
 YIELD_TO_SHORT_MS: Final = 250.0
-# A long request goes to the backend kept light for short requests only when it could not
+# A long request takes the last backend open to short requests only when it could not
 # wait this much longer for another one and still start before its deadline
 LAST_RESORT_MARGIN_MS: Final = 1000.0
 
@@ -109,21 +111,19 @@ def _long_verdict(
         # with this one's first chunk (thousands of tokens), and its first token would wait
         # for the whole chunk. It starts in a step or two; this one waits that long here
         return HOLD_SHORT
-    clean, long_pending, usable = _count_clean(pools, view_of)
     work = settings.work
+    clean, long_pending, usable, for_short = _count_clean(pools, view_of, work)
     if (
         usable > work.keep_clean
-        and best.index in reserved_for_short(pools, view_of, work.keep_clean)
-        and (
-            best_view.load.long_in_flight or time_left_ms - plan.waits_ms[0] > LAST_RESORT_MARGIN_MS
-        )
+        and for_short - 1 < work.keep_clean
+        and _open_to_short(best_view, work)
+        and time_left_ms - plan.waits_ms[0] > LAST_RESORT_MARGIN_MS
     ):
-        # the planner puts the backends kept light for short requests last: this one is
-        # first, so every other one is busy with a long prefill, full, or lacks KV room
-        # (their long work ends and frees it). Holding a long document a few seconds more
-        # costs less than its prefill and decode in front of every short request: it goes
-        # here only when it could not wait any longer and still start in time, and never
-        # next to other long work
+        # it would take the last backend where a short request starts at once (no long
+        # prefill, room under the short mark): every other one is busy, full, or has no KV
+        # room even for short work. Holding a long document a few seconds more costs less
+        # than its prefill in front of every short request; it goes there only when it
+        # could not wait any longer and still start in time
         return HOLD_CLEAN
     if long_pending == 0:
         return ADMIT  # nothing to wait for: holding would never end
@@ -163,12 +163,15 @@ def _over_share(
     return in_flight + 1 > capacity - reserved
 
 
-def _count_clean(pools: Sequence[PoolView], view_of: ViewOf) -> tuple[int, int, int]:
+def _count_clean(
+    pools: Sequence[PoolView], view_of: ViewOf, work: LongWork
+) -> tuple[int, int, int, int]:
     """(usable backends free of long prefill with room, usable backends with one pending,
-    usable backends)."""
+    usable backends, usable backends open to short requests)."""
     clean = 0
     long_pending = 0
     usable = 0
+    for_short = 0
     for pool in pools:
         for b in pool.backends:
             v = view_of(b)
@@ -179,7 +182,21 @@ def _count_clean(pools: Sequence[PoolView], view_of: ViewOf) -> tuple[int, int, 
                 long_pending += 1
             elif v.load.in_flight < b.max_in_flight:
                 clean += 1
-    return clean, long_pending, usable
+                if has_room(v, work.prefill_tokens, work.kv.short):
+                    for_short += 1
+    return clean, long_pending, usable, for_short
+
+
+def _open_to_short(v: BackendView, work: LongWork) -> bool:
+    """Whether a short request (up to the longest short prompt) would start at once on the
+    backend of ``v``: no long prefill pending, below max_in_flight, room under the short
+    mark."""
+    load = v.load
+    return (
+        not load.long_pending
+        and load.in_flight < v.backend.max_in_flight
+        and has_room(v, work.prefill_tokens, work.kv.short)
+    )
 
 
 def _clean_one_full(pools: Sequence[PoolView], view_of: ViewOf) -> bool:
