@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from ctxroute.router.core.breaker import BreakerState
+from ctxroute.router.core.breaker import BreakerState, Distress
 from ctxroute.router.model import OutcomeKind
 from ctxroute.router.observe.snapshot import AdmissionState, BackendState, RouterState
 from prometheus_client.core import (
@@ -206,6 +206,11 @@ class StateCollector(Collector):
         yield from (redis, lag)
 
 
+_MEMORY_REASONS: Final = tuple(
+    d.name.lower() for d in Distress if d not in (Distress.NONE, Distress.RECOVERING)
+)
+
+
 def _backend_families(state: RouterState) -> Iterator[Metric]:
     gauges = [
         (GaugeMetricFamily(n, doc, labels=_BACKEND), read) for n, doc, read in _BACKEND_GAUGES
@@ -229,8 +234,8 @@ def _backend_families(state: RouterState) -> Iterator[Metric]:
             family.add_metric(names, read(b) or 0.0)
         breaker.add_metric([*names, "error"], _BREAKER_VALUE[b.breaker.state])
         breaker.add_metric([*names, "memory"], 2.0 if b.memory_open else 0.0)
-        for reason, count in b.memory_openings.items():
-            memory.add_metric([*names, reason], count)
+        for reason in _MEMORY_REASONS:  # every rule, from 0: increase() sees the first
+            memory.add_metric([*names, reason], b.memory_openings.get(reason, 0))
         for family, read in probed:
             value = read(b)
             if value is not None:

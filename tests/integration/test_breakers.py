@@ -13,6 +13,7 @@ import orjson
 import pytest
 from ctxroute.backends.simulator import Simulator
 from ctxroute.router.config import ConfigError, RouterConfig, parse_config
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SimFactory
 from tests.fixtures.router import ADMIN, RunningRouter
@@ -55,6 +56,19 @@ async def status_of(s: aiohttp.ClientSession, router: RunningRouter, sim: Simula
     async with s.get(router.url + "/status") as r:
         body = await r.json()
     return next(b for p in body["pools"] for b in p["backends"] if b["url"] == sim.url)
+
+
+async def owner_notes(s: aiohttp.ClientSession, router: RunningRouter, n: int,
+                      body: dict[str, Any]) -> set[str]:  # fmt: skip
+    """The ``owner=`` parts of the route headers of ``n`` requests with new sessions (the
+    hash spreads them over the backends): "yes", or "no (the rule that kept it)"."""
+    notes = set()
+    for _ in range(n):
+        session = {"X-Session-ID": f"s{next(_sessions)}"}
+        async with s.post(router.url + COMPLETIONS, json=body, headers=session) as r:
+            assert r.status == 200
+            notes.add(r.headers["x-ctxroute-route"].split("owner=")[1].split(";")[0])
+    return notes
 
 
 async def send(s: aiohttp.ClientSession, router: RunningRouter, n: int = 1,
@@ -201,7 +215,7 @@ async def test_usage_vllm_runs_at_keeps_long_work_away_and_the_high_mark_opens_t
         # long work (a third of the 4,096-token cache) goes only where it fits
         long_body = {"prompt": "word " * 300, "max_tokens": 4}
         received = full.received
-        assert set(await send(s, router, 6, long_body)) == {200}
+        assert await owner_notes(s, router, 12, long_body) == {"yes", "no (no KV room)"}
         assert full.received == received
         # at the high mark the breaker opens, and says why
         await faults(s, full, kv_usage_floor=0.97)
@@ -211,6 +225,9 @@ async def test_usage_vllm_runs_at_keeps_long_work_away_and_the_high_mark_opens_t
         received = full.received
         assert set(await send(s, router, 10)) == {200}
         assert full.received == received
+        # the route header says which rule kept the hash owner from a request
+        notes = await owner_notes(s, router, 20, BODY)
+        assert notes == {"yes", "no (memory breaker open: KV cache usage at the high mark)"}
         # under the high mark, over close_below (0.9 x 0.97): recovering, still open
         await faults(s, full, kv_usage_floor=0.9)
         st = await until(lambda st: st["breaker"]["memory_why"] is not None
@@ -241,15 +258,21 @@ async def test_an_engine_that_preempts_is_opened_for_distress(
         assert {x for st in statuses for x in st} == {200}
         assert sim.core.counters.preemptions > 0
         # the breaker opened on them (it may have closed again since: the burst is over)
+        openings: dict[str, float] = {}
         for _ in range(100):
             async with s.get(router.url + "/metrics") as r:
                 text = await r.text()
-            if 'reason="preempting"' in text:
+            openings = {
+                sample.labels["reason"]: sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "ctxroute_memory_breaker_openings"
+                for sample in family.samples
+            }
+            if openings.get("preempting"):
                 break
             await asyncio.sleep(0.02)
-        assert "ctxroute_memory_breaker_openings_total{" in text
-        assert 'reason="preempting"' in text, text
-        assert 'reason="full"' not in text
+        assert openings["preempting"] >= 1, openings
+        assert openings["full"] == openings["queue_growing"] == openings["queue_over"] == 0
 
 
 async def test_a_drained_backend_finishes_its_requests_and_gets_no_new_ones(

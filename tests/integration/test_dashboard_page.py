@@ -120,7 +120,7 @@ async def test_the_status_page_renders_pools_backends_breakers_kv_and_ttft(
     assert [e["data-memory"] for e in page.find(tag="td") if "data-memory" in e].count("open") == 1
     # which rule keeps each backend from requests, in its own cell
     kept = {e["data-kept-from"] for e in page.find(tag="td") if "data-kept-from" in e}
-    assert "memory breaker: KV cache usage at the high mark" in kept, kept
+    assert any(k.startswith("memory breaker: KV cache usage at the high mark") for k in kept)
     assert "drained" in kept and "" in kept  # the healthy one: kept from nothing
     low, high = (page.find(tag="section", **{"data-pool": name})[0]
                  for name in ("low-latency", "high-memory"))  # fmt: skip
