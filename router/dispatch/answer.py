@@ -163,7 +163,9 @@ def why_unusable(ledger: Ledger, backend: Backend, now: float) -> str:
         return f"breaker {b.state.value}" + (f", probe in {wait:.1f}s" if wait else "")
     if not ledger.up[i]:
         return "down"
-    return "at max_in_flight"
+    if ledger.board.fleet(i).in_flight >= backend.max_in_flight:
+        return "at max_in_flight"
+    return "no KV room for its budget under its class's mark"
 
 
 def no_backend_message(

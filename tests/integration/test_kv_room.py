@@ -110,3 +110,26 @@ async def test_long_work_stops_at_the_long_mark_and_short_work_still_gets_in(
             await asyncio.sleep(0.02)
         async with s.post(router.url + "/v1/completions", json=long) as r:
             assert r.status == 200
+
+
+async def test_without_admission_a_request_with_no_room_anywhere_is_answered_503_saying_why(
+    make_sim: SimFactory, make_router: RouterFactory
+) -> None:
+    sim = await make_sim(model="sim-model", max_model_len=1024, num_blocks=256)  # 4,096
+    config = one_pool([sim], probe={"interval_s": 0.05}, admission={"enabled": False})
+    router = await make_router(config, probes=True)
+    async with aiohttp.ClientSession() as s:
+        await _sizes_known(s, router, [sim])
+        async with s.post(sim.url + "/sim/faults", json={"kv_usage_floor": 0.9}) as r:
+            assert r.status == 200
+        for _ in range(200):
+            if (await status_of(s, router, sim))["kv_unaccounted_tokens"] >= 3_600:
+                break
+            await asyncio.sleep(0.02)
+        received = sim.received
+        long = {"prompt": "word " * 300, "max_tokens": 8}
+        async with s.post(router.url + "/v1/completions", json=long) as r:
+            body = await r.json()
+            assert r.status == 503 and r.headers["x-ctxroute-reject"] == "no_backend"
+        assert "no KV room for its budget" in body["error"]["message"], body
+        assert sim.received == received  # never sent: the engine would have had to preempt
