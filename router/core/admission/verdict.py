@@ -182,8 +182,7 @@ def _count_clean(
                 long_pending += 1
             elif v.load.in_flight < b.max_in_flight:
                 clean += 1
-                if has_room(v, work.prefill_tokens, work.kv.short):
-                    for_short += 1
+                for_short += _open_to_short(v, work)
     return clean, long_pending, usable, for_short
 
 
