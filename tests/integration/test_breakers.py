@@ -210,7 +210,7 @@ async def test_usage_vllm_runs_at_keeps_long_work_away_and_the_high_mark_opens_t
         assert st["kept_from"] == ["no KV room for long work (under the long mark)"]
         assert st["kv_room_tokens"]["long"] <= 0 < st["kv_room_tokens"]["short"]
         before = full.received, other.received
-        assert set(await send(s, router, 10)) == {200}  # short: both engines take them
+        assert set(await send(s, router, 20)) == {200}  # short: both engines take them
         assert full.received > before[0] and other.received > before[1]
         # long work (a third of the 4,096-token cache) goes only where it fits
         long_body = {"prompt": "word " * 300, "max_tokens": 4}
@@ -272,7 +272,9 @@ async def test_an_engine_that_preempts_is_opened_for_distress(
                 break
             await asyncio.sleep(0.02)
         assert openings["preempting"] >= 1, openings
-        assert openings["full"] == openings["queue_growing"] == openings["queue_over"] == 0
+        # the rules turned off here never fire ("full", at usage 1.0, may: a cache that
+        # overcommitted can be read entirely taken)
+        assert openings["queue_growing"] == openings["queue_over"] == 0, openings
 
 
 async def test_a_drained_backend_finishes_its_requests_and_gets_no_new_ones(
