@@ -66,8 +66,8 @@ def good_per_s(run: dict[str, Any]) -> float:
     return float(run["short"]["good_per_s"] + run["long"]["good_per_s"])
 
 
-def overload_lines(name: str, found: Capacity, factor: float) -> list[str]:
-    """What the overload run says against the capacity figure, in words."""
+def capacity_lines(name: str, found: Capacity, factor: float) -> list[str]:
+    """The capacity found and what the overload run says against it, in words."""
     if found.rate is None:
         return [f"{name}: no rate held goodput >= {GOOD}: capacity below {found.runs[0]['rate']:g}"]
     lines = [f"capacity at SLO (goodput >= {GOOD} in both classes), {name}: {found.rate:g} req/s"]

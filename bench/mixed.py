@@ -35,9 +35,9 @@ from typing import Any
 
 import orjson
 import yaml
-from ctxroute.bench.capacity import find_capacity, overload_lines
+from ctxroute.bench.capacity import capacity_lines, find_capacity
 from ctxroute.bench.loadgen import Result, Targets, run_load
-from ctxroute.bench.report import plot, print_report, progress
+from ctxroute.bench.report import plot, print_report, progress, run_name
 from ctxroute.bench.tenants import RUNS as TENANT_RUNS
 from ctxroute.bench.tenants import (
     TenantRun,
@@ -551,9 +551,7 @@ def _run_capacity(args: argparse.Namespace, workload: Workload, config: RouterCo
             if found.rate is not None and args.overload > 0:
                 found.overload = run_at(round(found.rate * args.overload, 3))
             runs += found.runs + ([found.overload] if found.overload else [])
-            name = f"{target}" + (f" {variant}" if target == "router" and variant != "admission"
-                                  else "")  # fmt: skip
-            lines += overload_lines(name, found, args.overload)
+            lines += capacity_lines(run_name(found.runs[0]), found, args.overload)
     where = args.fleet.name if args.fleet else args.url
     title = (
         f"{where}: capacity search from {start:g} req/s by {args.step:g}, "

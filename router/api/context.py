@@ -104,9 +104,9 @@ class RouterContext:
         probe_in = retry_after(breaker, now) if breaker.state is BreakerState.OPEN else None
         load = ledger.board.fleet(i)
         size = ledger.kv_tokens[i]
+        taken = load.budget_in_flight + ledger.kv_unaccounted[i]  # committed, kvroom.py
         room = None
         if size is not None:
-            taken = load.budget_in_flight + ledger.kv_unaccounted[i]
             marks = self.fleet.work.kv
             room = (int(size * marks.long) - taken, int(size * marks.short) - taken)
         return BackendState(
@@ -129,6 +129,7 @@ class RouterContext:
             memory_why=str(ledger.memory_why[i]) if store.memory_open(i) else "",
             memory_openings={k.name.lower(): n for k, n in ledger.memory_openings[i].items()},
             kv_unaccounted_tokens=ledger.kv_unaccounted[i],
+            kv_committed_tokens=taken,
             kv_room_tokens=room,
             kept_from=kept_from(ledger, self.fleet.backends[i], load, room),
         )

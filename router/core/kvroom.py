@@ -47,7 +47,7 @@ def has_room(view: BackendView, need: int, mark: float) -> bool:
     """Whether ``need`` more tokens fit under ``mark`` of the cache (an engine whose size is
     not known yet always has room: the breakers watch it)."""
     size = view.kv_tokens
-    return size is None or view.load.budget_in_flight + view.kv_unaccounted + need <= size * mark
+    return size is None or committed(view) + need <= size * mark
 
 
 def unaccounted(usage: float, kv_tokens: int, reserved: int) -> int:

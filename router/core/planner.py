@@ -201,7 +201,7 @@ def _score_pool(lists: tuple[list[_Scored], list[Backend]], facts: RequestFacts,
     prompt = facts.prompt.estimate
     # the first token waits for the step under way and its own: two steps' KV reads
     step_ms_per_token = 2.0 * settings.step_ms_per_ktok / 1000.0
-    mark = settings.work.kv.short if short else settings.work.kv.long
+    mark = settings.work.kv.of(long=not short)
     owner_url, views, owner_ok = _owner_and_views(pool, facts.hash_key, need, view_of, settings)
     owner_left = None
     kv_full = 0

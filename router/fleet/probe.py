@@ -178,10 +178,9 @@ class _Probe:
             reading.before = now
             self.ledger.memory_why[backend.index] = why
         if is_open and not store.memory_open(backend.index):
-            log.warning("memory breaker of %s opens: %s", backend.url, why)
             counts = self.ledger.memory_openings[backend.index]
             counts[why] = counts.get(why, 0) + 1
-        store.set_memory(backend.index, is_open)
+        store.set_memory(backend.index, is_open, why)
 
     async def _read_metrics(self, backend: Backend, reading: Reading) -> None:
         try:

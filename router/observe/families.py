@@ -41,7 +41,7 @@ _BACKEND_GAUGES: Final[tuple[tuple[str, str, Callable[[BackendState], float | No
     ("ctxroute_backend_kv_committed_tokens",
      "KV tokens committed: budgets in flight + what the engine held beyond them at the last "
      "scrape (a request fits when its budget does under its class's mark)",
-     lambda b: b.load.budget_in_flight + b.kv_unaccounted_tokens),
+     lambda b: b.kv_committed_tokens),
     ("ctxroute_backend_up", "1 when the backend answers", lambda b: 1.0 if b.up else 0.0),
     ("ctxroute_backend_usable",
      "1 when the router may send it new requests (breakers closed, not drained)",

@@ -58,6 +58,7 @@ class BackendState:
     # memory breaker openings this process decided, by the rule's name (preempting, full...)
     memory_openings: Mapping[str, int] = field(default_factory=dict)
     kv_unaccounted_tokens: int = 0  # held beyond the budgets in flight, at the last scrape
+    kv_committed_tokens: int = 0  # budgets in flight + unaccounted (``core/kvroom.py``)
     # tokens a request of each class may still commit here (long, short); None: size unknown
     kv_room_tokens: tuple[int, int] | None = None
     # the rules that keep it from new requests now ("" for none), most decisive first

@@ -82,7 +82,7 @@ def backend_json(b: BackendState) -> dict[str, object]:
         "kv_capacity_tokens": b.kv_capacity_tokens,
         # committed = budgets in flight + unaccounted; room: what each class may still add
         "kv_unaccounted_tokens": b.kv_unaccounted_tokens,
-        "kv_committed_tokens": load.budget_in_flight + b.kv_unaccounted_tokens,
+        "kv_committed_tokens": b.kv_committed_tokens,
         "kv_room_tokens": None
         if b.kv_room_tokens is None
         else {"long": b.kv_room_tokens[0], "short": b.kv_room_tokens[1]},

@@ -59,10 +59,10 @@ def _state(b: dict[str, Any]) -> Text:
         problems.append(error.replace("_", "-"))
     if breaker.get("memory") == "open":
         problems.append("kv-open")
-    kept = " ".join(b.get("kept_from") or ())
-    if "under the short mark" in kept:
+    room = b.get("kv_room_tokens") or {}
+    if room.get("short", 1) <= 0:
         problems.append("kv-full")  # no room even for short work
-    elif "for long work" in kept:
+    elif room.get("long", 1) <= 0:
         problems.append("kv-long-full")  # room for short work only
     if not problems:
         return Text("ok", style="green")

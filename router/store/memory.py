@@ -113,12 +113,13 @@ class MemoryStore:
     def memory_open(self, backend: int) -> bool:
         return self.memory[backend]
 
-    def set_memory(self, backend: int, is_open: bool) -> None:
+    def set_memory(self, backend: int, is_open: bool, why: str = "") -> None:
         if self.memory[backend] != is_open:
             self.memory[backend] = is_open
             url = self.backends[backend].url
             if is_open:
-                log.warning("memory breaker of %s is open: no new requests", url)
+                log.warning("memory breaker of %s is open (%s): no new requests", url,
+                            why or "KV cache distress")  # fmt: skip
             else:
                 log.warning("memory breaker of %s is closed", url)
 

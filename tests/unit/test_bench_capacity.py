@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxroute.bench.capacity import Capacity, find_capacity, holds, overload_lines
+from ctxroute.bench.capacity import Capacity, capacity_lines, find_capacity, holds
 
 
 def _run(rate: float, short: float, long: float, p99: float = 40.0) -> dict[str, Any]:
@@ -49,9 +49,9 @@ def test_both_classes_must_keep_goodput() -> None:
 def test_the_overload_run_is_judged_against_the_capacity_figure() -> None:
     at_capacity = _run(12.0, 1.0, 1.0, p99=50.0)
     over = _run(48.0, 0.3, 0.1, p99=80.0)
-    lines = overload_lines("router", Capacity(12.0, [at_capacity], over), 4.0)
+    lines = capacity_lines("router", Capacity(12.0, [at_capacity], over), 4.0)
     assert lines[0].endswith("router: 12 req/s")
     # 0.8 x 48 x 0.3 + 0.2 x 48 x 0.1 = 12.48 good/s: 1.04x; p99 80 / 50 = 1.6x
     assert "12.48 good requests/s = 1.04x the capacity figure" in lines[1]
     assert "= 1.60x its 50 ms at capacity" in lines[1]
-    assert "capacity below 8" in overload_lines("router", Capacity(None, [_run(8, 0, 0)]), 4)[0]
+    assert "capacity below 8" in capacity_lines("router", Capacity(None, [_run(8, 0, 0)]), 4)[0]

@@ -77,3 +77,15 @@ def test_backends_on_several_hosts_are_named_by_host_and_port() -> None:
     text = _text(status, 80)
     assert "vllm-a.internal:8000" in text and "vllm-b.internal:8000" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_backend_without_kv_room_says_for_which_class() -> None:
+    status = {**STATUS, "pools": [{**STATUS["pools"][0], "backends": [  # type: ignore[index]
+        _backend(8101, kv_room_tokens={"long": -82, "short": 287}),
+        _backend(8102, kv_room_tokens={"long": -9000, "short": 0}),
+        _backend(8103, kv_room_tokens={"long": 5000, "short": 9000})]}]}  # fmt: skip
+    rows = {line.split()[0]: line for line in _text(status, 80).splitlines()
+            if line.split()[:1] and line.split()[0].startswith(":81")}  # fmt: skip
+    assert "kv-long-full" in rows[":8101"]
+    assert "kv-full" in rows[":8102"] and "kv-long-full" not in rows[":8102"]
+    assert "kv-" not in rows[":8103"] and " ok " in f"{rows[':8103']} "
