@@ -53,6 +53,9 @@ def has_room(view: BackendView, need: int, mark: float) -> bool:
 def unaccounted(usage: float, kv_tokens: int, reserved: int) -> int:
     """What a scrape found held (``usage`` x ``kv_tokens``) beyond the ``reserved`` budgets
     in flight at that moment; never negative (prefix sharing and requests that stopped
-    early make an engine hold less than its budgets: the reservation stands)."""
+    early make an engine hold less than its budgets: the reservation stands). The gauge is
+    the backend's to write: out of range it is clamped, NaN counts as nothing held."""
+    if usage != usage:  # NaN
+        return 0
     used = int(min(max(usage, 0.0), 1.0) * kv_tokens)
     return max(0, used - reserved)

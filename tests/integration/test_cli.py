@@ -150,6 +150,18 @@ def test_check_config_accepts_the_shipped_files() -> None:
             "breakers: {memory: {open_at: 0.8, close_below: 0.9}}\n",
             "breakers.memory: close_below must not be above open_at",
         ),
+        (
+            "pools:\n  - name: a\n    model: m\n    max_context_tokens: 1000\n"
+            "    backends: [{url: 'http://x:1'}]\n"
+            "routing: {kv_marks: {long: 0.95, short: 0.9}}\n",
+            "routing.kv_marks: kv_marks.long must not be above kv_marks.short",
+        ),
+        (
+            "pools:\n  - name: a\n    model: m\n    max_context_tokens: 1000\n"
+            "    backends: [{url: 'http://x:1'}]\n"
+            "routing: {kv_marks: {short: 1.5}}\n",
+            "routing.kv_marks.short: Input should be less than or equal to 1",
+        ),
     ],
 )
 def test_a_bad_config_names_the_key_and_exits_2(tmp_path: Path, text: str, message: str) -> None:

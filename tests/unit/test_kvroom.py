@@ -21,8 +21,11 @@ def test_committed_is_the_budgets_in_flight_plus_what_the_router_did_not_account
     assert unaccounted(0.6, 100_000, 50_000) == 10_000
     # prefix sharing and early stops make an engine hold less: the reservation stands
     assert unaccounted(0.2, 100_000, 50_000) == 0
-    # out-of-range gauges are clamped
+    # out-of-range gauges are clamped; a backend's NaN (its /metrics is not ours) is no
+    # reading at all, never an exception in the probe
     assert unaccounted(1.7, 100_000, 0) == 100_000 and unaccounted(-1.0, 100_000, 0) == 0
+    assert unaccounted(float("inf"), 100_000, 0) == 100_000
+    assert unaccounted(float("nan"), 100_000, 0) == 0
 
 
 def test_a_request_fits_only_under_its_class_mark() -> None:
