@@ -28,6 +28,19 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 SimFactory = Callable[..., Awaitable[Simulator]]
+# a stop that takes longer has hung: fail the test, with the tasks still running. (Not left
+# to pytest-timeout: its SIGALRM can land inside a library that turns the exception into
+# an error it survives, and then nothing ends the wait.)
+STOP_TIMEOUT_S = 60.0
+
+
+async def _bounded(stopping: Awaitable[None], what: str) -> None:
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await stopping
+    except TimeoutError:
+        running = "\n".join(repr(task) for task in asyncio.all_tasks())
+        pytest.fail(f"{what} did not stop within {STOP_TIMEOUT_S:g}s; tasks:\n{running}")
 
 
 @pytest.fixture
@@ -50,7 +63,7 @@ async def make_sim() -> AsyncIterator[SimFactory]:
 
     yield factory
     for sim in started:
-        await sim.stop()
+        await _bounded(sim.stop(), f"simulator {sim.url}")
 
 
 @pytest.fixture
@@ -71,4 +84,4 @@ async def make_router() -> AsyncIterator[Callable[..., Awaitable[RunningRouter]]
 
     yield factory
     for router in started:
-        await router.stop()
+        await _bounded(router.stop(), f"router {router.url}")

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import BinaryIO
 
 from aiohttp import web
+from ctxroute.router.aio.tasks import stop_tasks
 from ctxroute.router.api.auth import Gatekeeper, with_tenants
 from ctxroute.router.api.context import HandlerSettings, RouterContext
 from ctxroute.router.api.framing import answer_parse_errors
@@ -104,10 +105,7 @@ def create_app(
 
 async def _close(ctx: RouterContext, tasks: list[asyncio.Task[None]],
                  shared: SharedCounters | None) -> None:  # fmt: skip
-    for task in tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_tasks(tasks)
     if ctx.request_log is not None:
         ctx.request_log.flush()
     if shared is not None:

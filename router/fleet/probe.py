@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import aiohttp
+from ctxroute.router.aio.tasks import stop_requested
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.core.breaker import MemoryReading, MemorySettings, memory_open
 from ctxroute.router.core.kvroom import unaccounted
@@ -212,9 +213,11 @@ class _Probe:
 
 async def probe_forever(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,
                         readings: list[Reading], config: RouterConfig) -> None:  # fmt: skip
-    while True:
+    while not stop_requested():  # a cancellation a library swallowed still stops it
         try:
             await probe_once(session, fleet, ledger, readings, config)
         except Exception:
+            if stop_requested():
+                break
             log.exception("probe round failed")
         await asyncio.sleep(config.probe.interval_s)

@@ -7,10 +7,10 @@ be written."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
+from ctxroute.router.aio.tasks import stop_requested, stop_tasks
 from ctxroute.router.core.admission.fairshare import VirtualCounters
 
 log = logging.getLogger("ctxroute.store")
@@ -33,9 +33,7 @@ class SharedCounters:
     async def close(self) -> None:
         """Stop syncing (the client is its owner's to close)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await stop_tasks([self._task])
 
     async def sync(self) -> None:
         """One round: write this process's new charges, read everyone's."""
@@ -55,7 +53,10 @@ class SharedCounters:
         self.counters.adopt(shared)
 
     async def _forever(self) -> None:
-        while True:
+        # asks stop_requested rather than trusting the CancelledError to arrive: redis-py
+        # may turn it into a connection error, and Python 3.11's wait_for (redis-py's
+        # socket timeout) may drop it when the command completes in the same step
+        while not stop_requested():
             try:
                 await self.sync()
                 if not self.up:
@@ -64,6 +65,8 @@ class SharedCounters:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if stop_requested():
+                    break
                 if self.up:
                     log.warning("fair-share counters kept locally: redis: %s", exc)
                 self.up = False

@@ -8,7 +8,6 @@ together admit what one would. While Redis is out of reach each replica decides 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -99,10 +98,10 @@ class Limiter:
             self._went_down(exc)
 
     async def close(self) -> None:
-        """Wait for the settlements under way (the client is its owner's to close)."""
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        """Wait for the settlements under way, each bounded by its own timeout (the client
+        is its owner's to close)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2 * self.timeout_s + 1.0)
 
     def _script_rate(self) -> Any:
         if self._rate is None:

@@ -8,11 +8,11 @@ local state is what the request path reads, Redis or not). The load view is the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
 
+from ctxroute.router.aio.tasks import stop_tasks
 from ctxroute.router.config import BreakersConfig
 from ctxroute.router.core import breaker as br
 from ctxroute.router.model import Backend
@@ -151,9 +151,7 @@ class MemoryStore:
 
     async def close(self) -> None:
         if self._follow is not None:
-            self._follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follow
+            await stop_tasks([self._follow])
 
     async def _follow_drains(self) -> None:
         """Apply the drains other workers made (within _FOLLOW_S of the admin request)."""

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from ctxroute.router.aio.tasks import stop_tasks
 from ctxroute.router.config import StoreConfig
 from ctxroute.router.core import breaker as br
 from ctxroute.router.model import Backend
@@ -174,10 +175,7 @@ class RedisStore(MemoryStore):
         # redis-py may turn a cancellation in the middle of a command into a connection
         # error, which the loops survive by design: they also stop on this flag
         self._closing = True
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=1.0 + 2 * self.timeout_s)
+        await stop_tasks(self._tasks, 1.0 + 2 * self.timeout_s)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self.timeout_s):
                 await self.client.hdel(self.load_key, self.process_id)

@@ -6,6 +6,7 @@ on either replica."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from typing import Any
@@ -15,8 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from ctxroute.backends.simulator import Simulator
 from ctxroute.router.config import RouterConfig
+from ctxroute.router.core.admission.fairshare import VirtualCounters
 from ctxroute.router.core.keys import Tenant, digest, new_key
 from ctxroute.router.core.ratelimit import LocalLimits, Rate
+from ctxroute.router.store.fairshare import SharedCounters
 from ctxroute.router.store.limits import Limiter
 
 from tests.conftest import SimFactory
@@ -172,3 +175,26 @@ async def test_the_tenants_counters_are_shared_by_the_replicas(
             break
     else:
         pytest.fail(f"b never saw a's charges: {counters_a.counters} {counters_b.counters}")
+
+
+async def test_the_shared_counters_stop_however_the_cancellation_lands(
+    redis_server: RedisServer,
+) -> None:
+    # a router that never finished shutting down, seen in CI: the cancellation landed while
+    # redis-py was sending, came back as a ConnectionError, and the sync loop went on
+    client = aioredis.Redis.from_url(redis_server.url, socket_timeout=1.0)
+    prefix = uuid.uuid4().hex[:8]
+    rng = random.Random(7)
+    try:
+        for i in range(300):
+            counters = VirtualCounters()
+            counters.charge("t", 10.0)
+            shared_counters = SharedCounters(counters, client, prefix, every_s=0.0, timeout_s=1.0)
+            shared_counters.start()
+            await asyncio.sleep(rng.random() * 0.005)  # anywhere in a round
+            closing = asyncio.get_running_loop().create_task(shared_counters.close())
+            done, _ = await asyncio.wait([closing], timeout=10.0)
+            assert done, f"close() still waiting after 10 s (stop {i})"
+            assert shared_counters._task is not None and shared_counters._task.done(), i
+    finally:
+        await client.aclose()

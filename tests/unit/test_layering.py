@@ -113,7 +113,7 @@ def test_no_private_aiohttp_attributes() -> None:
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"router.model", "router.errors", "router.config"}),
     frozenset({"router.core"}),
-    frozenset({"router.upstream", "router.store"}),
+    frozenset({"router.aio", "router.upstream", "router.store"}),
     frozenset({"router.fleet"}),
     frozenset({"router.observe"}),
     frozenset({"router.dispatch"}),

@@ -1,0 +1,2 @@
+"""Event-loop helpers every edge shares (stopping background tasks whose libraries may
+lose a cancellation); no router state."""
