@@ -77,8 +77,10 @@ async def make_router() -> AsyncIterator[Callable[..., Awaitable[RunningRouter]]
     started: list[RunningRouter] = []
 
     async def factory(config: RouterConfig, *, probes: bool = False,
-                      log_stream: BinaryIO | None = None) -> RunningRouter:  # fmt: skip
-        router = await start_router(config, probes=probes, log_stream=log_stream)
+                      log_stream: BinaryIO | None = None,
+                      span_exporter: object | None = None) -> RunningRouter:  # fmt: skip
+        router = await start_router(config, probes=probes, log_stream=log_stream,
+                                    span_exporter=span_exporter)  # fmt: skip
         started.append(router)
         return router
 

@@ -128,6 +128,8 @@ class Simulator:
         # router's request log); bounded: cleared past _MAX_IDS distinct ids
         self.received_ids: Counter[str] = Counter()
         self.last_body: object = None  # the last completion request's body, parsed (tests)
+        # the last one's W3C traceparent: vLLM's own spans would be its children (tests)
+        self.last_traceparent: str | None = None
         self.tokenizer: Tokenizer = (
             HFTokenizer(self.config.tokenizer) if self.config.tokenizer else ByteTokenizer()
         )
@@ -439,6 +441,7 @@ class Simulator:
         try:
             body, text = self._parse(await request.read(), chat)
             self.last_body = body
+            self.last_traceparent = request.headers.get("traceparent")
             client_id = request.headers.get("X-Request-Id")
             if client_id is not None:
                 if len(self.received_ids) >= _MAX_IDS:

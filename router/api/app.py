@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from aiohttp import web
 from ctxroute.router.aio.tasks import stop_tasks
@@ -37,6 +37,10 @@ from ctxroute.router.store.loadboard import LoadBoard, LoadView
 from ctxroute.router.store.memory import MemoryStore, breaker_settings
 from ctxroute.router.upstream.pool import UpstreamPool
 
+if TYPE_CHECKING:
+    from ctxroute.router.observe.tracing import Tracing
+    from opentelemetry.sdk.trace.export import SpanExporter
+
 
 def make_store(config: RouterConfig, backends: Sequence[Backend], board: LoadView) -> Store:
     """In-process state, or state shared through Redis when ``store.redis_url`` is set."""
@@ -55,11 +59,14 @@ def create_app(
     probes: bool = True,
     metrics_share: MetricsShare | None = None,
     log_stream: BinaryIO | None = None,
+    span_exporter: object | None = None,
 ) -> web.Application:
     """The router app. ``board``: the load view shared with other processes (``serve
     --workers``); by default this process's own. ``metrics_share``: where this process
     writes its metrics so that any worker's /metrics answers for all of them.
-    ``log_stream``: where request lines go (default: stderr)."""
+    ``log_stream``: where request lines go (default: stderr). ``span_exporter``: an
+    OpenTelemetry ``SpanExporter`` that gets every span (tracing on, whatever the config
+    says of an endpoint; the tests' in-memory one)."""
     app = web.Application(client_max_size=config.max_body_bytes)
     counters: dict[str, TokenCounter] = dict(load_counters(config.tokenizers))
     gatekeeper = Gatekeeper(config)  # a bad keys file stops the start, as a bad config does
@@ -81,6 +88,7 @@ def create_app(
         if metrics_share is not None:
             ctx.metrics.attach(metrics_share)
         app[RouterContext.KEY] = ctx
+        ctx.tracing = _tracing(config, span_exporter)
         await store.start()
         shared = _share_tenants(config, ctx)
         loop = asyncio.get_running_loop()
@@ -119,6 +127,16 @@ async def _close(ctx: RouterContext, tasks: list[asyncio.Task[None]],
     await ctx.ledger.store.close()
     await ctx.upstream.close()
     await ctx.probe_session.close()
+    if ctx.tracing is not None:
+        await ctx.tracing.close()
+
+
+def _tracing(config: RouterConfig, exporter: object | None) -> Tracing | None:
+    if exporter is None and not config.tracing.enabled:
+        return None
+    from ctxroute.router.observe.tracing import Tracing  # the SDK only when tracing is on
+
+    return Tracing(config.tracing, cast("SpanExporter | None", exporter))
 
 
 def _redis(config: RouterConfig) -> object | None:

@@ -26,6 +26,8 @@ def completion_handler(*, chat: bool, path: str) -> RouteHandler:
         ctx = request.app[RouterContext.KEY]
         # what the request did, for its metrics (and its log line): read once at its end
         record = RequestRecord(monotonic(), request_id, endpoint)
+        if ctx.tracing is not None:
+            record.trace = ctx.tracing.begin(request.headers, request.method, path, request_id)
         life = ctx.lifecycle
         task = cast("asyncio.Task[object]", asyncio.current_task())  # (never None in a handler)
         try:
@@ -66,6 +68,8 @@ def completion_handler(*, chat: bool, path: str) -> RouteHandler:
             ctx.metrics.observe(record, now)
             if ctx.request_log is not None:
                 ctx.request_log.write(record, now)
+            if record.trace is not None:
+                record.trace.end(record)
 
     return complete
 

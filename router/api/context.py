@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +24,9 @@ from ctxroute.router.observe.logs import RequestLog
 from ctxroute.router.observe.metrics import Metrics
 from ctxroute.router.observe.snapshot import BackendState, PoolState, RouterState
 from ctxroute.router.upstream.pool import UpstreamPool
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on
+    from ctxroute.router.observe.tracing import Tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,7 @@ class RouterContext:
     readings: list[Reading] = field(init=False)  # the last /metrics of each backend
     lifecycle: Lifecycle = field(default_factory=Lifecycle)  # serving, or how far in stopping
     admin_ports: frozenset[int] = frozenset()  # local ports of the admin address, once bound
+    tracing: Tracing | None = None  # spans of completion requests, when tracing is on
 
     def __post_init__(self) -> None:
         self.readings = [Reading() for _ in self.fleet.backends]

@@ -33,6 +33,7 @@ from ctxroute.router.config.schema import (
     TimeoutsConfig,
     TokenizerConfig,
 )
+from ctxroute.router.config.tracing import TracingConfig
 
 __all__ = [
     "ENV_PREFIX",
@@ -59,6 +60,7 @@ __all__ = [
     "TierConfig",
     "TimeoutsConfig",
     "TokenizerConfig",
+    "TracingConfig",
     "load_config",
     "parse_config",
     "shipped",

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from ctxroute.router.config.breakers import BreakersConfig, KvMarksConfig
 from ctxroute.router.config.edge import AdminConfig, AuthConfig, LimitsConfig
 from ctxroute.router.config.resilience import RetryBudgetConfig, ShutdownConfig
+from ctxroute.router.config.tracing import TracingConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -308,6 +309,7 @@ class RouterConfig(_Frozen):
     log_requests: bool = Field(
         default=True, description="one line per completion request (info; warning when 5xx)"
     )
+    tracing: TracingConfig = TracingConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:

@@ -33,19 +33,24 @@ _HOP_BY_HOP = frozenset(
     )
 )
 _HOP_BY_HOP_RAW = frozenset(h.encode() for h in _HOP_BY_HOP)
+# with tracing on, each attempt sends its own span's W3C trace headers instead of the client's
+_TRACED_DROP_RAW = _HOP_BY_HOP_RAW | {b"traceparent", b"tracestate"}
 _RESPONSE_DROP_RAW = frozenset(h.encode() for h in _HOP_BY_HOP | {"date", "server"})
 
 
 def request_head_tail(
-    incoming: Sequence[tuple[bytes, bytes]], request_id: str, body_length: int
-) -> bytes:
+    incoming: Sequence[tuple[bytes, bytes]], request_id: str, body_length: int,
+    traced: bool = False,
+) -> bytes:  # fmt: skip
     """The end-to-end headers sent upstream (the backend-specific lines are added per try),
     from the client's header lines as they came (``request.raw_headers``): bytes in,
-    bytes out, nothing decoded and encoded again."""
+    bytes out, nothing decoded and encoded again. ``traced``: the client's trace headers
+    are left out (each attempt sends its own span's)."""
     parts = [b"Content-Length: ", str(body_length).encode(), b"\r\nX-Request-ID: ",
              request_id.encode("latin-1", "replace"), b"\r\n"]  # fmt: skip
+    dropped = _TRACED_DROP_RAW if traced else _HOP_BY_HOP_RAW
     for name, value in incoming:
-        if name.lower() not in _HOP_BY_HOP_RAW:
+        if name.lower() not in dropped:
             parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)

@@ -68,14 +68,7 @@ class Dispatcher:
         self, request: web.Request, asked: Asked, request_id: str, record: RequestRecord
     ) -> web.StreamResponse:
         fleet = self.fleet
-        facts = read_facts(
-            asked.body,
-            chat=asked.chat,
-            session=asked.session,
-            models=fleet.models,
-            counters=self.counters if len(asked.raw) <= self.exact_inline_bytes else {},
-            prefix_chars=self.prefix_chars,
-        )
+        facts = self._read(asked)
         if self.counters and len(asked.raw) > self.exact_inline_bytes:
             facts = await self._count_aside(asked, facts)
         record.prompt_tokens, record.model, record.stream = (facts.prompt.estimate, facts.model,
@@ -112,6 +105,8 @@ class Dispatcher:
             ticket = self.gate.admit_now(tier, long, wait_s, plan, view_of, name)
             if ticket is None:
                 ticket, plan = await self._wait(planned, tier, long, wait_s, record, name)
+            elif record.trace is not None:
+                record.trace.admitted_at_once(record.tier, long)
             if tenant is not None and self.tenants is not None:
                 self.tenants.served(tenant.name, planned.facts.prompt.estimate, 0, tenant.weight)
             try:
@@ -124,6 +119,17 @@ class Dispatcher:
         finally:
             if tenant is not None:
                 self._settle(tenant, reserved, record)
+
+    def _read(self, asked: Asked) -> RequestFacts:
+        """The request's facts, its tokens counted exactly here when its body is small."""
+        return read_facts(
+            asked.body,
+            chat=asked.chat,
+            session=asked.session,
+            models=self.fleet.models,
+            counters=self.counters if len(asked.raw) <= self.exact_inline_bytes else {},
+            prefix_chars=self.prefix_chars,
+        )
 
     def _keyed(self, tenant: Tenant, tier: int, asked: Asked, raw: bytes) -> tuple[int, bytes]:
         """A keyed request's tier (its ceiling, never more) and body. (Not a coroutine, nor
@@ -207,9 +213,15 @@ class Dispatcher:
             return planned.replan(fleet, ledger)
 
         held = monotonic()
+        trace = record.trace
+        span = None if trace is None else trace.admission(record.tier, long, held)
+        admitted = False
         try:
             ticket, plan = await self.gate.wait(tier, long, wait_s, planned.plan, replan, tenant)
+            admitted = True
         finally:  # refused after waiting, too: the log says how long it waited
             record.queued_s = monotonic() - held
+            if trace is not None and span is not None:
+                trace.end_admission(span, admitted, record.queued_s)
         record.plan = plan
         return ticket, plan

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from time import monotonic
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -46,6 +46,9 @@ from ctxroute.router.observe.record import RequestRecord
 from ctxroute.router.upstream.connection import ConnectFailed, UpstreamError, UpstreamTimeout
 from ctxroute.router.upstream.pool import UpstreamPool, UpstreamResponse
 from ctxroute.router.upstream.relay import Relays, relay_stream
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on
+    from ctxroute.router.observe.tracing import AttemptTrace
 
 _CONTEXT_400: Final = b"maximum context length"
 _EMPTY_STREAM: Final = "the stream ended before its first byte"
@@ -102,11 +105,13 @@ class Exchange:
         self.refusal: ContextRefusal | None = None
         self.budget_spent = False  # a retry was due and the retry budget refused it
 
-    def end(self, backend: Backend, outcome: Outcome) -> None:
+    def end(self, backend: Backend, outcome: Outcome, span: AttemptTrace | None) -> None:
         """An attempt ended: it counts in the request's log line however it ended (a
-        client that leaves during a prefill still had it sent)."""
+        client that leaves during a prefill still had it sent), and in its trace."""
         self.ended.append((backend, outcome))
         self.record.attempts = len(self.ended)
+        if span is not None:
+            span.end(outcome)
 
 
 class ContextRefusal(NamedTuple):
@@ -137,7 +142,9 @@ class Proxy:
         """Try the plan's candidates in order, as the module's docstring says."""
         head = (
             f"POST {x.path} HTTP/1.1\r\n".encode(),
-            request_head_tail(x.request.raw_headers, x.request_id, len(x.body)),
+            request_head_tail(
+                x.request.raw_headers, x.request_id, len(x.body), traced=x.record.trace is not None
+            ),
         )
         self.budget.request(monotonic())
         judged = 0  # failed attempts whose retry was decided
@@ -177,8 +184,10 @@ class Proxy:
             return None
         resp: UpstreamResponse | None = None
         outcome: Outcome | None = None
+        trace = x.record.trace
+        span = None if trace is None else trace.attempt(backend, position, len(x.ended) + 1)
         try:
-            data = self._request_bytes(x, head, backend)
+            data = self._request_bytes(x, head, backend, b"" if span is None else span.traceparent)
             try:
                 resp = await self.upstream.request(
                     (backend.host, backend.port), data, deadline=self.deadlines[x.facts.stream]
@@ -199,7 +208,7 @@ class Proxy:
             if streaming and not first:
                 outcome = Outcome(OutcomeKind.BROKEN, status, detail=_EMPTY_STREAM)
                 return None
-            ttft = self._first_byte(x, attempt, backend, pool, budget, status, streaming)
+            ttft = self._first_byte(x, attempt, backend, pool, budget, status, streaming, span)
             if status == 400 and _CONTEXT_400 in first:
                 outcome = Outcome(OutcomeKind.CONTEXT_REJECTED, status, ttft, _LARGER_WINDOW)
                 x.refused_window = pool.max_context_tokens
@@ -223,17 +232,21 @@ class Proxy:
             if outcome is None:  # an exception nobody expected: the backend is not blamed
                 outcome = Outcome(OutcomeKind.CLIENT_GONE, detail="aborted by a router error")
             self.ledger.end(attempt, outcome)
-            x.end(backend, outcome)
+            x.end(backend, outcome, span)
 
-    def _request_bytes(self, x: Exchange, head: tuple[bytes, bytes], backend: Backend) -> bytes:
-        """The request as ``backend`` gets it: its own host line, and, for a backend that
-        serves the model under a name of its own (``model`` in its config), that name in
-        the body (only then is the body parsed again and its length recounted)."""
+    def _request_bytes(self, x: Exchange, head: tuple[bytes, bytes], backend: Backend,
+                       trace_lines: bytes) -> bytes:  # fmt: skip
+        """The request as ``backend`` gets it: its own host line (and this attempt's
+        ``traceparent`` when traced), and, for a backend that serves the model under a name
+        of its own (``model`` in its config), that name in the body (only then is the body
+        parsed again and its length recounted)."""
+        host = self.fleet.host_lines[backend.index]
         if backend.model == x.facts.model:
-            return b"".join((head[0], self.fleet.host_lines[backend.index], head[1], x.body))
+            return b"".join((head[0], host, trace_lines, head[1], x.body))
         body = orjson.dumps({**orjson.loads(x.body), "model": backend.model})
-        tail = request_head_tail(x.request.raw_headers, x.request_id, len(body))
-        return b"".join((head[0], self.fleet.host_lines[backend.index], tail, body))
+        tail = request_head_tail(x.request.raw_headers, x.request_id, len(body),
+                                 traced=bool(trace_lines))  # fmt: skip
+        return b"".join((head[0], host, trace_lines, tail, body))
 
     def _cancelled(self, x: Exchange, outcome: Outcome | None) -> Outcome:
         """The outcome of an attempt whose handler was cancelled: ended by the router's
@@ -244,10 +257,13 @@ class Proxy:
         return outcome or Outcome(OutcomeKind.CLIENT_GONE, detail="the client left")
 
     def _first_byte(self, x: Exchange, attempt: Attempt, backend: Backend, pool: PoolView,
-                    budget: int, status: int, streaming: bool) -> float:  # fmt: skip
+                    budget: int, status: int, streaming: bool,
+                    span: AttemptTrace | None) -> float:  # fmt: skip
         """The backend answered: its first byte settled in the ledger (a stream's prefill
-        ends there; a whole answer's load is settled by ``end``, in one update) and the
-        record filled. Returns the time to first byte."""
+        ends there; a whole answer's load is settled by ``end``, in one update), the record
+        filled, and the attempt's span told. Returns the time to first byte."""
+        if span is not None:
+            span.first_byte(status)
         now = asyncio.get_running_loop().time()
         ledger = self.ledger
         ttft = ledger.first_byte(attempt, now) if streaming else ledger.answered(attempt, now)

@@ -7,7 +7,12 @@ object per request, no per-chunk work.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ctxroute.router.model import RoutePlan
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on
+    from ctxroute.router.observe.tracing import RequestTrace
 
 
 class RequestRecord:
@@ -33,6 +38,7 @@ class RequestRecord:
         "stream",
         "tenant",
         "tier",
+        "trace",
         "window",
     )
 
@@ -59,3 +65,4 @@ class RequestRecord:
         self.tenant = ""  # its key's tenant, when keys are required
         self.reject: str | None = None  # the router's own refusal (x-ctxroute-reject)
         self.route = ""  # why it went where it went (x-ctxroute-route), once answered
+        self.trace: RequestTrace | None = None  # its spans, when tracing is on
