@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer", help="tokenizer.json for exact token counts")
+    parser.add_argument("--version", default="0.32.0",
+                        help="the vLLM version GET /version reports (default 0.32.0)")  # fmt: skip
     faults = parser.add_argument_group("faults (also settable with POST /sim/faults)")
     faults.add_argument("--error-rate", type=float, default=0.0)
     faults.add_argument(
@@ -91,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         seed=args.seed,
         tokenizer=args.tokenizer,
         faults=faults,
+        version=args.version,
     )
 
 

@@ -56,6 +56,7 @@ class SimConfig:
     tokenizer: str | None = None  # a tokenizer.json for exact counts; default: 4 bytes/token
     faults: Faults = field(default_factory=Faults)
     max_body_bytes: int = 64 * 1024 * 1024
+    version: str = "0.32.0"  # what GET /version says (vLLM's own version there)
 
 
 class _BadRequest(Exception):
@@ -150,6 +151,7 @@ class Simulator:
         app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/version", self._version)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
@@ -255,6 +257,9 @@ class Simulator:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=503 if self.faults.engine_dead else 200)
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return _json(orjson.dumps({"version": self.config.version}))
 
     async def _models(self, request: web.Request) -> web.Response:
         created = int(time.time())

@@ -136,6 +136,7 @@ class RouterContext:
             kv_committed_tokens=taken,
             kv_room_tokens=room,
             kept_from=kept_from(ledger, self.fleet.backends[i], load, room),
+            skew=ledger.skew[i],
         )
 
 

@@ -87,6 +87,9 @@ class Ledger:
         self.memory_why = [Distress.NONE] * len(self.backends)
         # memory breaker openings this process decided, per backend and rule (a counter)
         self.memory_openings: list[dict[Distress, int]] = [{} for _ in self.backends]
+        # how each backend's engine differs from its pool's others (``core/skew.py``; the
+        # probe's to write, every few rounds)
+        self.skew: list[tuple[str, ...]] = [() for _ in self.backends]
         # called when a backend may take more (an attempt ended, a long prefill ended): the
         # admission gate moves its queues on it
         self.on_change: Callable[[], None] | None = None

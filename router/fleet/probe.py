@@ -31,6 +31,7 @@ from ctxroute.router.aio.tasks import stop_requested
 from ctxroute.router.config import RouterConfig
 from ctxroute.router.core.breaker import MemoryReading, MemorySettings, memory_open
 from ctxroute.router.core.kvroom import unaccounted
+from ctxroute.router.fleet.identity import EVERY_ROUNDS, cache_labels, judge, read_identity
 from ctxroute.router.fleet.ledger import Ledger
 from ctxroute.router.fleet.topology import Fleet
 from ctxroute.router.model import Backend
@@ -52,6 +53,7 @@ class Reading:
     waiting: float | None = None
     running: float | None = None
     preemptions: float | None = None  # vllm:num_preemptions_total
+    cache: tuple[tuple[str, str], ...] = ()  # the cache settings a pool's engines share
     at: float | None = None  # time.monotonic() of the reading
     error: str | None = None  # why the last scrape failed, if it did
     # the reading before this one, for the breaker's rules on what changed between them
@@ -67,6 +69,7 @@ class VllmMetrics(NamedTuple):
     running: float | None
     kv_tokens: int | None  # the KV cache's size in tokens, per engine
     preemptions: float | None = None
+    cache: tuple[tuple[str, str], ...] = ()  # cache_config_info labels (fleet/identity.py)
 
 
 def _kv_tokens(labels: dict[str, str]) -> int | None:
@@ -85,6 +88,7 @@ def parse_vllm_metrics(text: str) -> VllmMetrics:
     running: float | None = None
     kv_tokens: int | None = None
     preemptions: float | None = None
+    cache: tuple[tuple[str, str], ...] = ()
     for family in text_string_to_metric_families(text):
         # the parser drops a counter's _total, never a gauge's name: compare whole names
         name = family.name
@@ -98,11 +102,12 @@ def parse_vllm_metrics(text: str) -> VllmMetrics:
         elif name == "vllm:cache_config_info":
             sizes = [t for t in (_kv_tokens(s.labels) for s in family.samples) if t]
             kv_tokens = min(sizes) if sizes else None
+            cache = cache_labels(family.samples[0].labels) if family.samples else ()
         elif name in _PREEMPTIONS:
             total = [s.value for s in family.samples if s.name == _PREEMPTIONS[1]]
             preemptions = sum(total) if total else None
     kv = usage.get(_KV[0], usage.get(_KV[1]))
-    return VllmMetrics(kv, waiting, running, kv_tokens, preemptions)
+    return VllmMetrics(kv, waiting, running, kv_tokens, preemptions, cache)
 
 
 def make_probe_session(config: RouterConfig) -> aiohttp.ClientSession:
@@ -133,6 +138,15 @@ async def probe_once(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledge
     probe = _Probe(session, ledger, readings, config)
     await asyncio.gather(*(probe.check_health(b) for b in fleet.backends),
                          *(probe.check_memory(b) for b in fleet.backends))  # fmt: skip
+
+
+async def check_identities(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,
+                           readings: list[Reading]) -> None:  # fmt: skip
+    """What every backend says of itself, and how it differs from its pool's others."""
+    identities = await asyncio.gather(
+        *(read_identity(session, b, readings[b.index].cache) for b in fleet.backends)
+    )
+    judge(fleet, ledger, identities)
 
 
 class _Probe:
@@ -189,7 +203,7 @@ class _Probe:
                 if resp.status != 200:
                     raise ValueError(f"/metrics answered {resp.status}")
                 text = await resp.text()
-            kv, waiting, running, kv_tokens, preemptions = parse_vllm_metrics(text)
+            kv, waiting, running, kv_tokens, preemptions, cache = parse_vllm_metrics(text)
         except TimeoutError:
             reading.error = f"/metrics did not answer within {self.timeout_s:g}s"
             return
@@ -198,6 +212,7 @@ class _Probe:
             return
         reading.kv_usage, reading.waiting, reading.running = kv, waiting, running
         reading.preemptions = preemptions
+        reading.cache = cache
         reading.at = time.monotonic()
         reading.error = None if kv is not None else "/metrics has no KV cache usage gauge"
         ledger = self.ledger
@@ -213,11 +228,15 @@ class _Probe:
 
 async def probe_forever(session: aiohttp.ClientSession, fleet: Fleet, ledger: Ledger,
                         readings: list[Reading], config: RouterConfig) -> None:  # fmt: skip
+    rounds = 0
     while not stop_requested():  # a cancellation a library swallowed still stops it
         try:
             await probe_once(session, fleet, ledger, readings, config)
+            if rounds % EVERY_ROUNDS == 0:
+                await check_identities(session, fleet, ledger, readings)
         except Exception:
             if stop_requested():
                 break
             log.exception("probe round failed")
+        rounds += 1
         await asyncio.sleep(config.probe.interval_s)

@@ -46,6 +46,10 @@ _BACKEND_GAUGES: Final[tuple[tuple[str, str, Callable[[BackendState], float | No
     ("ctxroute_backend_usable",
      "1 when the router may send it new requests (breakers closed, not drained)",
      lambda b: 1.0 if b.usable else 0.0),
+    ("ctxroute_backend_skew",
+     "1 when the backend's engine differs from its pool's others or from the pool's config "
+     "(model, max_model_len, vLLM version, cache settings; /status says how)",
+     lambda b: 1.0 if b.skew else 0.0),
 )  # fmt: skip
 # the backend's own gauges as last probed: absent when unknown or stale
 _PROBED_GAUGES: Final[tuple[tuple[str, str, Callable[[BackendState], float | None]], ...]] = (

@@ -63,6 +63,8 @@ class BackendState:
     kv_room_tokens: tuple[int, int] | None = None
     # the rules that keep it from new requests now ("" for none), most decisive first
     kept_from: tuple[str, ...] = ()
+    # how its engine differs from its pool's others (``core/skew.py``); () for nothing
+    skew: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

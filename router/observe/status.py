@@ -61,6 +61,8 @@ def backend_json(b: BackendState) -> dict[str, object]:
         "usable": b.usable,
         # the rules that keep it from new requests now, most decisive first
         "kept_from": list(b.kept_from),
+        # how its engine differs from its pool's others (model, window, version, cache)
+        "skew": list(b.skew),
         "breaker": {
             "error": breaker.state.value,
             "memory": "open" if b.memory_open else "closed",
