@@ -33,7 +33,7 @@ class TracingConfig(BaseModel):
     @classmethod
     def _http(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("tracing.endpoint must be an http:// or https:// URL (OTLP/HTTP)")
+            raise ValueError("must be an http:// or https:// URL (OTLP/HTTP)")
         return value
 
     @property

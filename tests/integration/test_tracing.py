@@ -249,3 +249,16 @@ async def test_a_hostile_traceparent_starts_a_new_trace(
     await asyncio.sleep(0.1)
     roots = [s for s in from_sdk(exporter) if s.name == f"POST {CHAT}"]
     assert len(roots) == 3 and all(r.parent_id is None for r in roots)
+
+
+def test_check_config_names_a_bad_tracing_section() -> None:
+    from ctxroute.router.config import ConfigError, parse_config
+
+    data = {"pools": [{"name": "p", "model": "m", "max_context_tokens": 2048,
+                       "backends": [{"url": "http://127.0.0.1:9"}]}],
+            "tracing": {"endpoint": "otel:4318", "sample_ratio": 2}}  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, environ={})
+    said = str(caught.value)
+    assert "tracing.endpoint: must be an http:// or https:// URL" in said
+    assert "tracing.sample_ratio" in said
