@@ -64,9 +64,12 @@ def _state(b: dict[str, Any]) -> Text:
         problems.append("kv-full")  # no room even for short work
     elif room.get("long", 1) <= 0:
         problems.append("kv-long-full")  # room for short work only
+    if b.get("skew"):
+        problems.append("skew")  # serves, but differs from its pool (/status says how)
     if not problems:
         return Text("ok", style="green")
-    return Text(",".join(problems), style="yellow" if problems == ["half-open"] else "red")
+    mild = set(problems) <= {"half-open", "skew"}
+    return Text(",".join(problems), style="yellow" if mild else "red")
 
 
 def _by_tier(counts: dict[str, int]) -> str:

@@ -32,6 +32,10 @@ import orjson
 import pytest
 from ctxroute.backends.simulator import Simulator
 from ctxroute.backends.vllm.launch import VllmServer
+from ctxroute.router.core.skew import skew
+from ctxroute.router.fleet.identity import read_identity
+from ctxroute.router.fleet.probe import parse_vllm_metrics
+from ctxroute.router.model import Backend
 
 from tests.fixtures.metrics import ROUTER_READS
 from tests.fixtures.sse import parse_stream, split_events
@@ -242,6 +246,29 @@ async def test_models_and_health_match(vllm_server: VllmServer, twin_sim: Simula
     assert simulated["data"][0]["id"] == real["data"][0]["id"] == "tiny"
     assert simulated["data"][0]["max_model_len"] == real["data"][0]["max_model_len"] == 2048
     assert health[0] == health[1] == (200, b"")
+
+
+async def test_the_router_reads_the_same_identity_from_both(
+    vllm_server: VllmServer, twin_sim: Simulator
+) -> None:
+    # what the version-skew check reads (fleet/identity.py): a twin of the real engine is
+    # not flagged against it on model, window or cache settings
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+        identities = []
+        for base in (vllm_server.url, twin_sim.url):
+            async with s.get(base + "/metrics") as r:
+                cache = parse_vllm_metrics(await r.text()).cache
+            backend = Backend(0, base, "p", "tiny", "127.0.0.1", 0, 8)
+            identities.append(await read_identity(s, backend, cache))
+    real, simulated = identities
+    assert real.models == simulated.models == ("tiny",)
+    assert real.max_model_len == simulated.max_model_len == 2048
+    assert real.version is not None and simulated.version is not None  # both have /version
+    assert dict(real.cache).keys() == dict(simulated.cache).keys() >= {"block_size"}
+    assert dict(real.cache)["block_size"] == dict(simulated.cache)["block_size"]
+    pool = [real, simulated]
+    for mine in pool:  # at most the version may differ (the twin says 0.32.0)
+        assert all(r.startswith("version ") for r in skew("tiny", 2048, mine, pool)), mine
 
 
 def metric_families(text: str) -> dict[str, tuple[str, frozenset[str]]]:

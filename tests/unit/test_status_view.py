@@ -89,3 +89,12 @@ def test_a_backend_without_kv_room_says_for_which_class() -> None:
     assert "kv-long-full" in rows[":8101"]
     assert "kv-full" in rows[":8102"] and "kv-long-full" not in rows[":8102"]
     assert "kv-" not in rows[":8103"] and " ok " in f"{rows[':8103']} "
+
+
+def test_a_backend_that_differs_from_its_pool_says_skew() -> None:
+    status = {**STATUS, "pools": [{**STATUS["pools"][0], "backends": [  # type: ignore[index]
+        _backend(8101, skew=["version 0.31.1 where the pool's others have 0.32.0"]),
+        _backend(8102, skew=[])]}]}  # fmt: skip
+    rows = {line.split()[0]: line for line in _text(status, 80).splitlines()
+            if line.split()[:1] and line.split()[0].startswith(":81")}  # fmt: skip
+    assert "skew" in rows[":8101"] and "skew" not in rows[":8102"]
