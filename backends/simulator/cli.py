@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--engine-dead", action="store_true")
     faults.add_argument("--json-to-streams", action="store_true",
                         help="answer stream requests with one JSON body")  # fmt: skip
+    faults.add_argument("--drift", action="store_true",
+                        help="shorter answers, more cut short, another vocabulary")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -82,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
             "refuse_for_s": args.refuse_for_s,
             "engine_dead": args.engine_dead,
             "json_to_streams": args.json_to_streams,
+            "drift": args.drift,
         }
     )
     return SimConfig(

@@ -36,6 +36,9 @@ class Faults:
     engine_dead: bool = False
     kv_usage_floor: float = 0.0
     json_to_streams: bool = False
+    # the backend drifts: shorter answers, more of them cut by max_tokens ("length"),
+    # another output vocabulary; it stays healthy by every other measure
+    drift: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

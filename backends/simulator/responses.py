@@ -53,6 +53,11 @@ _WORDS = [
     "window",
 ]
 TOKEN_LITERALS: tuple[bytes, ...] = tuple(orjson.dumps(" " + w) for w in _WORDS)
+# what a drifted backend (fault ``drift``) says instead: another vocabulary, as a model
+# swapped, quantised too far or served with a broken template would
+_DRIFT_WORDS = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing",
+                "elit", "sed", "do", "eiusmod", "tempor", "incididunt", "ut", "labore"]  # fmt: skip
+DRIFT_LITERALS: tuple[bytes, ...] = tuple(orjson.dumps(" " + w) for w in _DRIFT_WORDS)
 
 _ids = itertools.count(1)
 
@@ -130,8 +135,8 @@ def internal_error(message: str) -> bytes:
     return error_body(message, "InternalServerError", None, 500)
 
 
-def output_text(offset: int, n: int) -> str:
-    words = _WORDS
+def output_text(offset: int, n: int, drifted: bool = False) -> str:
+    words = _DRIFT_WORDS if drifted else _WORDS
     return "".join(" " + words[(offset + i) % len(words)] for i in range(n))
 
 
@@ -232,11 +237,13 @@ class ChunkTemplates:
     model: str
     chat: bool
     include_usage: bool
+    drifted: bool = False  # the drift fault's vocabulary
 
     @classmethod
     def build(
-        cls, *, chat: bool, rid: str, created: int, model: str, include_usage: bool
-    ) -> ChunkTemplates:
+        cls, *, chat: bool, rid: str, created: int, model: str, include_usage: bool,
+        drifted: bool = False,
+    ) -> ChunkTemplates:  # fmt: skip
         model_json = orjson.dumps(model).decode()
         if chat:
             prefix = (
@@ -260,10 +267,11 @@ class ChunkTemplates:
                 b',"logprobs":null,"finish_reason":null,"stop_reason":null,'
                 b'"prompt_token_ids":null,"token_ids":null}]}\n\n'
             )
-        return cls(head, tail, first, rid, created, model, chat, include_usage)
+        return cls(head, tail, first, rid, created, model, chat, include_usage, drifted)
 
     def token(self, index: int) -> bytes:
-        return self.head + TOKEN_LITERALS[index % len(TOKEN_LITERALS)] + self.tail
+        literals = DRIFT_LITERALS if self.drifted else TOKEN_LITERALS
+        return self.head + literals[index % len(literals)] + self.tail
 
     def final(self, index: int, finish: str, prompt: int, completion: int) -> list[bytes]:
         """The last token's event (with finish_reason), the usage event if asked, [DONE]:
@@ -274,7 +282,8 @@ class ChunkTemplates:
             "created": self.created,
             "model": self.model,
         }
-        literal = _WORDS_WITH_SPACE[index % len(_WORDS_WITH_SPACE)]
+        words = _DRIFT_WORDS if self.drifted else _WORDS
+        literal = " " + words[index % len(words)]
         if self.chat:
             choice: dict[str, Any] = {
                 "index": 0,
@@ -310,6 +319,3 @@ class ChunkTemplates:
             parts.append(b"data: " + orjson.dumps(last) + b"\n\n")
         parts.append(DONE)
         return parts
-
-
-_WORDS_WITH_SPACE = tuple(" " + w for w in _WORDS)

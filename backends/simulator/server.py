@@ -59,6 +59,12 @@ class SimConfig:
     version: str = "0.32.0"  # what GET /version says (vLLM's own version there)
 
 
+# the drift fault: answers this share of their usual length, this share of them cut by
+# max_tokens, in another vocabulary (responses.DRIFT_LITERALS)
+_DRIFT_LENGTH = 0.35
+_DRIFT_CUT = 0.3
+
+
 class _BadRequest(Exception):
     def __init__(self, body: bytes, status: int = 400) -> None:
         super().__init__(status)
@@ -423,9 +429,14 @@ class Simulator:
         max_tokens = room if max_tokens is None else min(max_tokens, room)
         seed = _int_field(body, "seed")
         rng = random.Random(seed) if seed is not None else self._rng
-        stop_after = (
-            max_tokens if ignore_eos else 1 + int(rng.expovariate(1.0 / profile.mean_output_tokens))
-        )
+        mean = profile.mean_output_tokens
+        drift = self.faults.drift and not ignore_eos
+        if drift:  # shorter answers, and a share of them cut by max_tokens
+            mean = max(1, round(mean * _DRIFT_LENGTH))
+        stop_after = max_tokens if ignore_eos else 1 + int(rng.expovariate(1.0 / mean))
+        if drift and rng.random() < _DRIFT_CUT:
+            max_tokens = min(max_tokens, stop_after)  # finish_reason "length"
+
         req = SimRequest(
             request_id=R.request_id("chatcmpl" if chat else "cmpl", client_id),
             prompt_tokens=prompt_tokens,
@@ -500,7 +511,7 @@ class Simulator:
             if submitted and req.status is not Status.FINISHED:
                 engine.abort(req)
         build = R.chat_completion if chat else R.text_completion
-        text = R.output_text(0, req.output_tokens)
+        text = R.output_text(0, req.output_tokens, self.faults.drift)
         return _json(
             build(
                 req.request_id,
@@ -529,6 +540,7 @@ class Simulator:
             created=int(time.time()),  # as vLLM: when the request arrived
             model=self.config.model,
             include_usage=include_usage,
+            drifted=self.faults.drift,
         )
         event = asyncio.Event()
         req.on_progress = event.set

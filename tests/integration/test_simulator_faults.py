@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import orjson
 import pytest
 from ctxroute.backends.simulator import Simulator
 
 from tests.conftest import SimFactory
-from tests.fixtures.sse import split_events
+from tests.fixtures.sse import parse_stream, split_events
 
 BODY = {"prompt": "hello", "max_tokens": 5}
 
@@ -126,3 +127,46 @@ async def test_dead_engine_fails_health_and_requests(sim: Simulator) -> None:
             assert r.status == 503
         async with s.post(sim.url + "/v1/completions", json=BODY) as r:
             assert r.status == 500
+
+
+async def _answers(s: aiohttp.ClientSession, sim: Simulator, n: int,
+                   stream: bool) -> list[tuple[int, str, str]]:  # fmt: skip
+    """(completion tokens, finish reason, text) of ``n`` chat answers."""
+    out = []
+    body = {"messages": [{"role": "user", "content": "tell me"}], "max_tokens": 120,
+            "stream": stream, "stream_options": {"include_usage": True}}  # fmt: skip
+    for _ in range(n):
+        async with s.post(sim.url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+            raw = await r.read()
+        if not stream:
+            answer = orjson.loads(raw)
+            choice = answer["choices"][0]
+            out.append((answer["usage"]["completion_tokens"], choice["finish_reason"],
+                        choice["message"]["content"]))  # fmt: skip
+            continue
+        chunks = parse_stream(raw)
+        text = "".join(c["choices"][0]["delta"].get("content") or ""
+                       for c in chunks if c["choices"])  # fmt: skip
+        finish = next(c["choices"][0]["finish_reason"] for c in chunks
+                      if c["choices"] and c["choices"][0]["finish_reason"])  # fmt: skip
+        out.append((chunks[-1]["usage"]["completion_tokens"], finish, text))
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_drift_makes_answers_shorter_cut_and_in_other_words(
+    make_sim: SimFactory, stream: bool
+) -> None:
+    healthy = await make_sim(model="sim-model", mean_output_tokens=40, seed=3, speed=50.0)
+    drifting = await make_sim(model="sim-model", mean_output_tokens=40, seed=3, speed=50.0)
+    async with aiohttp.ClientSession() as s:
+        assert await post_faults(s, drifting, drift=True) == 200
+        before = await _answers(s, healthy, 150, stream)
+        after = await _answers(s, drifting, 150, stream)
+    mean = [sum(n for n, _, _ in a) / len(a) for a in (before, after)]
+    assert mean[1] < 0.6 * mean[0], mean
+    cut = [sum(f == "length" for _, f, _ in a) / len(a) for a in (before, after)]
+    assert cut[0] < 0.1 < 0.2 < cut[1], cut
+    words = [{w for _, _, t in a for w in t.split()} for a in (before, after)]
+    assert words[0] and words[1] and not words[0] & words[1]  # another vocabulary
