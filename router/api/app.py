@@ -28,6 +28,7 @@ from ctxroute.router.fleet.ledger import Ledger
 from ctxroute.router.fleet.probe import make_probe_session, probe_forever
 from ctxroute.router.fleet.topology import Fleet
 from ctxroute.router.model import Backend
+from ctxroute.router.observe.drift import DriftWatch
 from ctxroute.router.observe.logs import RequestLog
 from ctxroute.router.observe.metrics import Metrics, MetricsShare
 from ctxroute.router.store import Store
@@ -89,6 +90,7 @@ def create_app(
             ctx.metrics.attach(metrics_share)
         app[RouterContext.KEY] = ctx
         ctx.tracing = _tracing(config, span_exporter)
+        ctx.drift = DriftWatch(fleet)
         await store.start()
         shared = _share_tenants(config, ctx)
         loop = asyncio.get_running_loop()

@@ -66,6 +66,8 @@ def completion_handler(*, chat: bool, path: str) -> RouteHandler:
             life.handlers.discard(task)
             now = monotonic()
             ctx.metrics.observe(record, now)
+            if ctx.drift is not None:
+                ctx.drift.observe(record, now)
             if ctx.request_log is not None:
                 ctx.request_log.write(record, now)
             if record.trace is not None:

@@ -20,6 +20,7 @@ from ctxroute.router.dispatch.gate import Gate
 from ctxroute.router.fleet.ledger import Ledger
 from ctxroute.router.fleet.probe import Reading
 from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.observe.drift import DriftWatch
 from ctxroute.router.observe.logs import RequestLog
 from ctxroute.router.observe.metrics import Metrics
 from ctxroute.router.observe.snapshot import BackendState, PoolState, RouterState
@@ -69,6 +70,7 @@ class RouterContext:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)  # serving, or how far in stopping
     admin_ports: frozenset[int] = frozenset()  # local ports of the admin address, once bound
     tracing: Tracing | None = None  # spans of completion requests, when tracing is on
+    drift: DriftWatch | None = None  # each backend's recent answers, for drift scores
 
     def __post_init__(self) -> None:
         self.readings = [Reading() for _ in self.fleet.backends]
@@ -113,6 +115,7 @@ class RouterContext:
         if size is not None:
             marks = self.fleet.work.kv
             room = (int(size * marks.long) - taken, int(size * marks.short) - taken)
+        drift = {} if self.drift is None else self.drift.scores(now)
         return BackendState(
             backend=self.fleet.backends[i],
             up=ledger.up[i],
@@ -137,6 +140,7 @@ class RouterContext:
             kv_room_tokens=room,
             kept_from=kept_from(ledger, self.fleet.backends[i], load, room),
             skew=ledger.skew[i],
+            drift=drift.get(i, {}),
         )
 
 

@@ -248,6 +248,20 @@ def _backend_families(state: RouterState) -> Iterator[Metric]:
     yield from (family for family, _ in gauges[4:])
     yield from (breaker, memory)
     yield from (family for family, _ in probed)
+    yield _drift_family(state)
+
+
+def _drift_family(state: RouterState) -> Metric:
+    drift = GaugeMetricFamily(
+        "ctxroute_drift_score",
+        "A backend's recent answers against its model's other backends, per signal: the "
+        "two-sample statistic over its critical value at alpha 1e-4 (1 or more: drift)",
+        labels=["model", "backend", "signal"],
+    )
+    for b in state.backends:
+        for signal, score in b.drift.items():
+            drift.add_metric([b.backend.model, b.backend.url, signal], score)
+    return drift
 
 
 _QUEUE_DEPTH_HELP: Final = "Requests held at the router, per pool and priority tier"

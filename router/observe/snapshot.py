@@ -65,6 +65,8 @@ class BackendState:
     kept_from: tuple[str, ...] = ()
     # how its engine differs from its pool's others (``core/skew.py``); () for nothing
     skew: tuple[str, ...] = ()
+    # drift scores by signal (``core/drift.py``: 1.0 or more is drift); {} until enough answers
+    drift: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,8 @@ def backend_json(b: BackendState) -> dict[str, object]:
         "kept_from": list(b.kept_from),
         # how its engine differs from its pool's others (model, window, version, cache)
         "skew": list(b.skew),
+        # per signal, its answers against its model's other backends (1.0 or more: drift)
+        "drift": {signal: round(score, 3) for signal, score in b.drift.items()},
         "breaker": {
             "error": breaker.state.value,
             "memory": "open" if b.memory_open else "closed",

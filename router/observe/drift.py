@@ -1,0 +1,50 @@
+"""Each backend's recent answers, for drift (``core/drift.py``): one bounded window per
+backend, appended to once per answered request (a tuple, no parsing: the record already
+holds the counts), scored when /status or /metrics asks, at most once a second.
+
+Only short requests' answers count: the router places long documents on purpose (away
+from the backend kept for short work, on the lightest in long work), so backends see
+different shares of them, and their answers (longer, another output-per-prompt ratio)
+would make healthy backends look unlike one another."""
+
+from __future__ import annotations
+
+from ctxroute.router.core.drift import Answer, Window, fleet_scores
+from ctxroute.router.fleet.topology import Fleet
+from ctxroute.router.observe.record import RequestRecord
+
+_CACHE_S = 1.0
+
+
+class DriftWatch:
+    def __init__(self, fleet: Fleet) -> None:
+        self.index = {b.url: b.index for b in fleet.backends}
+        pool_model = {p.name: p.model for p in fleet.pools}
+        self.models = {b.index: pool_model[b.pool] for b in fleet.backends}
+        self.windows = {b.index: Window.new() for b in fleet.backends}
+        self.work = fleet.work
+        self._scored: dict[int, dict[str, float]] = {}
+        self._scored_at = float("-inf")
+
+    def observe(self, record: RequestRecord, now: float) -> None:
+        """A request ended: its answer joins its backend's window if it was one whole."""
+        completion = record.completion_tokens
+        if record.status != 200 or completion is None or record.finish_reason is None:
+            return
+        backend = self.index.get(record.backend)
+        prompt = record.prompt_tokens or 0
+        if backend is None or self.work.is_long(prompt):
+            return
+        rate = None
+        first = record.first_byte_at
+        if record.stream and first is not None and completion > 1 and now > first:
+            rate = (completion - 1) / (now - first)
+        self.windows[backend].answers.append(
+            Answer(completion, record.finish_reason == "length", rate, completion / max(1, prompt))
+        )
+
+    def scores(self, now: float) -> dict[int, dict[str, float]]:
+        if now - self._scored_at >= _CACHE_S:
+            self._scored = fleet_scores(self.models, self.windows)
+            self._scored_at = now
+        return self._scored

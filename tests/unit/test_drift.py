@@ -1,0 +1,89 @@
+"""core/drift.py: the two-sample statistics against reference computations, their false
+alarms on samples from one distribution, and which backend of four is flagged."""
+
+from __future__ import annotations
+
+import random
+
+from ctxroute.router.core.drift import (
+    Answer,
+    Window,
+    fleet_scores,
+    ks_distance,
+    scores,
+    share_score,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def reference_ks(a: list[float], b: list[float]) -> float:
+    """The largest gap between the two empirical distribution functions, at every point."""
+    points = sorted(set(a) | set(b))
+    return max(abs(sum(x <= p for x in a) / len(a) - sum(y <= p for y in b) / len(b))
+               for p in points)  # fmt: skip
+
+
+samples = st.lists(st.integers(0, 20).map(float), min_size=1, max_size=40)
+
+
+@given(samples, samples)
+def test_ks_distance_is_the_reference_one(a: list[float], b: list[float]) -> None:
+    assert abs(ks_distance(a, b) - reference_ks(a, b)) < 1e-12
+
+
+def test_share_score_of_equal_shares_is_zero_and_grows_with_the_gap() -> None:
+    assert share_score(10, 100, 10, 100) == 0.0
+    assert share_score(0, 100, 0, 300) == 0.0  # none on either side: nothing to see
+    assert share_score(30, 100, 3, 300) > 1.0 > share_score(6, 100, 3, 300)
+
+
+def healthy(rng: random.Random, n: int) -> list[Answer]:
+    out = []
+    for _ in range(n):
+        tokens = 1 + int(rng.expovariate(1 / 80))
+        cut = tokens >= 256
+        out.append(Answer(min(tokens, 256), cut, rng.gauss(40, 5), min(tokens, 256) / 300))
+    return out
+
+
+def drifted(rng: random.Random, n: int) -> list[Answer]:
+    out = []
+    for _ in range(n):
+        tokens = 1 + int(rng.expovariate(1 / 28))
+        cut = rng.random() < 0.3
+        out.append(Answer(tokens, cut, rng.gauss(40, 5), tokens / 300))
+    return out
+
+
+def test_few_false_alarms_between_samples_of_one_distribution() -> None:
+    rng = random.Random(1)
+    alarms = trials = 0
+    for _ in range(400):
+        for score in scores(healthy(rng, 200), healthy(rng, 600)).values():
+            trials += 1
+            alarms += score >= 1.0
+    # alpha is 1e-4 per comparison: 0.5% would be fifty times too many
+    assert alarms / trials <= 0.005, (alarms, trials)
+
+
+def test_one_drifting_backend_of_four_is_the_one_flagged() -> None:
+    rng = random.Random(2)
+    windows = {i: Window.new() for i in range(4)}
+    for i in range(3):
+        windows[i].answers.extend(healthy(rng, 200))
+    windows[3].answers.extend(drifted(rng, 200))
+    scored = fleet_scores(dict.fromkeys(range(4), "m"), windows)
+    assert scored[3]["output_tokens"] >= 1.0 and scored[3]["length_stops"] >= 1.0
+    for i in range(3):
+        assert max(scored[i].values()) < 1.0, scored[i]
+
+
+def test_too_few_answers_give_no_score_and_models_are_compared_apart() -> None:
+    rng = random.Random(3)
+    windows = {i: Window.new() for i in range(3)}
+    windows[0].answers.extend(healthy(rng, 200))
+    windows[1].answers.extend(drifted(rng, 200))  # another model: not a peer of 0
+    windows[2].answers.extend(healthy(rng, 10))
+    scored = fleet_scores({0: "a", 1: "b", 2: "a"}, windows)
+    assert scored == {0: {}, 1: {}, 2: {}}
