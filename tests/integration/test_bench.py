@@ -165,3 +165,21 @@ def test_bench_limits_two_replicas_admit_one_keys_limit_not_twice() -> None:
     assert len(ratios) == 2, out
     # GCRA's bound over 4 s with 1 s of burst is 1.25; two replicas each alone would be 2.5
     assert all(0.8 <= r <= 1.3 for r in ratios), out
+
+
+async def test_bench_drift_flags_the_drifting_backend_and_only_it() -> None:
+    # the short version of `python -m ctxroute.bench.drift detect` (engines 10x faster)
+    from ctxroute.bench.drift import run
+
+    out = await run("detect", rate=20.0, duration_s=60.0, warmup_s=15.0, speed=10.0)
+    assert out.errors == 0 and out.requests > 200
+    assert out.flagged_after_s is not None and not out.healthy_flagged, out
+
+
+async def test_bench_drift_healthy_traffic_raises_no_flag() -> None:
+    # the short version of `python -m ctxroute.bench.drift healthy`
+    from ctxroute.bench.drift import run
+
+    out = await run("healthy", rate=20.0, duration_s=40.0, warmup_s=0.0, speed=10.0)
+    assert out.errors == 0 and out.requests > 500
+    assert not out.healthy_flagged and max(out.max_scores.values()) < 1.0, out
