@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-log = logging.getLogger("ctxroute.run")
+log = logging.getLogger("ctxroute.aio")
 
 # how long an owner waits for its tasks to end once cancelled
 STOP_WAIT_S = 2.0

@@ -18,9 +18,8 @@ _CACHE_S = 1.0
 
 class DriftWatch:
     def __init__(self, fleet: Fleet) -> None:
-        self.index = {b.url: b.index for b in fleet.backends}
-        pool_model = {p.name: p.model for p in fleet.pools}
-        self.models = {b.index: pool_model[b.pool] for b in fleet.backends}
+        self.by_url = fleet.by_url
+        self.models = {b.index: fleet.pool_named[b.pool].model for b in fleet.backends}
         self.windows = {b.index: Window.new() for b in fleet.backends}
         self.work = fleet.work
         self._scored: dict[int, dict[str, float]] = {}
@@ -31,7 +30,7 @@ class DriftWatch:
         completion = record.completion_tokens
         if record.status != 200 or completion is None or record.finish_reason is None:
             return
-        backend = self.index.get(record.backend)
+        backend = self.by_url.get(record.backend)
         prompt = record.prompt_tokens or 0
         if backend is None or self.work.is_long(prompt):
             return
@@ -39,7 +38,7 @@ class DriftWatch:
         first = record.first_byte_at
         if record.stream and first is not None and completion > 1 and now > first:
             rate = (completion - 1) / (now - first)
-        self.windows[backend].answers.append(
+        self.windows[backend.index].answers.append(
             Answer(completion, record.finish_reason == "length", rate, completion / max(1, prompt))
         )
 
