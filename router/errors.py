@@ -5,6 +5,7 @@
     RouterError                      status, OpenAI type, param
     +-- BadRequest                   400  invalid JSON, wrong types, missing fields
     |   +-- ContextTooLong           400  over every pool's window (vLLM's wording)
+    |   +-- Blocked                  400  a prompt-injection rule in block mode tripped
     +-- Unauthorized                 401  no key, or a key the router does not know
     +-- PayloadTooLarge              413  body over max_body_bytes
     +-- RequestTimeout               408  the body did not arrive within body_timeout_s
@@ -55,6 +56,12 @@ class BadRequest(RouterError):
 
 class ContextTooLong(BadRequest):
     pass
+
+
+class Blocked(BadRequest):
+    """A prompt-injection indicator whose action is ``block`` (core/indicators.py)."""
+
+    reject = "blocked"
 
 
 class Unauthorized(RouterError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 
 class TokenBounds(NamedTuple):
@@ -215,3 +215,16 @@ class Outcome(NamedTuple):
     @property
     def is_failure(self) -> bool:
         return self.kind in FAILURES
+
+
+# the rules (router/core/indicators.py and leakage.py say what each matches)
+INPUT_RULES: Final = (
+    "ignore_instructions",
+    "role_delimiter",
+    "prompt_request",
+    "jailbreak_persona",
+    "invisible_text",
+    "encoded_blob",
+)
+LEAK_RULE: Final = "system_prompt_leak"
+RULES: Final = (*INPUT_RULES, LEAK_RULE)

@@ -39,6 +39,9 @@ class Faults:
     # the backend drifts: shorter answers, more of them cut by max_tokens ("length"),
     # another output vocabulary; it stays healthy by every other measure
     drift: bool = False
+    # the model gives its instructions away: a chat answer begins by quoting the request's
+    # system message word for word (for the router's system_prompt_leak indicator)
+    leak_system: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

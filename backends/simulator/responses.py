@@ -135,9 +135,15 @@ def internal_error(message: str) -> bytes:
     return error_body(message, "InternalServerError", None, 500)
 
 
-def output_text(offset: int, n: int, drifted: bool = False) -> str:
+def output_text(offset: int, n: int, drifted: bool = False, lead: tuple[str, ...] = ()) -> str:
+    """``n`` words from ``offset``: the ``lead`` words first (the leak_system fault's quote
+    of the system message), then the vocabulary's."""
     words = _DRIFT_WORDS if drifted else _WORDS
-    return "".join(" " + words[(offset + i) % len(words)] for i in range(n))
+    return "".join(" " + _word(words, lead, offset + i) for i in range(n))
+
+
+def _word(words: list[str], lead: tuple[str, ...], i: int) -> str:
+    return lead[i] if i < len(lead) else words[i % len(words)]
 
 
 def usage(prompt_tokens: int, completion_tokens: int, *, details: bool) -> dict[str, Any]:
@@ -238,11 +244,12 @@ class ChunkTemplates:
     chat: bool
     include_usage: bool
     drifted: bool = False  # the drift fault's vocabulary
+    lead: tuple[str, ...] = ()  # the first words (the leak_system fault's quote)
 
     @classmethod
     def build(
         cls, *, chat: bool, rid: str, created: int, model: str, include_usage: bool,
-        drifted: bool = False,
+        drifted: bool = False, lead: tuple[str, ...] = (),
     ) -> ChunkTemplates:  # fmt: skip
         model_json = orjson.dumps(model).decode()
         if chat:
@@ -267,9 +274,11 @@ class ChunkTemplates:
                 b',"logprobs":null,"finish_reason":null,"stop_reason":null,'
                 b'"prompt_token_ids":null,"token_ids":null}]}\n\n'
             )
-        return cls(head, tail, first, rid, created, model, chat, include_usage, drifted)
+        return cls(head, tail, first, rid, created, model, chat, include_usage, drifted, lead)
 
     def token(self, index: int) -> bytes:
+        if index < len(self.lead):
+            return self.head + orjson.dumps(" " + self.lead[index]) + self.tail
         literals = DRIFT_LITERALS if self.drifted else TOKEN_LITERALS
         return self.head + literals[index % len(literals)] + self.tail
 
@@ -283,7 +292,7 @@ class ChunkTemplates:
             "model": self.model,
         }
         words = _DRIFT_WORDS if self.drifted else _WORDS
-        literal = " " + words[index % len(words)]
+        literal = " " + _word(words, self.lead, index)
         if self.chat:
             choice: dict[str, Any] = {
                 "index": 0,

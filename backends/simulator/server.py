@@ -481,9 +481,22 @@ class Simulator:
             return _json(R.internal_error("simulated internal error"), 500)
         engine = self._engine
         assert engine is not None
+        lead = self._lead(body, chat)
         if stream and not faults.json_to_streams:
-            return await self._stream(request, req, engine, chat, include_usage)
-        return await self._unary(req, engine, chat)
+            return await self._stream(request, req, engine, chat, include_usage, lead)
+        return await self._unary(req, engine, chat, lead)
+
+    def _lead(self, body: dict[str, Any], chat: bool) -> tuple[str, ...]:
+        """Under the leak_system fault, a chat answer's first words: its system message's."""
+        if not (self.faults.leak_system and chat):
+            return ()
+        words: list[str] = []
+        for message in body.get("messages") or ():
+            if isinstance(message, dict) and message.get("role") == "system":
+                content = message.get("content")
+                if isinstance(content, str):
+                    words += content.split()
+        return tuple(words)
 
     async def _hang(self) -> None:
         hang = self.faults.hang_before_first_token
@@ -492,7 +505,8 @@ class Simulator:
         elif hang > 0:
             await asyncio.sleep(hang)
 
-    async def _unary(self, req: SimRequest, engine: EngineRunner, chat: bool) -> web.Response:
+    async def _unary(self, req: SimRequest, engine: EngineRunner, chat: bool,
+                     lead: tuple[str, ...] = ()) -> web.Response:  # fmt: skip
         created = int(time.time())  # as vLLM: when the request arrived
         done = asyncio.get_running_loop().create_future()
 
@@ -511,7 +525,7 @@ class Simulator:
             if submitted and req.status is not Status.FINISHED:
                 engine.abort(req)
         build = R.chat_completion if chat else R.text_completion
-        text = R.output_text(0, req.output_tokens, self.faults.drift)
+        text = R.output_text(0, req.output_tokens, self.faults.drift, lead)
         return _json(
             build(
                 req.request_id,
@@ -531,6 +545,7 @@ class Simulator:
         engine: EngineRunner,
         chat: bool,
         include_usage: bool,
+        lead: tuple[str, ...] = (),
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         resp.enable_chunked_encoding()
@@ -541,6 +556,7 @@ class Simulator:
             model=self.config.model,
             include_usage=include_usage,
             drifted=self.faults.drift,
+            lead=lead,
         )
         event = asyncio.Event()
         req.on_progress = event.set

@@ -22,6 +22,7 @@ from ctxroute.router.core.admission.fairshare import VirtualCounters
 from ctxroute.router.core.tokens import TokenCounter
 from ctxroute.router.dispatch.completion import Dispatcher
 from ctxroute.router.dispatch.gate import Gate
+from ctxroute.router.dispatch.indicators import Indicators
 from ctxroute.router.dispatch.overload import watch_overload
 from ctxroute.router.dispatch.proxy import ForwardSettings, Proxy
 from ctxroute.router.fleet.ledger import Ledger
@@ -178,7 +179,9 @@ def _context(
     if auth is not None:
         limiter = Limiter(_redis(config), config.store.key_prefix, config.store.timeout_ms / 1000.0)
     gate = Gate(fleet, ledger, config.admission, tenants)
-    proxy = Proxy(upstream, ledger, fleet, ForwardSettings.of(config.routing, config.timeouts))
+    indicators = Indicators(config.indicators) if config.indicators.enabled else None
+    proxy = Proxy(upstream, ledger, fleet, ForwardSettings.of(config.routing, config.timeouts),
+                  indicators)  # fmt: skip
     dispatcher = Dispatcher(
         fleet,
         ledger,
@@ -191,6 +194,7 @@ def _context(
         tenants,
         config.limits.exact_count_inline_bytes,
         auth is not None and auth.limit_headers == "always",
+        indicators,
     )
     request_log = None
     stream = log_stream or getattr(sys.stderr, "buffer", None)

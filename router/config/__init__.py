@@ -15,6 +15,7 @@ indices as numbers and values parsed as YAML scalars, e.g.::
 
 from ctxroute.router.config.breakers import BreakersConfig, KvMarksConfig, MemoryBreakerConfig
 from ctxroute.router.config.edge import AdminConfig, AuthConfig, KeyConfig, LimitsConfig
+from ctxroute.router.config.indicators import IndicatorsConfig
 from ctxroute.router.config.load import ENV_PREFIX, load_config, parse_config, shipped
 from ctxroute.router.config.resilience import RetryBudgetConfig, ShutdownConfig
 from ctxroute.router.config.schema import (
@@ -44,6 +45,7 @@ __all__ = [
     "BreakersConfig",
     "ClassAdmissionConfig",
     "ConfigError",
+    "IndicatorsConfig",
     "KeyConfig",
     "KvMarksConfig",
     "LimitsConfig",

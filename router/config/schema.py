@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from ctxroute.router.config.breakers import BreakersConfig, KvMarksConfig
 from ctxroute.router.config.edge import AdminConfig, AuthConfig, LimitsConfig
+from ctxroute.router.config.indicators import IndicatorsConfig
 from ctxroute.router.config.resilience import RetryBudgetConfig, ShutdownConfig
 from ctxroute.router.config.tracing import TracingConfig
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -310,6 +311,7 @@ class RouterConfig(_Frozen):
         default=True, description="one line per completion request (info; warning when 5xx)"
     )
     tracing: TracingConfig = TracingConfig()
+    indicators: IndicatorsConfig = IndicatorsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from time import monotonic
+from typing import Any
 
 import orjson
 from ctxroute.router.core.breaker import BreakerState, retry_after
@@ -110,15 +111,18 @@ def route_line_of(
     )
 
 
-def read_usage(body: bytes, record: RequestRecord) -> None:
+def read_usage(body: bytes, record: RequestRecord) -> Any:
     """finish_reason and token usage of a whole (non-streaming) answer: the one parse of
-    the answer's body the router makes."""
+    the answer's body the router makes. Returns the answer parsed (None if it is not JSON)."""
     try:
         answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    try:
         choice = answer["choices"][0]
         usage = answer.get("usage") or {}
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-        return  # not an OpenAI answer: nothing to count
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return answer  # not an OpenAI answer: nothing to count
     reason = choice.get("finish_reason") if isinstance(choice, dict) else None
     record.finish_reason = reason if isinstance(reason, str) else None
     prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
@@ -127,6 +131,7 @@ def read_usage(body: bytes, record: RequestRecord) -> None:
         record.prompt_tokens = prompt
     if isinstance(completion, int):
         record.completion_tokens = completion
+    return answer
 
 
 def kept_from(

@@ -19,6 +19,7 @@ from ctxroute.router.core.keys import Tenant
 from ctxroute.router.core.planner import ViewOf
 from ctxroute.router.core.tokens import TokenCounter
 from ctxroute.router.dispatch.gate import Gate, Ticket
+from ctxroute.router.dispatch.indicators import Indicators
 from ctxroute.router.dispatch.limits import tokens_used, worded
 from ctxroute.router.dispatch.proxy import Exchange, Proxy
 from ctxroute.router.dispatch.routing import Route, fallback_route, route
@@ -63,6 +64,7 @@ class Dispatcher:
     tenants: VirtualCounters | None = None  # fair shares between tenants, when on
     exact_inline_bytes: int = 64 * 1024  # bodies over this are counted exactly in a thread
     limit_headers_always: bool = False  # x-ratelimit-* on every answer, not only on a 429
+    indicators: Indicators | None = None  # prompt-injection rules, unless turned off
 
     async def complete(
         self, request: web.Request, asked: Asked, request_id: str, record: RequestRecord
@@ -82,8 +84,13 @@ class Dispatcher:
         record.plan = planned.plan
         raw: bytes = asked.raw
         extra: tuple[tuple[str, str], ...] = ()
+        watch = None
+        if self.indicators is not None:  # after the route: its hits are counted by pool
+            extra = self.indicators.screen(asked.body, asked.chat, record)
+            watch = self.indicators.watch(asked.body, asked.chat, facts.stream)
         if self.fallback and not planned.plan.candidates and planned.unusable(view_of):
-            planned, raw, extra = self._fallback(planned, asked, request_id, view_of)
+            planned, raw, fallback = self._fallback(planned, asked, request_id, view_of)
+            extra += fallback
         tier = self._tier(asked)
         wait_s = None if asked.timeout is None else timeout_s(asked.timeout)
         name = None if tenant is None else tenant.name
@@ -110,9 +117,8 @@ class Dispatcher:
             if tenant is not None and self.tenants is not None:
                 self.tenants.served(tenant.name, planned.facts.prompt.estimate, 0, tenant.weight)
             try:
-                exchange = Exchange(
-                    request, asked.path, raw, planned.facts, plan, request_id, record, extra
-                )
+                exchange = Exchange(request, asked.path, raw, planned.facts, plan, request_id,
+                                    record, extra, asked.chat, watch)  # fmt: skip
                 return await self.proxy.forward(exchange)
             finally:
                 ticket.release()

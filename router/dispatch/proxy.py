@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 from ctxroute.router.config import RetryBudgetConfig, RoutingConfig, TimeoutsConfig
 from ctxroute.router.core.classify import budget as pool_budget
+from ctxroute.router.core.leakage import LeakWatch
 from ctxroute.router.core.planner import PoolView
 from ctxroute.router.core.retrybudget import RetryBudget
 from ctxroute.router.dispatch.answer import (
@@ -38,6 +39,7 @@ from ctxroute.router.dispatch.answer import (
     response_headers,
     route_line_of,
 )
+from ctxroute.router.dispatch.indicators import Indicators, leaked
 from ctxroute.router.errors import NoBackend, UpstreamFailed, UpstreamTimedOut
 from ctxroute.router.fleet.ledger import Attempt, Ledger
 from ctxroute.router.fleet.topology import Fleet
@@ -84,13 +86,14 @@ class Exchange:
     answering backend, attempts, first byte, tokens and finish reason. ``extra_headers``
     go on the answer too (``x-ctxroute-fallback``)."""
 
-    __slots__ = ("body", "budget_spent", "ended", "extra_headers", "facts", "path", "plan",
-                 "record", "refusal", "refused_window", "request", "request_id",
+    __slots__ = ("body", "budget_spent", "chat", "ended", "extra_headers", "facts", "leak",
+                 "path", "plan", "record", "refusal", "refused_window", "request", "request_id",
                  "skipped_at_capacity")  # fmt: skip
 
     def __init__(self, request: web.Request, path: str, body: bytes, facts: RequestFacts,
                  plan: RoutePlan, request_id: str, record: RequestRecord,
-                 extra_headers: tuple[tuple[str, str], ...] = ()) -> None:  # fmt: skip
+                 extra_headers: tuple[tuple[str, str], ...] = (), chat: bool = True,
+                 leak: LeakWatch | None = None) -> None:  # fmt: skip
         self.request = request
         self.path = path
         self.body = body
@@ -99,6 +102,8 @@ class Exchange:
         self.request_id = request_id
         self.record = record
         self.extra_headers = extra_headers
+        self.chat = chat
+        self.leak = leak  # the answer's watch for quotes of its system message, if any
         self.ended: list[tuple[Backend, Outcome]] = []  # each attempt, with how it ended
         self.skipped_at_capacity = 0  # at max_in_flight when their turn came: never exceeded
         self.refused_window = 0  # after a context-length 400 from a window, only larger ones
@@ -125,10 +130,11 @@ class ContextRefusal(NamedTuple):
 
 
 class Proxy:
-    def __init__(
-        self, upstream: UpstreamPool, ledger: Ledger, fleet: Fleet, settings: ForwardSettings
-    ) -> None:
+    def __init__(self, upstream: UpstreamPool, ledger: Ledger, fleet: Fleet,
+                 settings: ForwardSettings,
+                 indicators: Indicators | None = None) -> None:  # fmt: skip
         self.upstream = upstream
+        self.indicators = indicators
         self.ledger = ledger
         self.fleet = fleet
         self.settings = settings
@@ -220,9 +226,7 @@ class Proxy:
                 return out
             kind = OutcomeKind.SUCCESS if status < 400 else OutcomeKind.CLIENT_ERROR
             outcome = Outcome(kind, status, ttft)
-            if status == 200:
-                read_usage(first, x.record)
-            return web.Response(status=status, body=first, headers=headers)
+            return self._whole(x, status, first, headers)
         except asyncio.CancelledError:
             outcome = self._cancelled(x, outcome)
             raise
@@ -282,9 +286,12 @@ class Proxy:
                      ttft: float) -> tuple[web.StreamResponse, Outcome]:  # fmt: skip
         """A stream, relayed chunk by chunk; how it ended is the attempt's outcome."""
         status = resp.status
+        guard = None if self.indicators is None else self.indicators.stream_guard(x.leak, x.chat)
         out, result = await relay_stream(x.request, resp, first, headers,
-                                         self.settings.idle_read_s, self.relays)  # fmt: skip
+                                         self.settings.idle_read_s, self.relays, guard)  # fmt: skip
         record = x.record
+        if guard is not None and (guard.leaked or guard.watch.end()):
+            leaked(record, result.blocked)
         summary = result.summary
         record.finish_reason = summary.finish_reason
         if summary.prompt_tokens is not None:
@@ -298,6 +305,16 @@ class Proxy:
         if result.upstream_error is not None:
             return out, Outcome(OutcomeKind.BROKEN, status, ttft, result.upstream_error)
         return out, Outcome(OutcomeKind.SUCCESS, status, ttft)
+
+    def _whole(self, x: Exchange, status: int, body: bytes,
+               headers: list[tuple[str, str]]) -> web.Response:  # fmt: skip
+        """A whole answer: its usage read; if watched for leaks, what the leak rule makes of it."""
+        if status != 200:
+            return web.Response(status=status, body=body, headers=headers)
+        answer = read_usage(body, x.record)
+        if x.leak is not None and self.indicators is not None:
+            return self.indicators.checked(x.leak, answer, body, headers, x.chat, x.record)
+        return web.Response(status=status, body=body, headers=headers)
 
     def _headers(
         self,

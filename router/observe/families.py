@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from ctxroute.router.core.breaker import BreakerState, Distress
-from ctxroute.router.model import OutcomeKind
+from ctxroute.router.model import RULES, OutcomeKind
 from ctxroute.router.observe.snapshot import AdmissionState, BackendState, RouterState
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -135,6 +135,7 @@ class RequestCollector(Collector):
             shed.add_metric([pool, reason, tier], count)
         yield from (requests, finish, retries, disconnects, wasted, shed)
         yield from _process_families(metrics)
+        yield from _indicator_families(metrics)
         if metrics.tenants:
             yield from _tenant_families(metrics.tenants)
 
@@ -158,6 +159,31 @@ def _process_families(metrics: Metrics) -> Iterator[Metric]:
         for tier, count in zip(metrics.tiers, counts, strict=True):
             admitted.add_metric([pool, tier], count)
     yield from (outcomes, openings, admitted)
+
+
+def _indicator_families(metrics: Metrics) -> Iterator[Metric]:
+    """Prompt-injection indicators: hits per rule, by model and pool, and by tenant."""
+    hits = CounterMetricFamily(
+        "ctxroute_indicator_hits",
+        "Requests that tripped a prompt-injection indicator (rule: ignore_instructions, "
+        "role_delimiter, prompt_request, jailbreak_persona, invisible_text, encoded_blob on "
+        "the way in; system_prompt_leak on the way out), whatever the rule's action",
+        labels=["rule", "model", "pool"],
+    )
+    models = metrics.pool_models
+    for (rule, pool), count in metrics.indicators.items():
+        hits.add_metric([rule, models.get(pool, ""), pool], count)
+    yield hits
+    if metrics.tenant_indicators:
+        tenants = CounterMetricFamily(
+            "ctxroute_tenant_indicator_hits",
+            "The tenant's requests that tripped a prompt-injection indicator, per rule",
+            labels=["tenant", "rule"],
+        )
+        for tenant, per_rule in metrics.tenant_indicators.items():
+            for rule, count in zip(RULES, per_rule, strict=True):
+                tenants.add_metric([tenant, rule], count)
+        yield tenants
 
 
 def _tenant_families(tenants: dict[str, list[int]]) -> Iterator[Metric]:

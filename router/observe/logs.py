@@ -71,7 +71,8 @@ class RequestLog:
 
     def write(self, record: RequestRecord, now: float) -> None:
         """``now``: the monotonic time the request ended (``record.arrived`` is one too)."""
-        level = _WARNING if record.status >= 500 else _INFO
+        # a prompt-injection indicator is worth a warning: it shows at log_level warning
+        level = _WARNING if record.status >= 500 or record.indicators else _INFO
         if level < self.level:
             return
         wall = time.time()
@@ -146,6 +147,8 @@ class RequestLog:
             "budget": record.budget or None,
             "window": record.window or None,
             "route": record.route or None,
+            "indicators": list(record.indicators) or None,
+            "blocked": record.blocked,
             "why": None if plan is None else plan.reason,
         }, option=_NEWLINE)  # fmt: skip
 
@@ -166,8 +169,15 @@ class RequestLog:
                 f" -> {where}{tokens} ttft {ttft} "
                 f"total {(now - record.arrived) * 1000:.0f}ms"
                 f"{'' if outcome == 'success' else ' ' + outcome}"
-                f"{' [' + said + ']' if said else ''}\n")  # fmt: skip
+                f"{' [' + said + ']' if said else ''}{_indicated(record)}\n")  # fmt: skip
         return text.encode("utf-8", "replace")
+
+
+def _indicated(record: RequestRecord) -> str:
+    if not record.indicators:
+        return ""
+    blocked = f" blocked={record.blocked}" if record.blocked else ""
+    return f" indicators={','.join(record.indicators)}{blocked}"
 
 
 def _outcome(record: RequestRecord) -> str:

@@ -24,11 +24,11 @@ import mmap
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from ctxroute.router.core.breaker import BreakerState
-from ctxroute.router.model import OutcomeKind
+from ctxroute.router.model import RULES, OutcomeKind
 from ctxroute.router.observe.families import RequestCollector, StateCollector
 from ctxroute.router.observe.record import RequestRecord
 from ctxroute.router.observe.snapshot import RouterState
@@ -70,6 +70,9 @@ _BREAKER_VALUE: Final = {
     BreakerState.OPEN: 2.0,
 }
 FINISH_REASONS: Final = ("stop", "length", "abort", "tool_calls", "error")
+
+
+_RULE_INDEX: Final = {rule: i for i, rule in enumerate(RULES)}
 
 
 class Buckets:
@@ -159,8 +162,10 @@ _TENANT_STATUS: Final = {2: 1, 4: 2, 5: 3}  # status // 100 -> its place in TENA
 
 class Metrics:
     def __init__(self, pools: list[str], tiers: list[str], tenants: Sequence[str] = (),
-                 backends: Sequence[tuple[str, str]] = ()) -> None:  # fmt: skip
+                 backends: Sequence[tuple[str, str]] = (),
+                 pool_models: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.registry = CollectorRegistry(auto_describe=True)
+        self.pool_models = dict(pool_models or {})  # pool -> its model (the metrics' label)
         self.pool_names = list(pools)
         self.tiers = list(tiers)
         self.tenant_names = list(tenants)
@@ -183,6 +188,9 @@ class Metrics:
         self.shed: dict[tuple[str, str, str], int] = {
             (pool, reason, tier): 0 for pool in pools for reason in SHED_REASONS for tier in tiers
         }
+        # prompt-injection indicators: (rule, pool) -> hits; tenant -> hits per rule
+        self.indicators: dict[tuple[str, str], int] = {(r, p): 0 for r in RULES for p in pools}
+        self.tenant_indicators = {t: [0] * len(RULES) for t in self.tenants}
         self.share: MetricsShare | None = None
 
     @classmethod
@@ -191,7 +199,8 @@ class Metrics:
         one was known) and priority tiers. Every process of a server agrees on them."""
         backends = [(p.name, b.url) for p in config.pools for b in p.backends]
         return cls(["", *(p.name for p in config.pools)], [t.name for t in config.admission.tiers],
-                   metric_tenants(config), backends)  # fmt: skip
+                   metric_tenants(config), backends,
+                   {p.name: p.model for p in config.pools})  # fmt: skip
 
     def follow(self, outcomes: dict[OutcomeKind, int], openings: list[int],
                admitted: dict[str, list[int]]) -> None:  # fmt: skip
@@ -240,6 +249,9 @@ class Metrics:
         out += self.shed.values()
         for figures in self.tenants.values():
             out += figures
+        out += self.indicators.values()
+        for hits in self.tenant_indicators.values():
+            out += hits
         self._refresh()
         out += self.outcomes
         out += self.openings
@@ -260,6 +272,9 @@ class Metrics:
             stats.retries, stats.disconnects, stats.wasted = (int(next(it)) for _ in range(3))
         self.shed = {k: int(next(it)) for k in self.shed}
         self.tenants = {t: [int(next(it)) for _ in figures] for t, figures in self.tenants.items()}
+        self.indicators = {k: int(next(it)) for k in self.indicators}
+        self.tenant_indicators = {t: [int(next(it)) for _ in hits]
+                                  for t, hits in self.tenant_indicators.items()}  # fmt: skip
         self.outcomes = [int(next(it)) for _ in self.outcomes]
         self.openings = [int(next(it)) for _ in self.openings]
         self.admitted = {p: [int(next(it)) for _ in counts] for p, counts in self.admitted.items()}
@@ -287,7 +302,8 @@ class Metrics:
         for row in share.rows:
             for i, value in enumerate(row):
                 total[i] += value
-        out = Metrics(self.pool_names, self.tiers, self.tenant_names, self.backend_labels)
+        out = Metrics(self.pool_names, self.tiers, self.tenant_names, self.backend_labels,
+                      self.pool_models)  # fmt: skip
         out.load(total)
         return out
 
@@ -295,6 +311,8 @@ class Metrics:
         """The request is over: once, from the handler's ``finally``."""
         if record.tenant:
             self._observe_tenant(record)
+        if record.indicators:
+            self._observe_indicators(record)
         stats = self.pools.get(record.pool)
         if stats is None:
             return
@@ -329,6 +347,21 @@ class Metrics:
         if record.client_gone:
             stats.disconnects += 1
             stats.wasted += (prompt or 0) + (completion or 0)
+
+    def _observe_indicators(self, record: RequestRecord) -> None:
+        pool = record.pool if record.pool in self.pools else ""
+        hits = self.indicators
+        for rule in record.indicators:
+            key = (rule, pool)
+            if key in hits:
+                hits[key] += 1
+        if record.tenant:
+            per_rule = self.tenant_indicators.get(record.tenant)
+            if per_rule is None:
+                per_rule = self.tenant_indicators.get(OTHER_TENANT)
+            if per_rule is not None:
+                for rule in record.indicators:
+                    per_rule[_RULE_INDEX[rule]] += 1
 
     def _observe_tenant(self, record: RequestRecord) -> None:
         figures = self.tenants.get(record.tenant) or self.tenants.get(OTHER_TENANT)

@@ -20,12 +20,14 @@ class RequestRecord:
         "arrived",
         "attempts",
         "backend",
+        "blocked",
         "budget",
         "client_gone",
         "completion_tokens",
         "endpoint",
         "finish_reason",
         "first_byte_at",
+        "indicators",
         "model",
         "plan",
         "pool",
@@ -66,3 +68,5 @@ class RequestRecord:
         self.reject: str | None = None  # the router's own refusal (x-ctxroute-reject)
         self.route = ""  # why it went where it went (x-ctxroute-route), once answered
         self.trace: RequestTrace | None = None  # its spans, when tracing is on
+        self.indicators: tuple[str, ...] = ()  # the prompt-injection rules it tripped
+        self.blocked: str | None = None  # the rule whose action "block" refused or cut it

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
+from ctxroute.router.core.leakage import LeakGuard
 from ctxroute.router.core.sse import StreamScanner, StreamSummary, error_event
 from ctxroute.router.upstream.connection import UpstreamError
 from ctxroute.router.upstream.pool import UpstreamResponse
@@ -38,6 +39,7 @@ class RelayResult:
     upstream_error: str | None
     client_gone: bool
     stopped: bool = False  # cut by the router's own shutdown (an SSE error event said so)
+    blocked: bool = False  # cut because it quoted its system message (an error event said so)
 
 
 class Relays:
@@ -64,12 +66,15 @@ class _Relay:
     transport as it comes (inside the upstream connection's ``data_received``), pausing
     the backend when the client falls behind; ``on_end`` hears the upstream end."""
 
-    __slots__ = ("chunked", "ended", "high_water", "paused", "scanner", "stopped", "transport",
-                 "upstream", "wake")  # fmt: skip
+    __slots__ = ("blocked", "chunked", "ended", "flag_due", "guard", "high_water", "paused",
+                 "scanner", "stopped", "transport", "upstream", "wake")  # fmt: skip
 
     def __init__(self, transport: asyncio.Transport, upstream: UpstreamResponse,
-                 chunked: bool) -> None:  # fmt: skip
+                 chunked: bool, guard: LeakGuard | None = None) -> None:  # fmt: skip
         self.transport = transport
+        self.guard = guard  # watches the answer for quotes of its system message
+        self.blocked = False
+        self.flag_due = False  # a flag comment to write at the next event boundary
         self.upstream = upstream
         self.chunked = chunked
         self.scanner = StreamScanner()
@@ -80,11 +85,24 @@ class _Relay:
         self.wake: asyncio.Future[None] | None = None
 
     def sink(self, data: bytes) -> None:
+        if self.blocked:
+            return  # nothing of the answer after the quote: its stream ends with an error
+        guard = self.guard
+        if guard is not None and not guard.leaked and guard.feed(data):
+            if guard.block:
+                self.blocked = True
+                self.on_end(None)
+                return
+            self.flag_due = guard.flag
         self.scanner.feed(data)
         transport = self.transport
         if transport.is_closing():
             return
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        if self.flag_due and data.endswith(b"\n\n"):
+            self.flag_due = False
+            comment = _FLAG_COMMENT
+            transport.write(b"%x\r\n%b\r\n" % (len(comment), comment) if self.chunked else comment)
         if not self.paused and transport.get_write_buffer_size() > self.high_water:
             self.paused = True
             self.upstream.pause()
@@ -140,6 +158,7 @@ async def relay_stream(
     headers: list[tuple[str, str]],
     idle_s: float,
     relays: Relays | None = None,
+    guard: LeakGuard | None = None,
 ) -> tuple[web.StreamResponse, RelayResult]:
     out = web.StreamResponse(status=upstream.status, headers=headers)
     chunked = request.version >= HttpVersion11
@@ -151,7 +170,7 @@ async def relay_stream(
         scanner = StreamScanner()
         scanner.feed(first)
         return out, RelayResult(scanner.summary(), None, client_gone=True)
-    relay = _Relay(transport, upstream, chunked)
+    relay = _Relay(transport, upstream, chunked, guard)
     relay.sink(first)
     upstream.relay(relay.sink, relay.on_end)
     if relays is not None:
@@ -165,6 +184,8 @@ async def relay_stream(
     if gone or transport.is_closing():
         return out, RelayResult(summary, problem, client_gone=True)
     stopped = relay.stopped and not summary.done
+    if relay.blocked and guard is not None:
+        return out, await _end_blocked(out, upstream, relay, guard)
     if stopped:
         problem = relays.stopping if relays is not None and relays.stopping else "stopped"
     elif problem is None and not summary.done:
@@ -180,5 +201,20 @@ async def relay_stream(
 
 
 _UNAVAILABLE = ("ServiceUnavailableError", 503)
+# a flagged leak, told in the stream once its headers have left: an SSE comment, which
+# clients' SSE readers skip (the request log and the metrics have it too)
+_FLAG_COMMENT = b": x-ctxroute-indicators: system_prompt_leak\n\n"
+
+
+async def _end_blocked(out: web.StreamResponse, upstream: UpstreamResponse, relay: _Relay,
+                       guard: LeakGuard) -> RelayResult:  # fmt: skip
+    """A stream cut where it quoted its system message: the backend detached, the chunk
+    that completed the quote never sent, an error event (and [DONE]) in its place."""
+    upstream.close()
+    prefix = b"" if relay.scanner.ends_event() else b"\n\n"
+    await out.write(prefix + error_event(guard.message(), "BadRequestError", 400))
+    await out.write_eof()
+    return RelayResult(relay.scanner.summary(), None, client_gone=False, blocked=True)
+
 
 __all__ = ["RelayResult", "Relays", "relay_stream"]
