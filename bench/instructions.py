@@ -49,7 +49,7 @@ def _instructions(out: Path) -> int:
 
 def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool, tmp: Path,
          keyed: frozenset[str] = frozenset({"auth"}), auth_conf: str = _AUTH_CONF,
-         ) -> dict[str, int]:  # fmt: skip
+         chat: bool = False) -> dict[str, int]:  # fmt: skip
     procs: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
     for name, root in roots.items():
         port = free_port()
@@ -74,11 +74,13 @@ def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool, tmp:
         for name, (_, port, _) in procs.items():
             url = f"http://127.0.0.1:{port}"
             h = {"Authorization": f"Bearer {_KEY}"} if name in keyed else None
-            await drive(url, stream=False, requests=100, concurrency=8, tokens=1, headers=h)
-            await drive(url, stream=True, requests=20, concurrency=8, tokens=4, headers=h)
+            await drive(url, stream=False, requests=100, concurrency=8, tokens=1, headers=h,
+                        chat=chat)  # fmt: skip
+            await drive(url, stream=True, requests=20, concurrency=8, tokens=4, headers=h,
+                        chat=chat)  # fmt: skip
             if requests:
                 await drive(url, stream=stream, requests=requests, concurrency=16, tokens=64,
-                            headers=h)  # fmt: skip
+                            headers=h, chat=chat)  # fmt: skip
 
     run_async(load())
     totals = {}
@@ -106,6 +108,9 @@ def main() -> None:
     parser.add_argument("--baseline-auth", action="store_true",
                         help="run the baseline with the key and limits too (compares two "
                              "builds' auth paths)")  # fmt: skip
+    parser.add_argument("--chat", action="store_true",
+                        help="chat requests with a system message (the leak watch reads every "
+                             "chunk), not completions")  # fmt: skip
     parser.add_argument("--auth", action="store_true",
                         help="also this checkout with an API key and rate limits on")  # fmt: skip
     args = parser.parse_args()
@@ -130,8 +135,8 @@ def main() -> None:
         wait_for_port("127.0.0.1", backend, 20, sim)
         keyed = frozenset({"auth", *(["base"] if args.baseline_auth else [])})
         conf = _AUTH_CONF + f"  limit_headers: {args.limit_headers}\n"
-        idle = _run(roots, backend, 0, args.stream, tmp, keyed, conf)
-        busy = _run(roots, backend, args.requests, args.stream, tmp, keyed, conf)
+        idle = _run(roots, backend, 0, args.stream, tmp, keyed, conf, args.chat)
+        busy = _run(roots, backend, args.requests, args.stream, tmp, keyed, conf, args.chat)
     finally:
         sim.terminate()
         if args.keep is None:

@@ -84,14 +84,29 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+# --chat: an app's request, a system message long enough to quote (so the leak watch reads
+# every relayed chunk) and a user's question
+CHAT_MESSAGES = [
+    {"role": "system", "content": "You are the support assistant of Northwind Bank. Be polite "
+     "and concise. Never ask for full card numbers or passwords. If a question is about a "
+     "specific transaction, ask the customer to log in and open a secure message."},
+    {"role": "user", "content": "Hi! My card was declined at a store today even though I "
+     "have money in my account. What should I do? Thanks in advance."},
+]  # fmt: skip
+
+
 async def drive(url: str, *, stream: bool, requests: int, concurrency: int, tokens: int,
-                headers: dict[str, str] | None = None) -> Result:  # fmt: skip
-    body = {
-        "prompt": "abcd" * 64,
+                headers: dict[str, str] | None = None, chat: bool = False) -> Result:  # fmt: skip
+    body: dict[str, object] = {
         "max_tokens": tokens if stream else 1,
         "ignore_eos": True,
         "stream": stream,
     }
+    if chat:
+        body["messages"] = CHAT_MESSAGES
+    else:
+        body["prompt"] = "abcd" * 64
+    path = "/v1/chat/completions" if chat else "/v1/completions"
     latencies: list[float] = []
     ttfb: list[float] = []
     queue = iter(range(requests))
@@ -99,7 +114,7 @@ async def drive(url: str, *, stream: bool, requests: int, concurrency: int, toke
     async def worker(session: aiohttp.ClientSession) -> None:
         for _ in queue:
             start = time.perf_counter()
-            async with session.post(url + "/v1/completions", json=body, headers=headers) as r:
+            async with session.post(url + path, json=body, headers=headers) as r:
                 if r.status != 200:
                     raise RuntimeError(f"{url}: status {r.status}: {await r.text()}")
                 if stream:
