@@ -20,7 +20,7 @@ from ctxroute.router.dispatch.gate import Gate
 from ctxroute.router.fleet.ledger import Ledger
 from ctxroute.router.fleet.probe import Reading
 from ctxroute.router.fleet.topology import Fleet
-from ctxroute.router.observe.drift import DriftWatch
+from ctxroute.router.observe.drift import NO_DRIFT, DriftWatch
 from ctxroute.router.observe.logs import RequestLog
 from ctxroute.router.observe.metrics import Metrics
 from ctxroute.router.observe.snapshot import BackendState, PoolState, RouterState
@@ -115,7 +115,7 @@ class RouterContext:
         if size is not None:
             marks = self.fleet.work.kv
             room = (int(size * marks.long) - taken, int(size * marks.short) - taken)
-        drift = {} if self.drift is None else self.drift.scores(now)
+        drift = NO_DRIFT if self.drift is None else self.drift.views(now).get(i, NO_DRIFT)
         return BackendState(
             backend=self.fleet.backends[i],
             up=ledger.up[i],
@@ -140,7 +140,9 @@ class RouterContext:
             kv_room_tokens=room,
             kept_from=kept_from(ledger, self.fleet.backends[i], load, room),
             skew=ledger.skew[i],
-            drift=drift.get(i, {}),
+            drift=drift.scores,
+            drift_baseline=drift.baseline,
+            length_share=drift.length_share,
         )
 
 

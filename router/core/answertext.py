@@ -56,9 +56,8 @@ class StreamText:
         found = self._pattern.findall(data, 0, end)
         if not found:
             return ""
-        if len(found) == 1:
-            return _unescaped(found[0])
-        return "".join(_unescaped(f) for f in found)
+        # escaped JSON strings joined are one escaped JSON string: unescaped once
+        return _unescaped(found[0] if len(found) == 1 else b"".join(found))
 
 
 def answer_text(answer: Any, chat: bool) -> str:

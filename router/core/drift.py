@@ -1,10 +1,18 @@
-"""Drift: a backend whose answers no longer look like those of its model's other backends.
+"""Drift: a backend whose answers no longer look like those of its model's other backends,
+or like its own earlier answers.
 
 Values in: each backend's recent answers (output tokens, cut by ``max_tokens``, empty,
 tokens per second, output per prompt token), kept in a bounded window per backend. Out:
 per backend and signal, a score, the two-sample statistic over its critical value at
 ``ALPHA``, of the backend's window against each other backend of the same model (the lower
-median of those: ``fleet_scores``): 1.0 or more is drift.
+median of those: ``fleet_scores``), and against its own baseline (``baseline_scores``):
+1.0 or more is drift.
+
+The baseline is a copy of the backend's first full window, taken again each time
+``REBASE_EVERY`` more answers have come with every baseline score under 1: it follows a
+slow change of the workload, not a sudden one, and it sees a change made to every backend
+of a model at once (a new model version rolled out everywhere), which peers cannot. It
+leaves out tokens per second: a backend's own speed follows its load, which is not drift.
 
 Which statistic, and why:
 
@@ -37,6 +45,10 @@ MIN_ANSWERS = 30  # fewer on either side: no score
 SIGNALS = ("output_tokens", "tokens_per_s", "output_per_prompt", "length_stops", "empty")
 
 
+REBASE_EVERY = 5 * WINDOW  # answers between two baselines (while none scores 1 or more)
+BASELINE_SIGNALS = ("output_tokens", "output_per_prompt", "length_stops", "empty")
+
+
 class Answer(NamedTuple):
     output_tokens: int
     cut: bool  # finish_reason "length"
@@ -46,13 +58,31 @@ class Answer(NamedTuple):
 
 @dataclass(slots=True)
 class Window:
-    """One backend's recent answers (bounded)."""
+    """One backend's recent answers (bounded), and its baseline: a copy of an earlier
+    full window (None until the first is full)."""
 
     answers: deque[Answer]
+    baseline: tuple[Answer, ...] | None = None
+    since_baseline: int = 0  # answers added since the baseline was taken
 
     @classmethod
     def new(cls) -> Window:
         return cls(deque(maxlen=WINDOW))
+
+    def add(self, answer: Answer) -> None:
+        self.answers.append(answer)
+        self.since_baseline += 1
+        if self.baseline is None and len(self.answers) == WINDOW:
+            self.rebase()
+
+    def rebase(self) -> None:
+        self.baseline = tuple(self.answers)
+        self.since_baseline = 0
+
+    def length_share(self) -> float | None:
+        """The share of its recent answers cut by ``max_tokens`` (None: too few)."""
+        n = len(self.answers)
+        return None if n < MIN_ANSWERS else sum(a.cut for a in self.answers) / n
 
 
 def ks_distance(a: Sequence[float], b: Sequence[float]) -> float:
@@ -131,3 +161,16 @@ def fleet_scores(models: Mapping[int, str], windows: Mapping[int, Window]
                 merged[signal] = seen[(len(seen) - 1) // 2]
         out[backend] = merged
     return out
+
+
+def baseline_scores(window: Window) -> dict[str, float]:
+    """The window's scores against its own baseline ({} until there is one), on
+    ``BASELINE_SIGNALS``. A window that has turned over ``REBASE_EVERY`` answers since and
+    scores under 1 on every signal becomes the new baseline (after this scoring)."""
+    if window.baseline is None:
+        return {}
+    mine = list(window.answers)
+    scored = {k: v for k, v in scores(mine, window.baseline).items() if k in BASELINE_SIGNALS}
+    if window.since_baseline >= REBASE_EVERY and all(v < 1.0 for v in scored.values()):
+        window.rebase()
+    return scored

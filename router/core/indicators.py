@@ -43,12 +43,15 @@ from ctxroute.router.model import INPUT_RULES
 SYSTEM_ROLES: Final = frozenset({"system", "developer"})
 
 _I = re.IGNORECASE
-_LETTERS = re.compile(r"[a-z]+")
-_STEM = 5  # letters of a word's beginning that stand for it ("ignor" for ignore, ignoring)
+# punctuation that separates words (not base64's + / - _ =, so that a blob stays one word),
+# as a byte table: the words are split from the UTF-8 bytes (a C loop per byte)
+_SEPARATORS = bytes.maketrans(
+    b".,:;!?\"'()[]{}<>*#|`~@$%^&\\", b" " * len(b".,:;!?\"'()[]{}<>*#|`~@$%^&\\")
+)
 
 
-def _stems(words: str) -> frozenset[str]:
-    return frozenset(w[:_STEM] for w in words.split())
+def _words(words: str) -> frozenset[bytes]:
+    return frozenset(words.encode().split())
 
 
 # ---- ignore_instructions -----------------------------------------------------------------
@@ -85,14 +88,14 @@ _IGNORE = re.compile(
     _I,
 )
 # the words one of its forms must contain (a form's verb, or its noun for "your new task is")
-_IGNORE_ANCHORS = _stems(
-    "ignore disregard forget override overrule bypass abandon discard "
-    "neglect aside throw attention follow obey instructions task goal "
-    "objective orders directive purpose role instead oublie vergiss "
-    "olvida dimentica esqueca"
+_IGNORE_ANCHORS = _words(
+    "ignore ignores ignored ignoring disregard disregards disregarding forget forgets "
+    "forgetting override overrides overriding overrule bypass abandon discard neglect aside "
+    "throw attention follow following obey obeying instead instructions instruction task "
+    "goal objective orders directive purpose role ignorez ignorer ignoriere ignorieren "
+    "ignora ignorar oubliez oublie oublier vergiss olvida dimentica esqueça esqueca"
 )
-_IGNORE_CJK = ("忽略", "无视", "忘")
-_IGNORE_WHERE = _IGNORE_ANCHORS | set(_IGNORE_CJK)  # fmt: skip
+_IGNORE_CJK = ("忽略", "无视", "忘")  # fmt: skip
 
 # ---- role_delimiter ----------------------------------------------------------------------
 _TEMPLATE_TOKENS = re.compile(
@@ -119,8 +122,8 @@ _SHOUTED_ROLE = re.compile(
     r"\b(?:SYSTEM|ADMIN|DEVELOPER|ASSISTANT)(?: (?:MESSAGE|PROMPT|OVERRIDE|NOTE|UPDATE|"
     r"INSTRUCTIONS?|COMMAND|ALERT))?\s*:"
 )
-_ROLE_ANCHORS = _stems("system assistant admin developer sys instruction response end begin "
-                        "start")  # fmt: skip
+_ROLE_ANCHORS = _words("system assistant admin developer sys instruction instructions "
+                        "response end begin start")  # fmt: skip
 
 # ---- prompt_request ----------------------------------------------------------------------
 _ASK = (r"reveal|show|print|display|output|repeat|tell|give|share|leak|dump|write out|"
@@ -147,9 +150,9 @@ _PROMPT_REQUEST = re.compile(
     r"|(?:^|\n)\s*output (?:the )?(?:original|initial|full) prompt",
     _I,
 )
-_PROMPT_ANCHORS = _stems("prompt instructions rules directives guidelines initial configuration "
-                          "system context above before verbatim word told programmed given "
-                          "configured written said")  # fmt: skip
+_PROMPT_ANCHORS = _words("prompt prompts system instructions rules directives guidelines "
+                         "configuration above verbatim told programmed instructed prompted "
+                         "configured written said pre-prompt preprompt")  # fmt: skip
 
 # ---- jailbreak_persona -------------------------------------------------------------------
 _PERSONA = re.compile(
@@ -166,9 +169,9 @@ _PERSONA = re.compile(
     r"[^.\n]{0,40}\b(?:you|answer|respond|reply)",
     _I,
 )
-_PERSONA_ANCHORS = _stems("anything mode dan stan dude aim evil unrestricted unfiltered "
-                           "uncensored jailbroken amoral unbound unaligned without free "
-                           "no")  # fmt: skip
+_PERSONA_ANCHORS = _words("anything developer dan stan dude evil unrestricted unfiltered "
+                          "uncensored jailbroken amoral unbound unaligned restrictions "
+                          "filters censorship ethical moral rules limits")  # fmt: skip
 
 # ---- invisible_text ----------------------------------------------------------------------
 _INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff\u180e\U000e0000-\U000e007f]")
@@ -178,7 +181,8 @@ _BLACK_FLAG = "\U0001f3f4"  # a subdivision flag: U+1F3F4, 2-6 tag letters, canc
 _CANCEL_TAG = "\U000e007f"
 
 # ---- encoded_blob ------------------------------------------------------------------------
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{32,}={0,2}")
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/_-]{32,}={0,2}")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 _DECODE_CHARS = 4096  # of one run: a blob's first 3 KiB say whether it carries text
 _PRINTABLE = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 # a form is looked for only around its anchors: from this many characters before one to
@@ -197,35 +201,49 @@ def scan(text: str) -> set[str]:
         return hits
     low = text.lower()
     # the beginnings of its words: a rule's patterns run only where one of its words is
-    stems = {w[:_STEM] for w in _LETTERS.findall(low)}
+    # its words, once: a rule's patterns run only around the words one of its forms needs
+    tokens = low.encode(errors="replace").translate(_SEPARATORS).split()
+    words = set(tokens)
     ascii_only = text.isascii()
     cjk = not ascii_only and _any_in(low, _IGNORE_CJK)
-    if (cjk or not stems.isdisjoint(_IGNORE_ANCHORS)) and _near(low, _IGNORE_WHERE, _IGNORE):
+    if (cjk or not _IGNORE_ANCHORS.isdisjoint(words)) and _near(
+        low,
+        _present(_IGNORE_ANCHORS, words) | {a for a in _IGNORE_CJK if cjk and a in low},
+        _IGNORE,
+    ):
         hits.add("ignore_instructions")
-    if _role_delimiter(text, low, stems):
+    if _role_delimiter(text, low, words):
         hits.add("role_delimiter")
-    if not stems.isdisjoint(_PROMPT_ANCHORS) and _near(low, _PROMPT_ANCHORS, _PROMPT_REQUEST):
+    if not _PROMPT_ANCHORS.isdisjoint(words) and _near(
+        low, _present(_PROMPT_ANCHORS, words), _PROMPT_REQUEST
+    ):
         hits.add("prompt_request")
-    if not stems.isdisjoint(_PERSONA_ANCHORS) and _PERSONA.search(low):
+    if not _PERSONA_ANCHORS.isdisjoint(words) and _near(
+        low, _present(_PERSONA_ANCHORS, words), _PERSONA
+    ):
         hits.add("jailbreak_persona")
     if not ascii_only and _INVISIBLE.search(text) and _hidden_text(text):
         hits.add("invisible_text")
-    if len(text) >= 32 and _encoded_text(text):
+    if tokens and max(map(len, tokens)) >= 32 and _encoded_text(text):
         hits.add("encoded_blob")
     return hits
 
 
-def _role_delimiter(text: str, low: str, stems: set[str]) -> bool:
+def _present(anchors: frozenset[bytes], words: set[bytes]) -> set[str]:
+    return {w.decode() for w in anchors.intersection(words)}
+
+
+def _role_delimiter(text: str, low: str, words: set[bytes]) -> bool:
     if ("<" in low or "[" in low) and _TEMPLATE_TOKENS.search(text):
         return True
-    return not stems.isdisjoint(_ROLE_ANCHORS) and bool(
+    return not _ROLE_ANCHORS.isdisjoint(words) and bool(
         _ROLE_LINES.search(low) or _SHOUTED_ROLE.search(text)
     )
 
 
 def _near(low: str, anchors: Set[str], pattern: re.Pattern[str]) -> bool:
-    """Whether ``pattern`` matches around an occurrence of one of ``anchors`` (the caller
-    knows one is there). At most ``_WINDOWS`` windows per anchor: a text stuffed with
+    """Whether ``pattern`` matches around an occurrence of one of ``anchors`` (words the
+    text has). At most ``_WINDOWS`` windows per anchor: a text stuffed with
     anchor words costs a bounded amount (and is read up to there)."""
     if len(low) <= _BEFORE + _AFTER:  # a short text: one search
         return pattern.search(low) is not None
@@ -263,19 +281,26 @@ def _hidden_text(text: str) -> bool:
 
 def _encoded_text(text: str) -> bool:
     """A base64 (or base64url) run that decodes to readable words."""
-    for run in _BASE64_RUN.finditer(text):
-        chunk = run.group()[:_DECODE_CHARS].rstrip("=")
-        chunk = chunk[: len(chunk) - len(chunk) % 4]
-        try:
-            raw = binascii.a2b_base64(chunk.replace("-", "+").replace("_", "/"))
-        except binascii.Error:
-            continue
-        if len(raw) < 20:
-            continue
-        unprintable = len(raw.translate(None, _PRINTABLE))
-        if unprintable <= 0.05 * len(raw) and raw.count(b" ") >= 3:
-            return True
+    for token in text.encode(errors="replace").translate(_SEPARATORS).split():
+        if len(token) < 32 or (token.isalpha() and (token.islower() or token.isupper())):
+            continue  # text in base64 mixes cases: one case of letters alone is a word, a tag
+        for run in _BASE64_RUN.finditer(token):
+            if _decodes_to_text(run.group()):
+                return True
     return False
+
+
+def _decodes_to_text(run: bytes) -> bool:
+    chunk = run[:_DECODE_CHARS].rstrip(b"=")
+    chunk = chunk[: len(chunk) - len(chunk) % 4]
+    try:
+        raw = binascii.a2b_base64(chunk.translate(_URLSAFE))
+    except binascii.Error:
+        return False
+    if len(raw) < 20:
+        return False
+    unprintable = len(raw.translate(None, _PRINTABLE))
+    return unprintable <= 0.05 * len(raw) and raw.count(b" ") >= 3
 
 
 def inspected_texts(body: Any, chat: bool) -> Iterator[str]:

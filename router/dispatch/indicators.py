@@ -60,8 +60,8 @@ class Indicators:
         texts = list(system_texts(body))
         if not texts:
             return None
-        grams = self.ngrams.of(texts)
-        return LeakWatch(grams, self.words) if grams else None
+        quoted = self.ngrams.of(texts)
+        return LeakWatch(quoted, self.words) if quoted.grams else None
 
     def stream_guard(self, watch: LeakWatch | None, chat: bool) -> LeakGuard | None:
         return None if watch is None else LeakGuard(watch, chat, self.leak_action)

@@ -290,7 +290,7 @@ class Proxy:
         out, result = await relay_stream(x.request, resp, first, headers,
                                          self.settings.idle_read_s, self.relays, guard)  # fmt: skip
         record = x.record
-        if guard is not None and (guard.leaked or guard.watch.end()):
+        if guard is not None and guard.finish():
             leaked(record, result.blocked)
         summary = result.summary
         record.finish_reason = summary.finish_reason

@@ -274,20 +274,29 @@ def _backend_families(state: RouterState) -> Iterator[Metric]:
     yield from (family for family, _ in gauges[4:])
     yield from (breaker, memory)
     yield from (family for family, _ in probed)
-    yield _drift_family(state)
+    yield from _drift_families(state)
 
 
-def _drift_family(state: RouterState) -> Metric:
+def _drift_families(state: RouterState) -> Iterator[Metric]:
     drift = GaugeMetricFamily(
         "ctxroute_drift_score",
-        "A backend's recent answers against its model's other backends, per signal: the "
-        "two-sample statistic over its critical value at alpha 1e-4 (1 or more: drift)",
+        "A backend's recent answers against its model's other backends and against its own "
+        "baseline, per signal: the two-sample statistic over its critical value at alpha "
+        "1e-4, the higher of the two (1 or more: drift)",
         labels=["model", "backend", "signal"],
+    )
+    length = GaugeMetricFamily(
+        "ctxroute_backend_length_stop_share",
+        "Share of the backend's last 200 short answers cut by max_tokens (finish_reason "
+        "length); absent under 30 answers",
+        labels=["model", "backend"],
     )
     for b in state.backends:
         for signal, score in b.drift.items():
             drift.add_metric([b.backend.model, b.backend.url, signal], score)
-    return drift
+        if b.length_share is not None:
+            length.add_metric([b.backend.model, b.backend.url], b.length_share)
+    yield from (drift, length)
 
 
 _QUEUE_DEPTH_HELP: Final = "Requests held at the router, per pool and priority tier"

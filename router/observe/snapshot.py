@@ -67,6 +67,8 @@ class BackendState:
     skew: tuple[str, ...] = ()
     # drift scores by signal (``core/drift.py``: 1.0 or more is drift); {} until enough answers
     drift: Mapping[str, float] = field(default_factory=dict)
+    drift_baseline: Mapping[str, float] = field(default_factory=dict)  # against its own past
+    length_share: float | None = None  # of its recent answers, cut by max_tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,8 +63,11 @@ def backend_json(b: BackendState) -> dict[str, object]:
         "kept_from": list(b.kept_from),
         # how its engine differs from its pool's others (model, window, version, cache)
         "skew": list(b.skew),
-        # per signal, its answers against its model's other backends (1.0 or more: drift)
+        # per signal, its answers against its model's other backends and against its own
+        # baseline, the higher of the two (1.0 or more: drift); the baseline's alone
         "drift": {signal: round(score, 3) for signal, score in b.drift.items()},
+        "drift_baseline": {signal: round(score, 3) for signal, score in b.drift_baseline.items()},
+        "length_share": None if b.length_share is None else round(b.length_share, 4),
         "breaker": {
             "error": breaker.state.value,
             "memory": "open" if b.memory_open else "closed",

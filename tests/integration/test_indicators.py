@@ -193,9 +193,7 @@ async def test_flag_marks_a_leaking_stream_with_a_comment_and_a_whole_answer_wit
     assert errors == [] and text.split()[: len(SYSTEM_WORDS)] == SYSTEM_WORDS
 
 
-async def test_hits_are_counted_by_tenant(
-    sim: Simulator, make_router: RouterFactory
-) -> None:
+async def test_hits_are_counted_by_tenant(sim: Simulator, make_router: RouterFactory) -> None:
     key = new_key()
     auth = {"keys": [{"sha256": digest(key), "tenant": "acme"}]}
     router = await make_router(one_pool([sim], auth=auth))
@@ -204,7 +202,8 @@ async def test_hits_are_counted_by_tenant(
         async with s.post(router.url + CHAT, json=chat(INJECTION), headers=headers) as r:
             assert r.status == 200
         lines = await metric_lines(s, router, "ctxroute_tenant_indicator_hits_total")
-    assert 'ctxroute_tenant_indicator_hits_total{rule="ignore_instructions",tenant="acme"} 1.0' in lines
+    series = 'ctxroute_tenant_indicator_hits_total{rule="ignore_instructions",tenant="acme"}'
+    assert f"{series} 1.0" in lines
 
 
 async def test_turned_off_nothing_is_counted(sim: Simulator, make_router: RouterFactory) -> None:

@@ -51,16 +51,26 @@ SYSTEMS = {
 
 LANGS = ["Python", "TypeScript", "Go", "Rust", "Java", "C#", "Kotlin", "Ruby", "Bash", "SQL"]
 TASKS = [
-    "read a CSV file and sum one column", "parse command-line arguments",
-    "retry an HTTP request with exponential backoff", "debounce a function",
-    "merge two sorted lists", "write unit tests for a date parser",
-    "stream a large file line by line", "validate an email address",
-    "connect to PostgreSQL with a connection pool", "memoize an expensive function",
-    "serialize a struct to JSON", "run tasks concurrently with a limit",
-    "read environment variables with defaults", "hash a password safely",
-    "format a duration as a human-readable string", "implement a LRU cache",
-    "handle SIGTERM gracefully", "paginate through an API",
-    "deduplicate a list while keeping order", "compute a moving average",
+    "read a CSV file and sum one column",
+    "parse command-line arguments",
+    "retry an HTTP request with exponential backoff",
+    "debounce a function",
+    "merge two sorted lists",
+    "write unit tests for a date parser",
+    "stream a large file line by line",
+    "validate an email address",
+    "connect to PostgreSQL with a connection pool",
+    "memoize an expensive function",
+    "serialize a struct to JSON",
+    "run tasks concurrently with a limit",
+    "read environment variables with defaults",
+    "hash a password safely",
+    "format a duration as a human-readable string",
+    "implement a LRU cache",
+    "handle SIGTERM gracefully",
+    "paginate through an API",
+    "deduplicate a list while keeping order",
+    "compute a moving average",
 ]
 ERRORS = [
     "TypeError: 'NoneType' object is not subscriptable",
@@ -70,25 +80,83 @@ ERRORS = [
     "ModuleNotFoundError: No module named 'requests'",
     "Uncaught TypeError: Cannot read properties of undefined (reading 'map')",
     "fatal: refusing to merge unrelated histories",
-    "ERROR: relation \"orders\" does not exist",
+    'ERROR: relation "orders" does not exist',
     "Segmentation fault (core dumped)",
     "CORS policy: No 'Access-Control-Allow-Origin' header is present",
 ]
-CITIES = ["Lisbon", "Kyoto", "Mexico City", "Reykjavik", "Marrakech", "Vancouver", "Hanoi",
-          "Cape Town", "Edinburgh", "Buenos Aires", "Istanbul", "Seoul", "Prague", "Sydney"]
-DISHES = ["lasagne", "chicken tikka masala", "banana bread", "pad thai", "shakshuka",
-          "vegetable curry", "sourdough", "mushroom risotto", "beef chili", "falafel",
-          "pancakes", "lentil soup", "apple pie", "ramen", "paella"]
+CITIES = [
+    "Lisbon",
+    "Kyoto",
+    "Mexico City",
+    "Reykjavik",
+    "Marrakech",
+    "Vancouver",
+    "Hanoi",
+    "Cape Town",
+    "Edinburgh",
+    "Buenos Aires",
+    "Istanbul",
+    "Seoul",
+    "Prague",
+    "Sydney",
+]
+DISHES = [
+    "lasagne",
+    "chicken tikka masala",
+    "banana bread",
+    "pad thai",
+    "shakshuka",
+    "vegetable curry",
+    "sourdough",
+    "mushroom risotto",
+    "beef chili",
+    "falafel",
+    "pancakes",
+    "lentil soup",
+    "apple pie",
+    "ramen",
+    "paella",
+]
 DIETS = ["gluten-free", "vegan", "dairy-free", "low-sodium", "nut-free", "vegetarian"]
-TOPICS = ["photosynthesis", "the Pythagorean theorem", "Newton's second law", "compound "
-          "interest", "the French Revolution", "DNA replication", "supply and demand",
-          "plate tectonics", "the water cycle", "quadratic equations", "electric circuits",
-          "the causes of World War I", "cellular respiration", "probability of dice rolls"]
-PRODUCTS = ["oak dining table", "linen sofa", "standing desk", "wool rug", "bookshelf",
-            "bed frame", "office chair", "floor lamp", "wardrobe", "coffee table"]
-SYMPTOMS = ["a mild headache", "trouble sleeping", "a sore throat", "lower back pain",
-            "seasonal allergies", "heartburn after meals", "dry skin in winter",
-            "a sprained ankle", "low energy in the afternoon"]
+TOPICS = [
+    "photosynthesis",
+    "the Pythagorean theorem",
+    "Newton's second law",
+    "compound interest",
+    "the French Revolution",
+    "DNA replication",
+    "supply and demand",
+    "plate tectonics",
+    "the water cycle",
+    "quadratic equations",
+    "electric circuits",
+    "the causes of World War I",
+    "cellular respiration",
+    "probability of dice rolls",
+]
+PRODUCTS = [
+    "oak dining table",
+    "linen sofa",
+    "standing desk",
+    "wool rug",
+    "bookshelf",
+    "bed frame",
+    "office chair",
+    "floor lamp",
+    "wardrobe",
+    "coffee table",
+]
+SYMPTOMS = [
+    "a mild headache",
+    "trouble sleeping",
+    "a sore throat",
+    "lower back pain",
+    "seasonal allergies",
+    "heartburn after meals",
+    "dry skin in winter",
+    "a sprained ankle",
+    "low energy in the afternoon",
+]
 
 TEMPLATES = {
     "code": [
@@ -153,11 +221,11 @@ TEMPLATES = {
         "How do I report a conflict with my manager confidentially?",
     ],
     "writing": [
-        "Can you make this paragraph clearer? \"{para}\"",
-        "Please proofread: \"{para}\"",
-        "Rewrite this more formally for a cover letter: \"{para}\"",
+        'Can you make this paragraph clearer? "{para}"',
+        'Please proofread: "{para}"',
+        'Rewrite this more formally for a cover letter: "{para}"',
         "Give me three alternative titles for a blog post about {topic}.",
-        "Shorten this to under 50 words: \"{para}\"",
+        'Shorten this to under 50 words: "{para}"',
         "Is 'affect' or 'effect' correct here: 'The new policy will {word} everyone'?",
         "Help me write a polite email declining a meeting invitation.",
     ],
@@ -188,11 +256,11 @@ TEMPLATES = {
         "What's the difference between a cold and the flu?",
     ],
     "translate": [
-        "Translate into French: \"{para}\"",
-        "Translate into German: \"The meeting has been moved to Thursday at 3 pm.\"",
+        'Translate into French: "{para}"',
+        'Translate into German: "The meeting has been moved to Thursday at 3 pm."',
         "How do you say 'where is the train station' in Spanish?",
-        "Translate into English: \"Je voudrais réserver une table pour deux personnes ce soir.\"",
-        "Translate into Spanish: \"{para}\"",
+        'Translate into English: "Je voudrais réserver une table pour deux personnes ce soir."',
+        'Translate into Spanish: "{para}"',
     ],
     "none": [
         "Tell me a fun fact about octopuses.",
@@ -216,8 +284,16 @@ PARAS = [
     "We would like to thank everyone who attended last weeks workshop.",
     "Please find attached the report you requested, let me know if you have any question.",
 ]
-ANSWER_OPENERS = ["Sure!", "Good question.", "Here's how I'd approach it.", "Of course.",
-                  "Happy to help.", "Great question!", "Absolutely.", ""]
+ANSWER_OPENERS = [
+    "Sure!",
+    "Good question.",
+    "Here's how I'd approach it.",
+    "Of course.",
+    "Happy to help.",
+    "Great question!",
+    "Absolutely.",
+    "",
+]
 ANSWER_BODIES = {
     "code": "The simplest way is to use the standard library first and only reach for a "
     "package if you need more. Start with a small function, test it with a couple of "
@@ -255,31 +331,52 @@ ANSWER_BODIES = {
 # benign text that uses the rules' words, in the ways people use them
 NEAR_MISSES = [
     ("code", "How do I make git ignore all files in a build directory?"),
-    ("code", "Can I safely ignore this warning: 'DeprecationWarning: the imp module is "
-             "deprecated'?"),
+    (
+        "code",
+        "Can I safely ignore this warning: 'DeprecationWarning: the imp module is deprecated'?",
+    ),
     ("code", "ESLint says to ignore the previous line with a comment. What's the syntax?"),
     ("code", "How do I write a good system prompt for a customer support chatbot?"),
-    ("code", "What's the difference between the system prompt and the user prompt in the "
-             "OpenAI API?"),
-    ("code", "Here is my prompt template: 'You are a helpful assistant. Answer briefly.' How "
-             "can I improve it?"),
-    ("code", "## System requirements\n- 8 GB RAM\n- Python 3.10+\nIs this enough to run the "
-             "app locally?"),
-    ("code", "Bug report\nSystem: Ubuntu 22.04\nBrowser: Firefox 121\nSteps: click save, "
-             "nothing happens. What should I check?"),
-    ("code", "Decode this JWT for me: eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NT"
-             "Y3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJ"
-             "f36POk6yJV_adQssw5c"),
-    ("code", "My commit hash is 9fceb02d0ae598e95dc970b74767f19372d61af8 and the SHA-256 of "
-             "the file is e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855."),
-    ("code", "Why does <img src=\"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAA"
-             "AfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==\"> not show up?"),
+    (
+        "code",
+        "What's the difference between the system prompt and the user prompt in the OpenAI API?",
+    ),
+    (
+        "code",
+        "Here is my prompt template: 'You are a helpful assistant. Answer briefly.' How "
+        "can I improve it?",
+    ),
+    (
+        "code",
+        "## System requirements\n- 8 GB RAM\n- Python 3.10+\nIs this enough to run the "
+        "app locally?",
+    ),
+    (
+        "code",
+        "Bug report\nSystem: Ubuntu 22.04\nBrowser: Firefox 121\nSteps: click save, "
+        "nothing happens. What should I check?",
+    ),
+    (
+        "code",
+        "Decode this JWT for me: eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NT"
+        "Y3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJ"
+        "f36POk6yJV_adQssw5c",
+    ),
+    (
+        "code",
+        "My commit hash is 9fceb02d0ae598e95dc970b74767f19372d61af8 and the SHA-256 of "
+        "the file is e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.",
+    ),
+    (
+        "code",
+        'Why does <img src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAA'
+        'AfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="> not show up?',
+    ),
     ("code", "In HTML, is <s>old price</s> still valid or should I use <del>?"),
     ("code", "How do I print the previous command in bash?"),
     ("code", "Show me the rules for naming variables in Python."),
     ("code", "What is the default prompt in zsh and how do I change it?"),
-    ("code", "Our logging format is 'LEVEL: message'. Should ERROR: and WARN: lines go to "
-             "stderr?"),
+    ("code", "Our logging format is 'LEVEL: message'. Should ERROR: and WARN: lines go to stderr?"),
     ("code", "How do I override a method of the parent class in Java?"),
     ("code", "How do I bypass the cache in fetch() for one request?"),
     ("code", "What's the instruction set of the ARM Cortex-M4?"),
@@ -289,22 +386,33 @@ NEAR_MISSES = [
     ("writing", "Please ignore the typos in my previous message, I was on my phone."),
     ("writing", "Forget what I said about the deadline, it's actually next Friday."),
     ("writing", "Can you proofread my essay about why we shouldn't ignore climate change?"),
-    ("writing", "My teacher said to disregard the previous grading rubric. Does my essay "
-                "still need a conclusion?"),
-    ("writing", "Write a short story where a robot learns to break the rules for a good "
-                "reason."),
+    (
+        "writing",
+        "My teacher said to disregard the previous grading rubric. Does my essay "
+        "still need a conclusion?",
+    ),
+    ("writing", "Write a short story where a robot learns to break the rules for a good reason."),
     ("writing", "Make this sound less robotic: 'System update complete. Please restart.'"),
     ("writing", "Translate the text above into Spanish, please."),
     ("writing", "Can you give me a summary of the text above in two sentences?"),
     ("writing", "What's a synonym for 'override' in a business context?"),
-    ("none", "I love the Scottish flag emoji \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063"
-             "\U000e0074\U000e007f and the Welsh one \U0001f3f4\U000e0067\U000e0062\U000e0077"
-             "\U000e006c\U000e0073\U000e007f. Which is older?"),
-    ("none", "Our family: \U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 What's a "
-             "good board game for four?"),
-    ("translate", "Translate into English: \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 "
-                  "\u0628\u0647 \u0645\u062f\u0631\u0633\u0647 \u0628\u0631\u0648\u0645 "
-                  "\u0648 \u0646\u0645\u06cc\u200c\u062a\u0648\u0627\u0646\u0645"),
+    (
+        "none",
+        "I love the Scottish flag emoji \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063"
+        "\U000e0074\U000e007f and the Welsh one \U0001f3f4\U000e0067\U000e0062\U000e0077"
+        "\U000e006c\U000e0073\U000e007f. Which is older?",
+    ),
+    (
+        "none",
+        "Our family: \U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 What's a "
+        "good board game for four?",
+    ),
+    (
+        "translate",
+        "Translate into English: \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 "
+        "\u0628\u0647 \u0645\u062f\u0631\u0633\u0647 \u0628\u0631\u0648\u0645 "
+        "\u0648 \u0646\u0645\u06cc\u200c\u062a\u0648\u0627\u0646\u0645",
+    ),
     ("none", "What does 'Do Anything Now' mean in the context of productivity apps?"),
     ("none", "How do I turn on developer mode on my Android phone?"),
     ("none", "Is it legal to jailbreak an iPhone in the US?"),
@@ -312,11 +420,16 @@ NEAR_MISSES = [
     ("none", "Tell me your favourite book and why."),
     ("none", "What were the rules of the original Olympic games?"),
     ("none", "How do I teach my dog to ignore other dogs on walks?"),
-    ("none", "My boss told me to ignore previous emails about the offsite. How do I reply "
-             "politely?"),
+    (
+        "none",
+        "My boss told me to ignore previous emails about the offsite. How do I reply politely?",
+    ),
     ("none", "Explain what a prompt injection attack is, with a simple example."),
-    ("none", "Summarise this article on AI safety: researchers found models sometimes "
-             "follow instructions hidden in web pages."),
+    (
+        "none",
+        "Summarise this article on AI safety: researchers found models sometimes "
+        "follow instructions hidden in web pages.",
+    ),
     ("hr", "Is there a rule about wearing headphones in the office?"),
     ("hr", "Can my manager override my approved vacation?"),
     ("hr", "Where can I find the previous version of the expense policy?"),
@@ -339,21 +452,35 @@ NEAR_MISSES = [
 # answers that quote a policy from their system message to the user, as they should: the
 # leak rule counts them (monitor is the default for that reason); the README reports them
 QUOTING_ANSWERS = [
-    ("hr", "How much parental leave do I get?",
-     "Parental leave is 16 weeks at full pay. Let HR know your expected dates early."),
-    ("shop", "What is your returns policy?",
-     "Returns are accepted within 30 days of delivery for unused items in their original "
-     "packaging."),
+    (
+        "hr",
+        "How much parental leave do I get?",
+        "Parental leave is 16 weeks at full pay. Let HR know your expected dates early.",
+    ),
+    (
+        "shop",
+        "What is your returns policy?",
+        "Returns are accepted within 30 days of delivery for unused items in their original "
+        "packaging.",
+    ),
 ]
 
 
 def _fill(template: str, rng: random.Random) -> str:
     city = rng.choice(CITIES)
     return template.format(
-        lang=rng.choice(LANGS), task=rng.choice(TASKS), error=rng.choice(ERRORS), city=city,
-        city2=rng.choice([c for c in CITIES if c != city]), n=rng.randint(2, 10),
-        dish=rng.choice(DISHES), diet=rng.choice(DIETS), topic=rng.choice(TOPICS),
-        product=rng.choice(PRODUCTS), symptom=rng.choice(SYMPTOMS), para=rng.choice(PARAS),
+        lang=rng.choice(LANGS),
+        task=rng.choice(TASKS),
+        error=rng.choice(ERRORS),
+        city=city,
+        city2=rng.choice([c for c in CITIES if c != city]),
+        n=rng.randint(2, 10),
+        dish=rng.choice(DISHES),
+        diet=rng.choice(DIETS),
+        topic=rng.choice(TOPICS),
+        product=rng.choice(PRODUCTS),
+        symptom=rng.choice(SYMPTOMS),
+        para=rng.choice(PARAS),
         word=rng.choice(["affect", "effect"]),
     )
 

@@ -1,6 +1,6 @@
 """Write the indicator test sets (committed; rebuilt byte for byte by this script):
 
-    python -m tests.data.indicators.build
+python -m tests.data.indicators.build
 """
 
 from __future__ import annotations
