@@ -37,6 +37,7 @@ class Outcome:
     flagged_after_s: float | None = None  # detect: the drifting backend's first score >= 1
     healthy_flagged: bool = False  # a healthy backend scored >= 1 at some poll
     max_scores: dict[int, float] = field(default_factory=dict)
+    max_by_signal: dict[str, float] = field(default_factory=dict)  # over the healthy ones
     longest_flag_s: float = 0.0  # the longest run of polls with some score >= 1
     requests: int = 0
     errors: int = 0
@@ -101,11 +102,14 @@ async def run(mode: str, rate: float, duration_s: float, warmup_s: float, speed:
             now = time.monotonic()
             if now >= switch_at and not sims[3].faults.drift:
                 sims[3].faults.update({"drift": True})
-            scores = {i: max(ctx.backend_state(i, now).drift.values(), default=0.0)
-                      for i in range(4)}  # fmt: skip
+            drifts = {i: ctx.backend_state(i, now).drift for i in range(4)}
+            scores = {i: max(d.values(), default=0.0) for i, d in drifts.items()}
             for i, score in scores.items():
                 out.max_scores[i] = max(out.max_scores.get(i, 0.0), score)
             healthy = [i for i in range(4) if mode == "healthy" or i != 3]
+            for i in healthy:
+                for signal, score in drifts[i].items():
+                    out.max_by_signal[signal] = max(out.max_by_signal.get(signal, 0.0), score)
             out.healthy_flagged |= any(scores[i] >= 1.0 for i in healthy)
             if mode == "detect" and scores[3] >= 1.0 and out.flagged_after_s is None:
                 out.flagged_after_s = now - switch_at
@@ -138,6 +142,8 @@ def main() -> None:
     print(f"{args.mode}: {out.requests} requests at {args.rate:g}/s, {out.errors} errors")
     print("highest score per backend: " +
           ", ".join(f"{i + 1}: {s:.2f}" for i, s in sorted(out.max_scores.items())))  # fmt: skip
+    print("highest score of a healthy backend per signal: " +
+          ", ".join(f"{k}: {v:.2f}" for k, v in sorted(out.max_by_signal.items())))  # fmt: skip
     if args.mode == "detect":
         after = "not flagged" if out.flagged_after_s is None else \
             f"flagged after {out.flagged_after_s:.0f} s"  # fmt: skip

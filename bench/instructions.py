@@ -49,7 +49,7 @@ def _instructions(out: Path) -> int:
 
 def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool, tmp: Path,
          keyed: frozenset[str] = frozenset({"auth"}), auth_conf: str = _AUTH_CONF,
-         chat: bool = False) -> dict[str, int]:  # fmt: skip
+         chat: bool = False, base_conf: str = "") -> dict[str, int]:  # fmt: skip
     procs: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
     for name, root in roots.items():
         port = free_port()
@@ -57,7 +57,8 @@ def _run(roots: dict[str, Path], backend: int, requests: int, stream: bool, tmp:
         # no probes: their work depends on wall time, which valgrind stretches
         conf.write_text(ROUTER_CONF.format(port=port, backend=backend)
                         + "probe: {interval_s: 3600}\n"
-                        + (auth_conf if name in keyed else ""))  # fmt: skip
+                        + (auth_conf if name in keyed else "")
+                        + (base_conf if name == "base" else ""))  # fmt: skip
         out = tmp / f"{name}.{requests}.callgrind"
         launch, env = router_command(root, tmp)
         proc = subprocess.Popen(
@@ -111,6 +112,10 @@ def main() -> None:
     parser.add_argument("--chat", action="store_true",
                         help="chat requests with a system message (the leak watch reads every "
                              "chunk), not completions")  # fmt: skip
+    parser.add_argument("--base-conf", default="",
+                        help="YAML appended to the baseline's config (e.g. the same checkout "
+                             "with a feature off: --baseline . --base-conf 'indicators: "
+                             "{enabled: false}')")  # fmt: skip
     parser.add_argument("--auth", action="store_true",
                         help="also this checkout with an API key and rate limits on")  # fmt: skip
     args = parser.parse_args()
@@ -135,8 +140,10 @@ def main() -> None:
         wait_for_port("127.0.0.1", backend, 20, sim)
         keyed = frozenset({"auth", *(["base"] if args.baseline_auth else [])})
         conf = _AUTH_CONF + f"  limit_headers: {args.limit_headers}\n"
-        idle = _run(roots, backend, 0, args.stream, tmp, keyed, conf, args.chat)
-        busy = _run(roots, backend, args.requests, args.stream, tmp, keyed, conf, args.chat)
+        extra = args.base_conf + ("\n" if args.base_conf else "")
+        idle = _run(roots, backend, 0, args.stream, tmp, keyed, conf, args.chat, extra)
+        busy = _run(roots, backend, args.requests, args.stream, tmp, keyed, conf, args.chat,
+                    extra)  # fmt: skip
     finally:
         sim.terminate()
         if args.keep is None:

@@ -190,8 +190,8 @@ _PRINTABLE = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 # substring searches, not a regular expression run over all of it
 _BEFORE = 100
 _AFTER = 200
-_WINDOWS = 64
-MAX_SCAN_CHARS = 32 * 1024  # of one request's texts (docs/indicators.md, "Cost")
+_WINDOWS = 16
+MAX_SCAN_CHARS = 16 * 1024  # of one request's texts (docs/indicators.md, "Cost")
 
 
 def scan(text: str) -> set[str]:
@@ -199,32 +199,32 @@ def scan(text: str) -> set[str]:
     hits: set[str] = set()
     if not text:
         return hits
-    low = text.lower()
-    # the beginnings of its words: a rule's patterns run only where one of its words is
-    # its words, once: a rule's patterns run only around the words one of its forms needs
-    tokens = low.encode(errors="replace").translate(_SEPARATORS).split()
+    raw = text.encode(errors="replace")
+    # its words, once (lower-cased bytes, split in C): a rule's patterns run only around
+    # the words one of its forms needs, on the lower-cased text made only then
+    tokens = raw.lower().translate(_SEPARATORS).split()
     words = set(tokens)
     ascii_only = text.isascii()
-    cjk = not ascii_only and _any_in(low, _IGNORE_CJK)
-    if (cjk or not _IGNORE_ANCHORS.isdisjoint(words)) and _near(
-        low,
-        _present(_IGNORE_ANCHORS, words) | {a for a in _IGNORE_CJK if cjk and a in low},
-        _IGNORE,
-    ):
-        hits.add("ignore_instructions")
-    if _role_delimiter(text, low, words):
+    cjk = not ascii_only and _any_in(text, _IGNORE_CJK)
+    low = ""
+    if cjk or not _IGNORE_ANCHORS.isdisjoint(words):
+        low = text.lower()
+        found = _present(_IGNORE_ANCHORS, words) | {a for a in _IGNORE_CJK if cjk and a in low}
+        if _near(low, found, _IGNORE):
+            hits.add("ignore_instructions")
+    if _role_delimiter(text, words):
         hits.add("role_delimiter")
-    if not _PROMPT_ANCHORS.isdisjoint(words) and _near(
-        low, _present(_PROMPT_ANCHORS, words), _PROMPT_REQUEST
-    ):
-        hits.add("prompt_request")
-    if not _PERSONA_ANCHORS.isdisjoint(words) and _near(
-        low, _present(_PERSONA_ANCHORS, words), _PERSONA
-    ):
-        hits.add("jailbreak_persona")
+    if not _PROMPT_ANCHORS.isdisjoint(words):
+        low = low or text.lower()
+        if _near(low, _present(_PROMPT_ANCHORS, words), _PROMPT_REQUEST):
+            hits.add("prompt_request")
+    if not _PERSONA_ANCHORS.isdisjoint(words):
+        low = low or text.lower()
+        if _near(low, _present(_PERSONA_ANCHORS, words), _PERSONA):
+            hits.add("jailbreak_persona")
     if not ascii_only and _INVISIBLE.search(text) and _hidden_text(text):
         hits.add("invisible_text")
-    if tokens and max(map(len, tokens)) >= 32 and _encoded_text(text):
+    if tokens and max(map(len, tokens)) >= 32 and _encoded_text(raw):
         hits.add("encoded_blob")
     return hits
 
@@ -233,33 +233,40 @@ def _present(anchors: frozenset[bytes], words: set[bytes]) -> set[str]:
     return {w.decode() for w in anchors.intersection(words)}
 
 
-def _role_delimiter(text: str, low: str, words: set[bytes]) -> bool:
-    if ("<" in low or "[" in low) and _TEMPLATE_TOKENS.search(text):
+def _role_delimiter(text: str, words: set[bytes]) -> bool:
+    if ("<" in text or "[" in text) and _TEMPLATE_TOKENS.search(text):
         return True
     return not _ROLE_ANCHORS.isdisjoint(words) and bool(
-        _ROLE_LINES.search(low) or _SHOUTED_ROLE.search(text)
+        _ROLE_LINES.search(text) or _SHOUTED_ROLE.search(text)
     )
 
 
 def _near(low: str, anchors: Set[str], pattern: re.Pattern[str]) -> bool:
     """Whether ``pattern`` matches around an occurrence of one of ``anchors`` (words the
-    text has). At most ``_WINDOWS`` windows per anchor: a text stuffed with
-    anchor words costs a bounded amount (and is read up to there)."""
+    text has). A long text is searched only in windows around the anchors' first
+    occurrences, overlapping windows merged, at most ``_WINDOWS`` of them: a text stuffed
+    with anchor words costs a bounded amount (and is read up to there)."""
     if len(low) <= _BEFORE + _AFTER:  # a short text: one search
         return pattern.search(low) is not None
+    starts: list[int] = []
     for anchor in anchors:
         i = low.find(anchor)
-        searched = -1  # the end of the last window searched: windows are not searched twice
-        windows = 0
-        while i >= 0 and windows < _WINDOWS:
-            windows += 1
-            start = max(searched, i - _BEFORE)
+        while i >= 0 and len(starts) < 4 * _WINDOWS:
+            starts.append(i)
+            i = low.find(anchor, i + _AFTER)
+    windows = 0
+    start = end = -1
+    for i in sorted(starts):
+        if i - _BEFORE < end:  # inside the last window, or overlapping it: extend it
             end = i + _AFTER
-            if pattern.search(low, start, end) is not None:
-                return True
-            searched = max(0, end - _BEFORE)
-            i = low.find(anchor, end - _BEFORE)
-    return False
+            continue
+        if end >= 0 and pattern.search(low, max(0, start - _BEFORE), end) is not None:
+            return True
+        windows += 1
+        if windows > _WINDOWS:
+            return False
+        start, end = i, i + _AFTER
+    return end >= 0 and pattern.search(low, max(0, start - _BEFORE), end) is not None
 
 
 def _any_in(low: str, anchors: tuple[str, ...]) -> bool:
@@ -279,9 +286,10 @@ def _hidden_text(text: str) -> bool:
     return False
 
 
-def _encoded_text(text: str) -> bool:
-    """A base64 (or base64url) run that decodes to readable words."""
-    for token in text.encode(errors="replace").translate(_SEPARATORS).split():
+def _encoded_text(raw: bytes) -> bool:
+    """A base64 (or base64url) run (in a text's UTF-8 bytes) that decodes to readable
+    words."""
+    for token in raw.translate(_SEPARATORS).split():
         if len(token) < 32 or (token.isalpha() and (token.islower() or token.isupper())):
             continue  # text in base64 mixes cases: one case of letters alone is a word, a tag
         for run in _BASE64_RUN.finditer(token):
@@ -338,8 +346,12 @@ def _message_texts(content: Any) -> Iterator[str]:
 def scan_request(body: Any, chat: bool, budget: int = MAX_SCAN_CHARS) -> tuple[str, ...]:
     """The input rules a request trips, in ``INPUT_RULES`` order. At most ``budget``
     characters are read (a longer text: its beginning and its end), so that a hostile 8 MB
-    body costs what 32 KiB do."""
-    hits: set[str] = set()
+    body costs what 16 KiB do."""
+    prompt = None if chat else body.get("prompt")
+    if isinstance(prompt, str) and len(prompt) <= budget:  # the common completion
+        hits = scan(prompt)
+        return tuple(r for r in INPUT_RULES if r in hits) if hits else ()
+    hits = set()
     for text in inspected_texts(body, chat):
         if budget <= 0:
             break
@@ -351,4 +363,4 @@ def scan_request(body: Any, chat: bool, budget: int = MAX_SCAN_CHARS) -> tuple[s
         budget -= len(text)
         if len(hits) == len(INPUT_RULES):
             break
-    return tuple(r for r in INPUT_RULES if r in hits)
+    return tuple(r for r in INPUT_RULES if r in hits) if hits else ()

@@ -39,8 +39,11 @@ class Indicators:
         header of the ``flag`` ones returned."""
         if not self.input_on:
             return ()
+        found = scan_request(body, chat)
+        if not found:
+            return ()
         actions = self.actions
-        hits = tuple(r for r in scan_request(body, chat) if actions[r] != "off")
+        hits = tuple(r for r in found if actions[r] != "off")
         if not hits:
             return ()
         record.indicators = hits

@@ -210,6 +210,10 @@ def _request_attributes(record: RequestRecord) -> dict[str, str | int | float | 
         out["ctxroute.hash_owner_kept"] = owner_note(plan, record.backend)
     if record.client_gone:
         out["ctxroute.client_gone"] = True
+    if record.indicators:  # prompt-injection indicators it tripped (docs/indicators.md)
+        out["ctxroute.indicators"] = ",".join(record.indicators)
+        if record.blocked:
+            out["ctxroute.blocked"] = record.blocked
     return out
 
 

@@ -47,3 +47,13 @@ async def test_the_drifting_backend_of_four_is_flagged_and_only_it(
     line = next(x for x in text.splitlines() if x.startswith("ctxroute_drift_score{")
                 and sims[3].url in x and 'signal="output_tokens"' in x)  # fmt: skip
     assert float(line.rsplit(" ", 1)[1]) >= 1.0
+    # about a third of its answers are cut by max_tokens (its twins: e^-3 of theirs, the
+    # share of an exponential length with mean 40 over 120 tokens)
+    assert drifting_share(text, sims[3].url) > 0.2 > drifting_share(text, sims[0].url)
+    assert seen[3]["length_share"] > 0.05 and seen[3]["drift_baseline"] == {}  # no baseline yet
+
+
+def drifting_share(metrics: str, url: str) -> float:
+    line = next(x for x in metrics.splitlines()
+                if x.startswith("ctxroute_backend_length_stop_share{") and url in x)  # fmt: skip
+    return float(line.rsplit(" ", 1)[1])

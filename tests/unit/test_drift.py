@@ -87,3 +87,50 @@ def test_too_few_answers_give_no_score_and_models_are_compared_apart() -> None:
     windows[2].answers.extend(healthy(rng, 10))
     scored = fleet_scores({0: "a", 1: "b", 2: "a"}, windows)
     assert scored == {0: {}, 1: {}, 2: {}}
+
+
+def test_a_change_made_to_every_backend_at_once_is_seen_against_their_baselines() -> None:
+    from ctxroute.router.core.drift import WINDOW, baseline_scores
+
+    rng = random.Random(4)
+    windows = {i: Window.new() for i in range(4)}
+    for w in windows.values():
+        for answer in healthy(rng, WINDOW):
+            w.add(answer)
+    assert all(w.baseline is not None for w in windows.values())
+    for w in windows.values():  # a new model version, rolled out everywhere
+        for answer in drifted(rng, WINDOW):
+            w.add(answer)
+    peers = fleet_scores(dict.fromkeys(range(4), "m"), windows)
+    assert max(max(p.values()) for p in peers.values()) < 1.0  # peers see nothing
+    for w in windows.values():
+        own = baseline_scores(w)
+        assert own["output_tokens"] >= 1.0 and own["length_stops"] >= 1.0, own
+        assert "tokens_per_s" not in own  # its speed follows its load: not compared
+
+
+def test_the_baseline_follows_a_calm_window_and_holds_while_drifting() -> None:
+    from ctxroute.router.core.drift import REBASE_EVERY, WINDOW, baseline_scores
+
+    rng = random.Random(5)
+    window = Window.new()
+    for answer in healthy(rng, WINDOW):
+        window.add(answer)
+    first = window.baseline
+    for answer in drifted(rng, REBASE_EVERY):
+        window.add(answer)
+    assert baseline_scores(window)["output_tokens"] >= 1.0
+    assert window.baseline is first  # drifting: the baseline is kept
+    for answer in healthy(rng, REBASE_EVERY):
+        window.add(answer)
+    assert max(baseline_scores(window).values()) < 1.0
+    assert window.baseline is not first  # calm for long enough: taken again
+    assert window.since_baseline == 0
+
+
+def test_the_length_share_is_the_share_cut_by_max_tokens() -> None:
+    window = Window.new()
+    assert window.length_share() is None
+    for i in range(100):
+        window.add(Answer(10, i % 10 == 0, None, 0.1))
+    assert window.length_share() == 0.1
