@@ -1,6 +1,7 @@
 """Prompt-injection indicators on the way in: a small rule set over what a request's users
-and tools wrote (never its system or developer messages: an app's own instructions are not
-an attack on it). Pure: text in, the names of the rules it trips out.
+and tools wrote (never its system or developer messages: an app's own instructions are
+not an attack on it; nor the assistant's earlier answers). Pure: text in, the names of
+the rules it trips out.
 
 The rules (docs/indicators.md says what each matches, why, and what it misses):
 
@@ -41,6 +42,8 @@ from ctxroute.router.model import INPUT_RULES
 
 # roles whose text is the app's own: never scanned on the way in, watched for on the way out
 SYSTEM_ROLES: Final = frozenset({"system", "developer"})
+# and the model's own earlier answers, which quote and discuss what users asked
+_NOT_SCANNED: Final = SYSTEM_ROLES | {"assistant"}
 
 _I = re.IGNORECASE
 # punctuation that separates words (not base64's + / - _ =, so that a blob stays one word),
@@ -253,7 +256,7 @@ def _near(low: str, anchors: Set[str], pattern: re.Pattern[str]) -> bool:
         i = low.find(anchor)
         while i >= 0 and len(starts) < 4 * _WINDOWS:
             starts.append(i)
-            i = low.find(anchor, i + _AFTER)
+            i = low.find(anchor, i + _BEFORE)
     windows = 0
     start = end = -1
     for i in sorted(starts):
@@ -312,12 +315,11 @@ def _decodes_to_text(run: bytes) -> bool:
 
 
 def inspected_texts(body: Any, chat: bool) -> Iterator[str]:
-    """The texts of a (validated) request the input rules read: every message's but the
-    system and developer messages' (users', tools', and earlier assistant turns', which a
-    client may forge), and a completion's prompt(s)."""
+    """The texts of a (validated) request the input rules read: users' and tools' messages
+    (not the system, developer or assistant messages), and a completion's prompt(s)."""
     if chat:
         for message in body.get("messages") or ():
-            if isinstance(message, dict) and message.get("role") not in SYSTEM_ROLES:
+            if isinstance(message, dict) and message.get("role") not in _NOT_SCANNED:
                 yield from _message_texts(message.get("content"))
         return
     prompt = body.get("prompt")
