@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Iterator, Set
+from collections.abc import Callable, Set
 from typing import Any, Final
 
 from ctxroute.router.model import INPUT_RULES
@@ -176,6 +176,9 @@ _PERSONA_ANCHORS = _words("anything developer dan stan dude evil unrestricted un
                           "uncensored jailbroken amoral unbound unaligned restrictions "
                           "filters censorship ethical moral rules limits")  # fmt: skip
 
+# every anchor word: a text with none of them skips the rules that need one
+_ANCHORS = _IGNORE_ANCHORS | _ROLE_ANCHORS | _PROMPT_ANCHORS | _PERSONA_ANCHORS
+
 # ---- invisible_text ----------------------------------------------------------------------
 _INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff\u180e\U000e0000-\U000e007f]")
 _ZERO_WIDTH_RUN = re.compile("[\u200b-\u200d\u2060\ufeff\u180e]{3,}")
@@ -206,9 +209,21 @@ def scan(text: str) -> set[str]:
     # its words, once (lower-cased bytes, split in C): a rule's patterns run only around
     # the words one of its forms needs, on the lower-cased text made only then
     tokens = raw.lower().translate(_SEPARATORS).split()
-    words = set(tokens)
     ascii_only = text.isascii()
     cjk = not ascii_only and _any_in(text, _IGNORE_CJK)
+    if cjk or not _ANCHORS.isdisjoint(tokens):
+        _worded(text, set(tokens), cjk, hits)
+    elif ("<" in text or "[" in text) and _TEMPLATE_TOKENS.search(text):
+        hits.add("role_delimiter")
+    if not ascii_only and _INVISIBLE.search(text) and _hidden_text(text):
+        hits.add("invisible_text")
+    if len(raw) >= 32 and max(map(len, tokens)) >= 32 and _encoded_text(raw):
+        hits.add("encoded_blob")
+    return hits
+
+
+def _worded(text: str, words: set[bytes], cjk: bool, hits: set[str]) -> None:
+    """The rules that need one of their anchor words, for a text that has one."""
     low = ""
     if cjk or not _IGNORE_ANCHORS.isdisjoint(words):
         low = text.lower()
@@ -225,11 +240,6 @@ def scan(text: str) -> set[str]:
         low = low or text.lower()
         if _near(low, _present(_PERSONA_ANCHORS, words), _PERSONA):
             hits.add("jailbreak_persona")
-    if not ascii_only and _INVISIBLE.search(text) and _hidden_text(text):
-        hits.add("invisible_text")
-    if tokens and max(map(len, tokens)) >= 32 and _encoded_text(raw):
-        hits.add("encoded_blob")
-    return hits
 
 
 def _present(anchors: frozenset[bytes], words: set[bytes]) -> set[str]:
@@ -314,41 +324,46 @@ def _decodes_to_text(run: bytes) -> bool:
     return unprintable <= 0.05 * len(raw) and raw.count(b" ") >= 3
 
 
-def inspected_texts(body: Any, chat: bool) -> Iterator[str]:
+def inspected_texts(body: Any, chat: bool) -> list[str]:
     """The texts of a (validated) request the input rules read: users' and tools' messages
     (not the system, developer or assistant messages), and a completion's prompt(s)."""
+    texts: list[str] = []
     if chat:
         for message in body.get("messages") or ():
             if isinstance(message, dict) and message.get("role") not in _NOT_SCANNED:
-                yield from _message_texts(message.get("content"))
-        return
+                _add_texts(message.get("content"), texts)
+        return texts
     prompt = body.get("prompt")
     if isinstance(prompt, str):
-        yield prompt
+        texts.append(prompt)
     elif isinstance(prompt, list):
-        yield from (p for p in prompt if isinstance(p, str))
+        texts += (p for p in prompt if isinstance(p, str))
+    return texts
 
 
-def system_texts(body: Any) -> Iterator[str]:
+def system_texts(body: Any) -> list[str]:
     """The system and developer messages of a chat request: what a leak would quote."""
+    texts: list[str] = []
     for message in body.get("messages") or ():
         if isinstance(message, dict) and message.get("role") in SYSTEM_ROLES:
-            yield from _message_texts(message.get("content"))
+            _add_texts(message.get("content"), texts)
+    return texts
 
 
-def _message_texts(content: Any) -> Iterator[str]:
+def _add_texts(content: Any, texts: list[str]) -> None:
     if isinstance(content, str):
-        yield content
+        texts.append(content)
     elif isinstance(content, list):
         for part in content:
             if isinstance(part, dict) and isinstance(text := part.get("text"), str):
-                yield text
+                texts.append(text)
 
 
-def scan_request(body: Any, chat: bool, budget: int = MAX_SCAN_CHARS) -> tuple[str, ...]:
+def scan_request(body: Any, chat: bool, budget: int = MAX_SCAN_CHARS,
+                 scan: Callable[[str], Set[str]] = scan) -> tuple[str, ...]:  # fmt: skip
     """The input rules a request trips, in ``INPUT_RULES`` order. At most ``budget``
     characters are read (a longer text: its beginning and its end), so that a hostile 8 MB
-    body costs what 16 KiB do."""
+    body costs what 16 KiB do. ``scan``: how one text is read (``scan``, or a cache of it)."""
     prompt = None if chat else body.get("prompt")
     if isinstance(prompt, str) and len(prompt) <= budget:  # the common completion
         hits = scan(prompt)

@@ -10,18 +10,21 @@ chunk that completed the quote; a whole answer: a 400 instead of it).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
 from ctxroute.router.config import IndicatorsConfig
 from ctxroute.router.core.answertext import answer_text
-from ctxroute.router.core.indicators import scan_request, system_texts
+from ctxroute.router.core.indicators import scan, scan_request, system_texts
 from ctxroute.router.core.leakage import LeakGuard, LeakWatch, SystemNgrams
 from ctxroute.router.errors import Blocked, error_body
 from ctxroute.router.model import INPUT_RULES, LEAK_RULE, RULES
 from ctxroute.router.observe.record import RequestRecord
 
 HEADER = "x-ctxroute-indicators"
+_CACHED_TEXTS = 4096  # recent texts whose hits are kept
+_CACHED_CHARS = 2048  # the longest text kept (at most 8 MiB of text in all)
 
 
 class Indicators:
@@ -33,13 +36,28 @@ class Indicators:
         self.leak_action = self.actions[LEAK_RULE]
         self.words = config.leak_words
         self.ngrams = SystemNgrams(self.words) if self.leak_action != "off" else None
+        # what each recent text tripped: a chat sends its whole history with every turn,
+        # so each message is read once, not once per turn (short texts only: the cache is
+        # bounded in entries and in the size of each)
+        self._scanned: OrderedDict[str, frozenset[str]] = OrderedDict()
+
+    def _scan(self, text: str) -> set[str] | frozenset[str]:
+        if len(text) > _CACHED_CHARS:
+            return scan(text)
+        cache = self._scanned
+        found = cache.get(text)
+        if found is None:
+            found = cache[text] = frozenset(scan(text))
+            if len(cache) > _CACHED_TEXTS:
+                cache.popitem(last=False)
+        return found
 
     def screen(self, body: Any, chat: bool, record: RequestRecord) -> tuple[tuple[str, str], ...]:
         """The input rules on a (validated) request: hits recorded, a ``block`` raised, the
         header of the ``flag`` ones returned."""
         if not self.input_on:
             return ()
-        found = scan_request(body, chat)
+        found = scan_request(body, chat, scan=self._scan)
         if not found:
             return ()
         actions = self.actions
@@ -60,7 +78,7 @@ class Indicators:
         to quote; none for a stream of several choices (their words interleave)."""
         if self.ngrams is None or not chat or (stream and body.get("n", 1) != 1):
             return None
-        texts = list(system_texts(body))
+        texts = system_texts(body)
         if not texts:
             return None
         quoted = self.ngrams.of(texts)
