@@ -24,7 +24,7 @@ from ctxroute.router.observe.record import RequestRecord
 
 HEADER = "x-ctxroute-indicators"
 _CACHED_TEXTS = 4096  # recent texts whose hits are kept
-_CACHED_CHARS = 2048  # the longest text kept (at most 8 MiB of text in all)
+_CACHED_CHARS = 2048  # the longest text kept (at most 8M characters in all)
 
 
 class Indicators:
