@@ -19,7 +19,8 @@ Which statistic, and why:
 * distributions (output tokens, tokens per second, output per prompt token): the
   two-sample Kolmogorov-Smirnov distance D, with no assumption on their shape (output
   lengths are skewed, tokens per second bimodal under batching); critical value
-  ``c(ALPHA) * sqrt((n + m) / (n m))``;
+  ``c(ALPHA) * sqrt((n + m) / (n m))`` (for tokens per second, at least
+  ``RATE_MIN_DISTANCE``: see there);
 * shares (answers cut by ``max_tokens``, empty answers): the two-proportion z statistic
   with a pooled variance, critical value ``Z_CRIT``.
 
@@ -45,6 +46,13 @@ MIN_ANSWERS = 30  # fewer on either side: no score
 SIGNALS = ("output_tokens", "tokens_per_s", "output_per_prompt", "length_stops", "empty")
 
 
+# tokens per second also follow each backend's momentary batch, which differs between
+# healthy peers (hashing spreads sessions unevenly; load moves): with 200 answers a side,
+# such real but benign differences reach the critical value (D = 0.22). So speed must
+# also differ by a third of the answers (D >= 0.35) to score 1: a healthy 30-minute run
+# reached D = 0.27 (docs/performance.md, "Drift"); a backend at half speed differs by
+# nearly all of them
+RATE_MIN_DISTANCE = 0.35
 REBASE_EVERY = 5 * WINDOW  # answers between two baselines (while none scores 1 or more)
 BASELINE_SIGNALS = ("output_tokens", "output_per_prompt", "length_stops", "empty")
 
@@ -102,9 +110,11 @@ def ks_distance(a: Sequence[float], b: Sequence[float]) -> float:
     return gap
 
 
-def ks_score(a: Sequence[float], b: Sequence[float]) -> float:
+def ks_score(a: Sequence[float], b: Sequence[float], floor: float = 0.0) -> float:
+    """D over its critical value, or over ``floor`` when that is larger: a distance must
+    be both significant and at least ``floor`` to score 1."""
     n, m = len(a), len(b)
-    return ks_distance(a, b) / (KS_C * math.sqrt((n + m) / (n * m)))
+    return ks_distance(a, b) / max(KS_C * math.sqrt((n + m) / (n * m)), floor)
 
 
 def share_score(hits_a: int, n: int, hits_b: int, m: int) -> float:
@@ -139,7 +149,7 @@ def scores(mine: Sequence[Answer], others: Sequence[Answer]) -> dict[str, float]
     rate_mine = [a.tokens_per_s for a in mine if a.tokens_per_s is not None]
     rate_others = [a.tokens_per_s for a in others if a.tokens_per_s is not None]
     if len(rate_mine) >= MIN_ANSWERS and len(rate_others) >= MIN_ANSWERS:
-        out["tokens_per_s"] = ks_score(rate_mine, rate_others)
+        out["tokens_per_s"] = ks_score(rate_mine, rate_others, RATE_MIN_DISTANCE)
     return out
 
 

@@ -134,3 +134,19 @@ def test_the_length_share_is_the_share_cut_by_max_tokens() -> None:
     for i in range(100):
         window.add(Answer(10, i % 10 == 0, None, 0.1))
     assert window.length_share() == 0.1
+
+
+def test_speed_scores_only_a_large_difference() -> None:
+    from ctxroute.router.core.drift import ks_score
+
+    rng = random.Random(6)
+    busier = [rng.gauss(40, 5) for _ in range(200)]
+    calmer = [rng.gauss(44, 5) for _ in range(200)]  # a batch a little smaller: benign
+    assert ks_score(busier, calmer) >= 1.0  # significant...
+    assert scores(
+        [Answer(50, False, r, 0.2) for r in busier], [Answer(50, False, r, 0.2) for r in calmer]
+    )["tokens_per_s"] < 1.0  # ...but under the distance speed must also reach
+    slow = [rng.gauss(20, 5) for _ in range(200)]  # half speed: drift
+    assert scores(
+        [Answer(50, False, r, 0.2) for r in slow], [Answer(50, False, r, 0.2) for r in calmer]
+    )["tokens_per_s"] >= 1.0
