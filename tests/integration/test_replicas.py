@@ -78,7 +78,10 @@ async def test_a_backend_failing_on_one_replica_is_open_on_every_replica(
 ) -> None:
     bad = await make_sim(model="sim-model", max_model_len=1024)
     good = await make_sim(model="sim-model", max_model_len=1024, seed=1)
-    config = shared([bad, good], redis_server.url, uuid.uuid4().hex[:8])
+    # open long enough that no replica may probe it while the test looks (on a loaded
+    # machine 20 requests can outlast a 0.5 s open period, and a probe then reaches it)
+    config = shared([bad, good], redis_server.url, uuid.uuid4().hex[:8], open_s=10.0,
+                    max_open_s=20.0)  # fmt: skip
     a, b, c = await started(make_router, config, 3)
     async with aiohttp.ClientSession() as s:
         async with s.post(bad.url + "/sim/faults", json={"burst_5xx": 1000}) as r:
