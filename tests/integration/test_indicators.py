@@ -48,6 +48,11 @@ def hits(lines: list[str], rule: str) -> float:
     raise AssertionError(f"no series for {rule}")
 
 
+async def no_hits(s: aiohttp.ClientSession, router: RunningRouter) -> bool:
+    lines = await metric_lines(s, router, "ctxroute_indicator_hits_total")
+    return bool(lines) and sum(float(line.rsplit(" ", 1)[1]) for line in lines) == 0.0
+
+
 def streamed_text(raw: bytes) -> tuple[str, list[dict[str, Any]]]:
     """The content a client read from a chat stream, and the error events it got."""
     text, errors = "", []
@@ -91,8 +96,7 @@ async def test_the_system_message_is_never_scanned_on_the_way_in(
     async with aiohttp.ClientSession() as s:
         async with s.post(router.url + CHAT, json=body) as r:
             assert r.status == 200
-        lines = await metric_lines(s, router, "ctxroute_indicator_hits_total")
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) == 0.0
+        assert await no_hits(s, router)
 
 
 async def test_flag_tells_the_client_and_block_refuses_before_any_backend(
@@ -212,8 +216,7 @@ async def test_turned_off_nothing_is_counted(sim: Simulator, make_router: Router
         await faults(s, sim, leak_system=True)
         async with s.post(router.url + CHAT, json=chat(INJECTION, stream=True)) as r:
             assert r.status == 200
-        lines = await metric_lines(s, router, "ctxroute_indicator_hits_total")
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) == 0.0
+        assert await no_hits(s, router)
 
 
 async def test_the_request_span_names_the_indicators(
