@@ -19,7 +19,7 @@ class IndicatorsConfig(BaseModel):
     )
     default_action: Action = Field(
         default="monitor",
-        description="of every rule not in actions: off (not run), monitor (metrics and the "
+        description="of every rule not in actions: off (ignored), monitor (metrics and the "
         "request log), flag (also the x-ctxroute-indicators header; a stream's leak: an SSE "
         "comment), block (400 on input; a leaking answer ends with an error)",
     )

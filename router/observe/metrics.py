@@ -356,9 +356,8 @@ class Metrics:
             if key in hits:
                 hits[key] += 1
         if record.tenant:
-            per_rule = self.tenant_indicators.get(record.tenant)
-            if per_rule is None:
-                per_rule = self.tenant_indicators.get(OTHER_TENANT)
+            tenants = self.tenant_indicators
+            per_rule = tenants.get(record.tenant) or tenants.get(OTHER_TENANT)
             if per_rule is not None:
                 for rule in record.indicators:
                     per_rule[_RULE_INDEX[rule]] += 1

@@ -183,38 +183,32 @@ async def relay_stream(
     summary = relay.scanner.summary()
     if gone or transport.is_closing():
         return out, RelayResult(summary, problem, client_gone=True)
-    stopped = relay.stopped and not summary.done
-    if relay.blocked and guard is not None:
-        return out, await _end_blocked(out, upstream, relay, guard)
-    if stopped:
+    blocked = relay.blocked and guard is not None
+    stopped = relay.stopped and not summary.done and not blocked
+    kind: tuple[str, int] | tuple[()] = ()  # the error event's type and code: a 502's
+    if blocked:  # the chunk that completed a quote of the system message was not sent
+        assert guard is not None
+        problem, kind = guard.message(), _BLOCKED
+    elif stopped:
         problem = relays.stopping if relays is not None and relays.stopping else "stopped"
+        kind = _UNAVAILABLE
     elif problem is None and not summary.done:
         problem = "the backend ended the stream before the answer finished"
     if problem is not None:
         upstream.close()  # detach: nothing of the backend's may follow our closing event
         # close an event the backend left half-written, then say what happened
         prefix = b"" if relay.scanner.ends_event() else b"\n\n"
-        await out.write(prefix + error_event(problem, *(_UNAVAILABLE if stopped else ())))
+        await out.write(prefix + error_event(problem, *kind))
     await out.write_eof()
-    return out, RelayResult(summary, None if stopped else problem, client_gone=False,
-                            stopped=stopped)  # fmt: skip
+    return out, RelayResult(summary, None if stopped or blocked else problem,
+                            client_gone=False, stopped=stopped, blocked=blocked)  # fmt: skip
 
 
 _UNAVAILABLE = ("ServiceUnavailableError", 503)
+_BLOCKED = ("BadRequestError", 400)
 # a flagged leak, told in the stream once its headers have left: an SSE comment, which
 # clients' SSE readers skip (the request log and the metrics have it too)
 _FLAG_COMMENT = b": x-ctxroute-indicators: system_prompt_leak\n\n"
-
-
-async def _end_blocked(out: web.StreamResponse, upstream: UpstreamResponse, relay: _Relay,
-                       guard: LeakGuard) -> RelayResult:  # fmt: skip
-    """A stream cut where it quoted its system message: the backend detached, the chunk
-    that completed the quote never sent, an error event (and [DONE]) in its place."""
-    upstream.close()
-    prefix = b"" if relay.scanner.ends_event() else b"\n\n"
-    await out.write(prefix + error_event(guard.message(), "BadRequestError", 400))
-    await out.write_eof()
-    return RelayResult(relay.scanner.summary(), None, client_gone=False, blocked=True)
 
 
 __all__ = ["RelayResult", "Relays", "relay_stream"]
